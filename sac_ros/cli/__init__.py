@@ -1,0 +1,1 @@
+"""The ``sac`` command-line tool."""

@@ -1,0 +1,253 @@
+"""Coding experiments on a clip: one run of a method, RD sweeps, BD-rate, size matching.
+
+Shared by ``sac eval`` and the benchmarks, so every figure comes from the same code
+the nodes run (SacEncoder / SacDecoder).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from sac_ros.core import metrics
+from sac_ros.core.codec import CODECS, EncoderSettings
+from sac_ros.core.mask import expand_blocks
+from sac_ros.core.ratematch import MatchResult, match_crf
+from sac_ros.core.sac import SacDecoder, SacEncoder
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class RunResult:
+    """One method on one clip: sizes and per-region quality (means over frames)."""
+
+    method: str
+    codec: str
+    mode: str
+    c_roi: float
+    c_non: float
+    frames: int
+    width: int
+    height: int
+    total_bytes: int
+    roi_share: float  # fraction of pixels in ROI blocks
+    psnr: float = float("nan")
+    roi_psnr: float = float("nan")
+    non_roi_psnr: float = float("nan")
+    ssim: float = float("nan")
+    roi_ssim: float = float("nan")
+    non_roi_ssim: float = float("nan")
+    stream_roi_psnr: float = float("nan")
+    stream_non_roi_psnr: float = float("nan")
+    stream_roi_ssim: float = float("nan")
+    stream_non_roi_ssim: float = float("nan")
+    flash_fraction: float = float("nan")
+    size_match_error_pct: float | None = None
+    sample_frame: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def kb_per_frame(self) -> float:
+        return self.total_bytes / self.frames / 1000.0
+
+    @property
+    def bpp(self) -> float:
+        return metrics.bits_per_pixel(self.total_bytes / self.frames, self.width, self.height)
+
+    @property
+    def compression_ratio(self) -> float:
+        return metrics.compression_ratio(self.total_bytes / self.frames, self.width, self.height)
+
+    def sa(self, region_value: float, non_value: float) -> float:
+        return metrics.sa_metric(region_value, non_value, self.c_roi, self.c_non)
+
+    def record(self) -> dict:
+        """The JSON/CSV record: Table II fields in snake_case plus rate figures."""
+        keys = ("method", "codec", "mode", "c_roi", "c_non", "frames", "width", "height",
+                "total_bytes", "roi_share", "psnr", "ssim", "roi_psnr", "non_roi_psnr",
+                "roi_ssim", "non_roi_ssim", "flash_fraction", "size_match_error_pct")
+        data = {k: v for k, v in asdict(self).items() if k in keys}
+        data.update(
+            kb_per_frame=self.kb_per_frame, bpp=self.bpp,
+            compression_ratio=self.compression_ratio,
+            sa_psnr_region=self.sa(self.roi_psnr, self.non_roi_psnr),
+            sa_psnr_stream=self.sa(self.stream_roi_psnr, self.stream_non_roi_psnr),
+            sa_ssim_region=self.sa(self.roi_ssim, self.non_roi_ssim),
+            sa_ssim_stream=self.sa(self.stream_roi_ssim, self.stream_non_roi_ssim),
+        )
+        return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in data.items()}
+
+
+def method_name(codec: str, mode: str, c_roi: float, c_non: float) -> str:
+    label = CODECS[codec][2]
+    if mode == "uniform":
+        return f"{'H.264' if codec == 'h264' else 'H.265'} crf {c_roi:g}"
+    return f"SA-{label.upper()} {c_roi:g}/{c_non:g}"
+
+
+class ClipCoder:
+    """Runs methods over one clip with fixed per-frame block masks."""
+
+    def __init__(self, frames: Sequence[np.ndarray], blocks: Sequence[np.ndarray],
+                 settings: EncoderSettings, progress: Progress | None = None,
+                 block_size: int = 16):
+        if len(frames) != len(blocks):
+            raise ValueError("one block mask per frame is required")
+        self.frames, self.blocks, self.settings = frames, blocks, settings
+        self.height, self.width = frames[0].shape[:2]
+        self.block_size = block_size
+        self.progress = progress or (lambda n: None)
+        self._pixel_masks: dict[int, np.ndarray] = {}
+        self._bands: dict[int, np.ndarray] = {}
+
+    def pixel_mask(self, index: int) -> np.ndarray:
+        key = id(self.blocks[index])  # static masks share one array: compute once
+        if key not in self._pixel_masks:
+            self._pixel_masks[key] = expand_blocks(self.blocks[index], self.height, self.width,
+                                                   self.block_size)
+        return self._pixel_masks[key]
+
+    def band(self, index: int) -> np.ndarray:
+        key = id(self.blocks[index])
+        if key not in self._bands:
+            self._bands[key] = metrics.boundary_band(self.pixel_mask(index))
+        return self._bands[key]
+
+    def _encoder(self, codec: str, mode: str, c_roi: float, c_non: float) -> SacEncoder:
+        settings = EncoderSettings(codec, self.settings.preset, self.settings.gop,
+                                   self.settings.threads, self.settings.fps)
+        return SacEncoder(self.width, self.height, c_roi, c_non, settings, mode,
+                          block_size=self.block_size)
+
+    def total_bytes(self, codec: str, mode: str, c_roi: float, c_non: float) -> int:
+        """Encode only (for size matching)."""
+        encoder = self._encoder(codec, mode, c_roi, c_non)
+        try:
+            total = 0
+            for frame, blocks in zip(self.frames, self.blocks):
+                total += encoder.encode(frame, blocks).num_bytes
+                self.progress(1)
+            return total
+        finally:
+            encoder.close()
+
+    def run(self, codec: str, mode: str, c_roi: float, c_non: float | None = None,
+            full: bool = False, keep_frame: int | None = None) -> RunResult:
+        """Encode, decode and measure. ``full`` adds SSIM, stream readings and flash."""
+        c_non = c_roi if c_non is None or mode == "uniform" else c_non
+        encoder = self._encoder(codec, mode, c_roi, c_non)
+        decoder = SacDecoder(keep_streams=full)
+        sums: dict[str, list[float]] = {}
+        total, roi_px = 0, 0
+
+        def add(key: str, value: float) -> None:
+            sums.setdefault(key, []).append(value)
+
+        result = RunResult(method_name(codec, mode, c_roi, c_non), codec, mode, c_roi, c_non,
+                           len(self.frames), self.width, self.height, 0, 0.0)
+        try:
+            for index, (frame, blocks) in enumerate(zip(self.frames, self.blocks)):
+                packet = encoder.encode(frame, blocks)
+                total += packet.num_bytes
+                decoded = decoder.decode(packet)
+                if decoded is None:
+                    raise RuntimeError(f"frame {index} did not decode: "
+                                       f"{decoder.last_drop_reason}")
+                mask = self.pixel_mask(index)
+                roi_px += int(mask.sum())
+                self._measure(frame, decoded, mask, full, add, index)
+                if keep_frame == index:
+                    result.sample_frame = decoded.rgb.copy()
+                self.progress(1)
+        finally:
+            encoder.close()
+        result.total_bytes = total
+        result.roi_share = roi_px / (len(self.frames) * self.width * self.height)
+        for key, values in sums.items():
+            setattr(result, key, float(np.nanmean(values)) if not np.all(np.isnan(values))
+                    else float("nan"))
+        return result
+
+    def _measure(self, frame, decoded, mask, full, add, index) -> None:
+        sq = np.square(frame.astype(np.float32) - decoded.rgb.astype(np.float32)).mean(axis=2)
+        add("psnr", metrics.psnr_from_mse(float(sq.mean())))
+        add("roi_psnr", metrics.psnr_from_mse(metrics.masked_mean(sq, mask)))
+        add("non_roi_psnr", metrics.psnr_from_mse(metrics.masked_mean(sq, ~mask)))
+        if not full:
+            return
+        smap = metrics.ssim_map(frame, decoded.rgb)
+        add("ssim", float(smap.mean()))
+        add("roi_ssim", metrics.masked_mean(smap, mask))
+        add("non_roi_ssim", metrics.masked_mean(smap, ~mask))
+        add("flash_fraction", metrics.flash_fraction(frame, decoded.rgb, self.band(index)))
+        # "stream" reading: each stream frame against the masked original, black area included.
+        for key, region, stream in (
+                ("roi", mask, decoded.roi_stream_rgb),
+                ("non_roi", ~mask, decoded.non_roi_stream_rgb)):
+            if not region.any():
+                continue
+            reference = frame * region[:, :, None]
+            if stream is None:  # uniform: the one stream, masked the same way
+                stream = decoded.rgb * region[:, :, None]
+            add(f"stream_{key}_psnr", metrics.psnr(reference, stream))
+            add(f"stream_{key}_ssim", float(metrics.ssim_map(reference, stream).mean()))
+
+    def match_uniform(self, codec: str, target_bytes: int, tolerance: float = 0.01,
+                      guess: float | None = None) -> MatchResult:
+        """The fractional uniform CRF whose total bytes equal ``target_bytes``."""
+        return match_crf(lambda crf: self.total_bytes(codec, "uniform", crf, crf),
+                         target_bytes, tolerance, guess=guess)
+
+    def match_non_roi(self, codec: str, roi_crf: float, target_bytes: int,
+                      tolerance: float = 0.01, guess: float | None = None) -> MatchResult:
+        """The non-ROI CRF that brings a dual-CRF run with ``roi_crf`` to ``target_bytes``."""
+        return match_crf(lambda crf: self.total_bytes(codec, "dual_crf", roi_crf, crf),
+                         target_bytes, tolerance, lo=roi_crf, guess=guess)
+
+
+@dataclass
+class SweepPoint:
+    c_roi: float
+    c_non: float
+    kb_per_frame: float
+    psnr: float
+    roi_psnr: float
+    non_roi_psnr: float
+
+
+@dataclass
+class BdResult:
+    codec: str
+    delta_crf: float
+    roi_bd_rate_pct: float
+    non_roi_bd_psnr_db: float
+    roi_bd_psnr_db: float
+
+
+def sweep(coder: ClipCoder, codec: str, crfs: Sequence[float],
+          delta: float | None) -> list[SweepPoint]:
+    """Uniform (delta None) or dual-CRF (c, c + delta) over a CRF list."""
+    points = []
+    for crf in crfs:
+        mode = "uniform" if delta is None else "dual_crf"
+        c_non = crf if delta is None else min(crf + delta, 51.0)
+        run = coder.run(codec, mode, crf, c_non)
+        points.append(SweepPoint(crf, c_non, run.kb_per_frame, run.psnr, run.roi_psnr,
+                                 run.non_roi_psnr))
+    return points
+
+
+def bd_against(anchor: Sequence[SweepPoint], test: Sequence[SweepPoint], codec: str,
+               delta: float) -> BdResult:
+    rate_a, rate_t = [p.kb_per_frame for p in anchor], [p.kb_per_frame for p in test]
+    return BdResult(
+        codec, delta,
+        roi_bd_rate_pct=metrics.bd_rate(rate_a, [p.roi_psnr for p in anchor],
+                                        rate_t, [p.roi_psnr for p in test]),
+        non_roi_bd_psnr_db=metrics.bd_quality(rate_a, [p.non_roi_psnr for p in anchor],
+                                              rate_t, [p.non_roi_psnr for p in test]),
+        roi_bd_psnr_db=metrics.bd_quality(rate_a, [p.roi_psnr for p in anchor],
+                                          rate_t, [p.roi_psnr for p in test]),
+    )

@@ -1,0 +1,110 @@
+"""Size matching: find the fractional CRF at which a clip codes to a target size.
+
+Bytes fall roughly exponentially with CRF (about half per +6), so the search
+interpolates log(bytes) linearly between bracketing CRFs (regula falsi with
+the Illinois fix), which converges in a handful of encodes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+from sac_ros.core.errors import SacError
+
+CRF_MIN, CRF_MAX = 0.0, 51.0
+
+
+@dataclass
+class MatchResult:
+    crf: float
+    num_bytes: int
+    target_bytes: int
+    encodes: int
+
+    @property
+    def error(self) -> float:
+        """Relative size error, (bytes - target) / target."""
+        return (self.num_bytes - self.target_bytes) / self.target_bytes
+
+
+def match_crf(bytes_at: Callable[[float], int], target_bytes: int, tolerance: float = 0.01,
+              lo: float = CRF_MIN, hi: float = CRF_MAX, guess: float | None = None,
+              max_encodes: int = 16) -> MatchResult:
+    """Find crf in [lo, hi] with |bytes_at(crf) / target - 1| <= tolerance.
+
+    Raises SacError when the target lies outside what [lo, hi] can reach.
+    """
+    if target_bytes <= 0:
+        raise SacError("target size must be positive")
+    log_target = math.log(target_bytes)
+    cache: dict[float, int] = {}
+
+    def f(crf: float) -> float:
+        crf = round(crf, 3)  # the encoders take CRF to 3 decimals
+        if crf not in cache:
+            cache[crf] = bytes_at(crf)
+        return math.log(max(cache[crf], 1)) - log_target
+
+    def done(crf: float) -> MatchResult:
+        crf = round(crf, 3)
+        return MatchResult(crf, cache[crf], target_bytes, len(cache))
+
+    def within(value: float) -> bool:
+        return abs(math.exp(value) - 1.0) <= tolerance
+
+    if guess is not None:
+        g = min(max(guess, lo), hi)
+        fg = f(g)
+        if within(fg):
+            return done(g)
+        # Bracket around the guess with a step of 6 CRF (about 2x in size).
+        step = 6.0
+        if fg > 0:  # too big: raise CRF
+            lo, f_lo = g, fg
+            hi = min(g + step, CRF_MAX if hi is None else hi)
+            f_hi = f(hi)
+            while f_hi > 0 and hi < CRF_MAX:
+                lo, f_lo, hi = hi, f_hi, min(hi + step, CRF_MAX)
+                f_hi = f(hi)
+        else:
+            hi, f_hi = g, fg
+            lo = max(g - step, CRF_MIN)
+            f_lo = f(lo)
+            while f_lo < 0 and lo > CRF_MIN:
+                hi, f_hi, lo = lo, f_lo, max(lo - step, CRF_MIN)
+                f_lo = f(lo)
+    else:
+        f_lo, f_hi = f(lo), f(hi)
+    for crf, value in ((lo, f_lo), (hi, f_hi)):
+        if within(value):
+            return done(crf)
+    if f_lo < 0 or f_hi > 0:
+        reach = f"{math.exp(f_hi) * target_bytes:.0f}-{math.exp(f_lo) * target_bytes:.0f}"
+        raise SacError(f"target size {target_bytes} bytes is out of reach for CRF "
+                       f"{lo:g}-{hi:g} (sizes {reach} bytes)")
+    side = 0
+    for _ in range(max_encodes):
+        crf = hi - f_hi * (hi - lo) / (f_hi - f_lo)
+        if hi - lo < 1e-3:
+            break
+        value = f(crf)
+        if within(value):
+            return done(crf)
+        if value > 0:
+            lo, f_lo = crf, value
+            if side == -1:
+                f_hi /= 2  # Illinois: stop one end from sticking
+            side = -1
+        else:
+            hi, f_hi = crf, value
+            if side == 1:
+                f_lo /= 2
+            side = 1
+    best = min(cache, key=lambda c: abs(cache[c] - target_bytes))
+    result = MatchResult(best, cache[best], target_bytes, len(cache))
+    if abs(result.error) > tolerance:
+        raise SacError(f"could not match {target_bytes} bytes within {tolerance:.1%}: "
+                       f"closest was CRF {best:g} at {result.error:+.2%}")
+    return result

@@ -1,0 +1,221 @@
+"""SacEncoder / SacDecoder: RGB frame + block mask -> SacPacket -> RGB frame.
+
+``mode="dual_crf"`` is the papers' method: an ROI stream at ``roi_crf`` and a
+non-ROI stream at ``non_roi_crf``, each black outside its blocks, encoded in
+two threads. ``mode="uniform"`` sends one stream at ``roi_crf`` for the whole
+frame; it is the baseline every comparison is made against.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sac_ros.core.codec import (DecodeError, EncoderSettings, StreamDecoder, StreamEncoder,
+                                check_crf)
+from sac_ros.core.errors import SacError
+from sac_ros.core.frames import PlaneLayout, as_rgb, select, split
+from sac_ros.core.mask import BLOCK_SIZE, pack_blocks, unpack_blocks
+
+MODES = ("dual_crf", "uniform")
+
+
+@dataclass
+class EncodedStream:
+    codec: str
+    crf: float
+    key_frame: bool
+    data: bytes
+
+
+@dataclass
+class SacPacket:
+    """Everything needed to decode one frame on its own (mirrors msg/SacPacket.msg)."""
+
+    seq: int
+    mode: str
+    width: int
+    height: int
+    block_size: int
+    block_rows: int
+    block_cols: int
+    roi_mask: bytes  # bit-packed, row-major, 1 = ROI block
+    roi: EncodedStream
+    non_roi: EncodedStream | None
+    encode_ms: float = 0.0
+    segmentation_ms: float = 0.0
+
+    @property
+    def key_frame(self) -> bool:
+        return self.roi.key_frame
+
+    @property
+    def num_bytes(self) -> int:
+        """Payload bytes of both streams (the mask and header are reported apart)."""
+        return len(self.roi.data) + (len(self.non_roi.data) if self.non_roi else 0)
+
+    def blocks(self) -> np.ndarray:
+        return unpack_blocks(self.roi_mask, self.block_rows, self.block_cols)
+
+
+@dataclass
+class DecodedFrame:
+    seq: int
+    rgb: np.ndarray
+    blocks: np.ndarray
+    roi_stream_rgb: np.ndarray | None = None
+    non_roi_stream_rgb: np.ndarray | None = None
+    decode_ms: float = 0.0
+
+
+class SacEncoder:
+    def __init__(self, width: int, height: int, roi_crf: float, non_roi_crf: float | None = None,
+                 settings: EncoderSettings | None = None, mode: str = "dual_crf",
+                 parallel: bool = True, block_size: int = BLOCK_SIZE):
+        if mode not in MODES:
+            raise SacError(f"unknown mode '{mode}'; choose one of {', '.join(MODES)}")
+        self.mode = mode
+        self.settings = settings or EncoderSettings()
+        self.layout = PlaneLayout(height, width, block_size)
+        roi_crf = check_crf(roi_crf, "roi_crf")
+        pw, ph = self.layout.padded_width, self.layout.padded_height
+        self._roi_encoder = StreamEncoder(pw, ph, roi_crf, self.settings)
+        self._non_roi_encoder = None
+        if mode == "dual_crf":
+            non_roi_crf = check_crf(roi_crf if non_roi_crf is None else non_roi_crf,
+                                    "non_roi_crf")
+            self._non_roi_encoder = StreamEncoder(pw, ph, non_roi_crf, self.settings)
+            self._roi_buf, self._non_buf = self.layout.new_i420(), self.layout.new_i420()
+            self._pool = ThreadPoolExecutor(max_workers=1) if parallel else None
+        self._all_roi = np.ones((self.layout.rows, self.layout.cols), bool)
+        self._seq = 0
+
+    @property
+    def roi_crf(self) -> float:
+        return self._roi_encoder.crf
+
+    @property
+    def non_roi_crf(self) -> float | None:
+        return self._non_roi_encoder.crf if self._non_roi_encoder else None
+
+    def set_crfs(self, roi_crf: float, non_roi_crf: float | None = None) -> None:
+        """New CRFs, applied at the next key frame of both streams."""
+        self._roi_encoder.set_crf(roi_crf)
+        if self._non_roi_encoder is not None and non_roi_crf is not None:
+            self._non_roi_encoder.set_crf(non_roi_crf)
+
+    def encode(self, rgb: np.ndarray, blocks: np.ndarray | None = None) -> SacPacket:
+        """Encode one RGB frame with its (rows, cols) ROI block mask."""
+        start = time.perf_counter()
+        layout = self.layout
+        if blocks is None or self.mode == "uniform":
+            blocks = self._all_roi
+        elif blocks.shape != (layout.rows, layout.cols):
+            raise SacError(f"block mask is {blocks.shape}, expected "
+                           f"{(layout.rows, layout.cols)} for {layout.width}x{layout.height}")
+        i420 = layout.rgb_to_i420(as_rgb(rgb))
+        non_roi = None
+        if self._non_roi_encoder is None:
+            roi_data, roi_key = self._roi_encoder.encode(i420)
+        else:
+            split(layout, i420, blocks, self._roi_buf, self._non_buf)
+            if self._pool is not None:
+                # PyAV releases the GIL while encoding, so the two streams run in parallel.
+                future = self._pool.submit(self._non_roi_encoder.encode, self._non_buf)
+                roi_data, roi_key = self._roi_encoder.encode(self._roi_buf)
+                non_data, non_key = future.result()
+            else:
+                roi_data, roi_key = self._roi_encoder.encode(self._roi_buf)
+                non_data, non_key = self._non_roi_encoder.encode(self._non_buf)
+            non_roi = EncodedStream(self.settings.codec, self._non_roi_encoder.crf,
+                                    non_key, non_data)
+        packet = SacPacket(
+            seq=self._seq, mode=self.mode, width=layout.width, height=layout.height,
+            block_size=layout.block_size, block_rows=layout.rows, block_cols=layout.cols,
+            roi_mask=pack_blocks(blocks),
+            roi=EncodedStream(self.settings.codec, self._roi_encoder.crf, roi_key, roi_data),
+            non_roi=non_roi,
+            encode_ms=(time.perf_counter() - start) * 1e3,
+        )
+        self._seq += 1
+        return packet
+
+    def close(self) -> None:
+        if getattr(self, "_pool", None) is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
+class SacDecoder:
+    """Decodes packets of any mode and size; recovers at the next key frame after a gap.
+
+    ``decode`` returns None (and sets ``last_drop_reason``) for packets it must drop.
+    """
+
+    def __init__(self, keep_streams: bool = False):
+        self.keep_streams = keep_streams
+        self._layout: PlaneLayout | None = None
+        self._decoders: dict[str, StreamDecoder] = {}
+        self._last_seq: int | None = None
+        self._out: np.ndarray | None = None
+        self.last_drop_reason: str | None = None
+
+    def _stream_decoder(self, role: str, codec: str) -> StreamDecoder:
+        decoder = self._decoders.get(role)
+        if decoder is None or decoder.codec != codec:
+            decoder = self._decoders[role] = StreamDecoder(codec)
+        return decoder
+
+    def _prepare(self, packet: SacPacket) -> None:
+        layout = self._layout
+        if (layout is None or (layout.width, layout.height, layout.block_size)
+                != (packet.width, packet.height, packet.block_size)):
+            self._layout = PlaneLayout(packet.height, packet.width, packet.block_size)
+            self._out = self._layout.new_i420()
+            for decoder in self._decoders.values():
+                decoder.reset()
+        if (self._layout.rows, self._layout.cols) != (packet.block_rows, packet.block_cols):
+            raise SacError(f"packet block grid {packet.block_rows}x{packet.block_cols} does not "
+                           f"match its {packet.width}x{packet.height} frame")
+
+    def decode(self, packet: SacPacket) -> DecodedFrame | None:
+        start = time.perf_counter()
+        self.last_drop_reason = None
+        if self._last_seq is not None and packet.seq != self._last_seq + 1:
+            for decoder in self._decoders.values():
+                decoder.reset()  # lost or reordered packets: resync at the next key frame
+        self._last_seq = packet.seq
+        self._prepare(packet)
+        blocks = packet.blocks()
+        streams = [("roi", packet.roi)] + ([("non_roi", packet.non_roi)]
+                                             if packet.non_roi is not None else [])
+        planes = {}
+        for role, stream in streams:
+            decoder = self._stream_decoder(role, stream.codec)
+            try:
+                planes[role] = decoder.decode(stream.data, stream.key_frame)
+            except DecodeError as exc:
+                self.last_drop_reason = f"decode_error: {exc}"
+                return None
+            if planes[role] is None:
+                self.last_drop_reason = "waiting_for_key_frame"
+                return None
+            if planes[role].shape != self._out.shape:
+                self.last_drop_reason = "stream_size_mismatch"
+                for decoder in self._decoders.values():
+                    decoder.reset()
+                return None
+        layout = self._layout
+        if packet.non_roi is None:
+            combined = planes["roi"]
+        else:
+            combined = select(layout, planes["roi"], planes["non_roi"], blocks, self._out)
+        frame = DecodedFrame(seq=packet.seq, rgb=layout.i420_to_rgb(combined), blocks=blocks)
+        if self.keep_streams and packet.non_roi is not None:
+            frame.roi_stream_rgb = layout.i420_to_rgb(planes["roi"])
+            frame.non_roi_stream_rgb = layout.i420_to_rgb(planes["non_roi"])
+        frame.decode_ms = (time.perf_counter() - start) * 1e3
+        return frame

@@ -1,0 +1,39 @@
+from glob import glob
+
+from setuptools import find_packages, setup
+
+package_name = "sac_ros"
+
+setup(
+    name=package_name,
+    version="0.1.0",
+    packages=find_packages(exclude=["test", "test.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
+        ("share/" + package_name, ["package.xml"]),
+        ("share/" + package_name + "/config", glob("config/*.yaml")),
+        ("share/" + package_name + "/launch", glob("launch/*.py")),
+    ],
+    python_requires=">=3.10",
+    install_requires=[
+        "setuptools",
+        "numpy",
+        "scipy",
+        "av>=14",
+        "pillow",
+        "pyyaml",
+        "tqdm",
+        "matplotlib",
+    ],
+    extras_require={"test": ["pytest", "ruff"]},
+    zip_safe=True,
+    maintainer="sac_ros maintainers",
+    maintainer_email="sac-ros@example.org",
+    description="Semantic-aware dual-CRF compression of automotive camera video for ROS 2",
+    license="MIT",
+    entry_points={
+        "console_scripts": [
+            "sac = sac_ros.cli.main:main",
+        ],
+    },
+)
