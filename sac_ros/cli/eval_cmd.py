@@ -10,8 +10,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from sac_ros.config import encoder_settings, load_core_config
+from sac_ros.core.codec import CODECS, canonical_codec
 from sac_ros.core.errors import SacError
-from sac_ros.core.evaluate import BdResult, ClipCoder, RunResult, bd_against, sweep
+from sac_ros.core.evaluate import BdResult, ClipCoder, bd_against, sweep
 from sac_ros.core.io import load_clip
 from sac_ros.core.mask import LabelMaskSource, PolygonMaskSource, block_mask
 
@@ -58,7 +59,7 @@ def _masks(args, cfg, clip):
         description = "static ROI polygon from config"
     size = int(cfg["mask"].get("block_size", 16))
     blocks, cache = [], {}
-    for index, (frame, name) in enumerate(zip(clip.frames, clip.names)):
+    for index, (frame, name) in enumerate(zip(clip.frames, clip.names, strict=False)):
         roi = source.roi_pixels(index, frame, name)
         key = roi.tobytes() if isinstance(source, PolygonMaskSource) else None
         if key is not None and key in cache:
@@ -77,20 +78,20 @@ def format_table(records: list[dict]) -> str:
             for r in records]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
     line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w)  # noqa: E731
-                                   for i, (c, w) in enumerate(zip(cells, widths)))
+                                   for i, (c, w) in enumerate(zip(cells, widths, strict=False)))
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
 def run(args) -> int:
+    from sac_ros.cli import plots  # matplotlib: imported only when needed
+
     cfg = load_core_config(args.config)
     ev = cfg["eval"]
     frames = args.frames if args.frames is not None else int(ev.get("frames", 60))
     start = args.start if args.start is not None else int(ev.get("start", 0))
     if frames < 2:
         raise SacError("--frames must be at least 2")
-    codecs = [c for c in ev["codecs"]] if not args.codecs else args.codecs
-    from sac_ros.core.codec import canonical_codec
-    codecs = [canonical_codec(c) for c in codecs]
+    codecs = [canonical_codec(c) for c in (args.codecs or ev["codecs"])]
     for codec in codecs:
         for key in ("crf_sweep", "paper_pairs", "uniform_reference", "matched_sac_roi_crf"):
             if codec not in ev[key]:
@@ -154,11 +155,10 @@ def run(args) -> int:
             notes.append(f"{codec}: no SAC run with ROI CRF {matched_roi:g} matches uniform "
                          f"CRF {ref_crf:g}'s size ({exc})")
         records += [r.record() for r in rows]
-        from sac_ros.cli import plots
-        label = "x264" if codec == "h264" else "x265"
-        plots.rd_curves(out / f"rd_{label}.png",
-                        f"{label} {settings.preset}: {clip.width}x{clip.height}, {n} frames, "
-                        f"ROI {uniform_ref.roi_share:.0%} of pixels", curves, [sac_pair, uniform_eq])
+        label = CODECS[codec][2]
+        title = (f"{label} {settings.preset}: {clip.width}x{clip.height}, {n} frames, "
+                 f"ROI {uniform_ref.roi_share:.0%} of pixels")
+        plots.rd_curves(out / f"rd_{label}.png", title, curves, [sac_pair, uniform_eq])
         plots.side_by_side(out / f"crop_{label}.png", clip.frames[keep],
                            [(f"{uniform_eq.method}: {uniform_eq.kb_per_frame:.1f} kB/frame",
                              uniform_eq.sample_frame),

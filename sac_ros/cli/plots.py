@@ -51,7 +51,7 @@ def side_by_side(path: Path, original: np.ndarray, panels: list[tuple[str, np.nd
     images = [("original", original)] + panels
     fig, axes = plt.subplots(1, len(images), figsize=(4.2 * len(images), 3.2),
                              constrained_layout=True)
-    for ax, (title, image) in zip(axes, images):
+    for ax, (title, image) in zip(axes, images, strict=False):
         ax.imshow(image[window], interpolation="nearest")
         ax.contour(blocks_px[window], levels=[0.5], colors="yellow", linewidths=0.6)
         ax.set_title(title, fontsize=9)

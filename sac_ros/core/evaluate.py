@@ -6,8 +6,8 @@ the nodes run (SacEncoder / SacDecoder).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -126,7 +126,7 @@ class ClipCoder:
         encoder = self._encoder(codec, mode, c_roi, c_non)
         try:
             total = 0
-            for frame, blocks in zip(self.frames, self.blocks):
+            for frame, blocks in zip(self.frames, self.blocks, strict=False):
                 total += encoder.encode(frame, blocks).num_bytes
                 self.progress(1)
             return total
@@ -148,7 +148,7 @@ class ClipCoder:
         result = RunResult(method_name(codec, mode, c_roi, c_non), codec, mode, c_roi, c_non,
                            len(self.frames), self.width, self.height, 0, 0.0)
         try:
-            for index, (frame, blocks) in enumerate(zip(self.frames, self.blocks)):
+            for index, (frame, blocks) in enumerate(zip(self.frames, self.blocks, strict=False)):
                 packet = encoder.encode(frame, blocks)
                 total += packet.num_bytes
                 decoded = decoder.decode(packet)
@@ -163,6 +163,7 @@ class ClipCoder:
                 self.progress(1)
         finally:
             encoder.close()
+            decoder.close()
         result.total_bytes = total
         result.roi_share = roi_px / (len(self.frames) * self.width * self.height)
         for key, values in sums.items():

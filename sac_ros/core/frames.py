@@ -56,7 +56,7 @@ class PlaneLayout:
 
     def planes(self, i420: np.ndarray):
         """Views of Y, U and V, each reshaped to (rows, b, cols, b) block tiles."""
-        h, w, b, rows, cols = (self.padded_height, self.padded_width, self.block_size,
+        h, _w, b, rows, cols = (self.padded_height, self.padded_width, self.block_size,
                                self.rows, self.cols)
         y = i420[:h].reshape(rows, b, cols, b)
         quarter = h // 4
@@ -91,7 +91,7 @@ def split(layout: PlaneLayout, src: np.ndarray, blocks: np.ndarray,
     drop = ~keep
     for src_plane, roi_plane, non_plane, black in zip(
             layout.planes(src), layout.planes(roi_out), layout.planes(non_roi_out),
-            (BLACK_Y, BLACK_C, BLACK_C)):
+            (BLACK_Y, BLACK_C, BLACK_C), strict=False):
         roi_plane[...] = black
         np.copyto(roi_plane, src_plane, where=keep)
         non_plane[...] = black
@@ -103,6 +103,6 @@ def select(layout: PlaneLayout, roi: np.ndarray, non_roi: np.ndarray,
     """Recombine per block: each block comes from the stream that owns it (no adding)."""
     out[...] = non_roi
     keep = blocks[:, None, :, None]
-    for out_plane, roi_plane in zip(layout.planes(out), layout.planes(roi)):
+    for out_plane, roi_plane in zip(layout.planes(out), layout.planes(roi), strict=False):
         np.copyto(out_plane, roi_plane, where=keep)
     return out

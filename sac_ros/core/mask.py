@@ -7,8 +7,9 @@ is ceil(H/16) x ceil(W/16).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 from PIL import Image, ImageDraw

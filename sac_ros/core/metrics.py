@@ -12,7 +12,7 @@ Conventions
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy.ndimage import binary_dilation, gaussian_filter

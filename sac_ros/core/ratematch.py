@@ -8,8 +8,8 @@ the Illinois fix), which converges in a handful of encodes.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from sac_ros.core.errors import SacError
 

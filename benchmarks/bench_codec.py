@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""Encode+decode throughput: uniform vs dual-CRF SAC, measured in the same run.
+
+Frames are the bundled dashcam footage scaled to each size, with the config's
+static road polygon as the ROI. Each measurement covers the full per-frame path
+the nodes run: RGB -> I420 -> split -> encode (two threads) -> decode -> select -> RGB.
+
+    .venv/bin/python benchmarks/bench_codec.py [--frames 60] [--sizes 1024x512 2048x1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import av
+import numpy as np
+
+from sac_ros.config import encoder_settings, load_core_config
+from sac_ros.core.codec import EncoderSettings
+from sac_ros.core.io import iter_frames, sample_video
+from sac_ros.core.mask import PolygonMaskSource, block_mask
+from sac_ros.core.sac import SacDecoder, SacEncoder
+
+
+def scaled_frames(count: int, width: int, height: int) -> list[np.ndarray]:
+    frames = []
+    for rgb, _ in iter_frames(sample_video(), 0, count):
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        frames.append(frame.reformat(width=width, height=height).to_ndarray())
+    return frames
+
+
+def fps(frames, blocks, settings: EncoderSettings, mode: str, parallel: bool) -> float:
+    encoder = SacEncoder(frames[0].shape[1], frames[0].shape[0], 23, 32, settings, mode,
+                         parallel=parallel)
+    decoder = SacDecoder(parallel=parallel)
+    start = time.perf_counter()
+    for frame in frames:
+        if decoder.decode(encoder.encode(frame, blocks)) is None:
+            raise RuntimeError(f"decode dropped a frame: {decoder.last_drop_reason}")
+    elapsed = time.perf_counter() - start
+    encoder.close()
+    decoder.close()
+    return len(frames) / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--frames", type=int, default=60)
+    parser.add_argument("--sizes", nargs="+", default=["1024x512", "2048x1024"])
+    parser.add_argument("--codec", default="h264")
+    parser.add_argument("--preset", default="veryfast")
+    parser.add_argument("--repeats", type=int, default=3, help="median over interleaved repeats")
+    args = parser.parse_args()
+    cfg = load_core_config()
+    section = dict(cfg["codec"], preset=args.preset)
+    settings = encoder_settings(section, codec=args.codec)
+    polygon = PolygonMaskSource(cfg["mask"]["roi_polygon"])
+    methods = (("uniform", "uniform", True), ("SAC, 2 threads", "dual_crf", True),
+               ("SAC, sequential", "dual_crf", False))
+    print(f"codec {settings.codec} preset {settings.preset}, {args.frames} frames, "
+          f"median of {args.repeats} interleaved repeats")
+    print(f"{'size':>10}  {'method':<16} {'fps':>7}  {'x uniform':>9}  ROI blocks")
+    for size in args.sizes:
+        width, height = (int(v) for v in size.lower().split("x"))
+        frames = scaled_frames(args.frames, width, height)
+        blocks = block_mask(polygon.roi_pixels(0, frames[0]))
+        results: dict[str, list[float]] = {name: [] for name, _, _ in methods}
+        fps(frames[:5], blocks, settings, "dual_crf", True)  # warm-up
+        for _ in range(args.repeats):
+            for name, mode, parallel in methods:
+                results[name].append(fps(frames, blocks, settings, mode, parallel))
+        base = statistics.median(results["uniform"])
+        for name, _, _ in methods:
+            value = statistics.median(results[name])
+            print(f"{size:>10}  {name:<16} {value:7.1f}  {value / base:9.2f}  {blocks.mean():.0%}")
+
+
+if __name__ == "__main__":
+    main()
