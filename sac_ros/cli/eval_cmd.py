@@ -10,7 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from sac_ros.config import encoder_settings, load_core_config
-from sac_ros.core.codec import CODECS, canonical_codec
+from sac_ros.core.codec import CODECS, canonical_codec, check_crf
 from sac_ros.core.errors import SacError
 from sac_ros.core.evaluate import BdResult, ClipCoder, bd_against, sweep
 from sac_ros.core.io import load_clip
@@ -22,6 +22,7 @@ TABLE_COLUMNS = (
     ("roi_psnr", "ROI PSNR", "{:.2f}"), ("non_roi_psnr", "non-ROI PSNR", "{:.2f}"),
     ("sa_psnr_region", "SA-PSNR(reg)", "{:.2f}"), ("sa_psnr_stream", "SA-PSNR(str)", "{:.2f}"),
     ("sa_ssim_region", "SA-SSIM(reg)", "{:.4f}"), ("sa_ssim_stream", "SA-SSIM(str)", "{:.4f}"),
+    ("compression_ratio", "1:N", "{:.0f}"),
 )
 
 
@@ -37,6 +38,10 @@ def add_parser(sub) -> None:
     p.add_argument("--start", type=int, help="first frame index")
     p.add_argument("--codecs", nargs="+", help="codecs to compare: h264 hevc")
     p.add_argument("--preset", help="encoder preset (default: from config)")
+    p.add_argument("--pair", nargs=2, type=float, metavar=("ROI_CRF", "NON_ROI_CRF"),
+                   help="SAC CRF pair for the equal-bytes table (default: the papers' pair)")
+    p.add_argument("--uniform-crf", type=float,
+                   help="uniform baseline CRF for the table (default: the papers' baseline)")
     p.add_argument("--labels", help="label PNG folder (or one PNG) as the mask source")
     p.add_argument("--label-layout", default="cityscapes", choices=("cityscapes", "kitti_step"),
                    help="label format: Cityscapes *_labelIds.png or KITTI-STEP panoptic (R = id)")
@@ -132,8 +137,10 @@ def run(args) -> int:
             curves[f"SAC dCRF +{delta:g}"] = sweep(coder, codec, crfs, float(delta))
             bd_results.append(bd_against(curves["uniform"], curves[f"SAC dCRF +{delta:g}"],
                                          codec, float(delta)))
-        ref_crf = float(ev["uniform_reference"][codec])
-        roi_crf, non_crf = (float(c) for c in ev["paper_pairs"][codec])
+        ref_crf = check_crf(args.uniform_crf if args.uniform_crf is not None
+                            else ev["uniform_reference"][codec], "uniform CRF")
+        roi_crf, non_crf = (check_crf(c, "pair CRF")
+                            for c in (args.pair or ev["paper_pairs"][codec]))
         uniform_ref = coder.run(codec, "uniform", ref_crf, full=True, keep_frame=keep)
         sac_pair = coder.run(codec, "dual_crf", roi_crf, non_crf, full=True, keep_frame=keep)
         match = coder.match_uniform(codec, sac_pair.total_bytes, tolerance, guess=ref_crf)

@@ -73,7 +73,7 @@ def _encoder_options(settings: EncoderSettings, crf: float) -> dict[str, str]:
         options["x264-params"] = gop_params
     else:
         options["x265-params"] = (f"{gop_params}:repeat-headers=1:rc-lookahead=0:"
-                                  f"log-level=error")
+                                  f"log-level=error:info=0")
     return options
 
 

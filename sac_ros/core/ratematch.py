@@ -39,6 +39,7 @@ def match_crf(bytes_at: Callable[[float], int], target_bytes: int, tolerance: fl
     if target_bytes <= 0:
         raise SacError("target size must be positive")
     log_target = math.log(target_bytes)
+    lo_bound, hi_bound = lo, hi
     cache: dict[float, int] = {}
 
     def f(crf: float) -> float:
@@ -63,27 +64,31 @@ def match_crf(bytes_at: Callable[[float], int], target_bytes: int, tolerance: fl
         step = 6.0
         if fg > 0:  # too big: raise CRF
             lo, f_lo = g, fg
-            hi = min(g + step, CRF_MAX if hi is None else hi)
+            hi = min(g + step, hi_bound)
             f_hi = f(hi)
-            while f_hi > 0 and hi < CRF_MAX:
-                lo, f_lo, hi = hi, f_hi, min(hi + step, CRF_MAX)
+            while f_hi > 0 and hi < hi_bound:
+                lo, f_lo, hi = hi, f_hi, min(hi + step, hi_bound)
                 f_hi = f(hi)
         else:
             hi, f_hi = g, fg
-            lo = max(g - step, CRF_MIN)
+            lo = max(g - step, lo_bound)
             f_lo = f(lo)
-            while f_lo < 0 and lo > CRF_MIN:
-                hi, f_hi, lo = lo, f_lo, max(lo - step, CRF_MIN)
+            while f_lo < 0 and lo > lo_bound:
+                hi, f_hi, lo = lo, f_lo, max(lo - step, lo_bound)
                 f_lo = f(lo)
     else:
         f_lo, f_hi = f(lo), f(hi)
     for crf, value in ((lo, f_lo), (hi, f_hi)):
         if within(value):
             return done(crf)
-    if f_lo < 0 or f_hi > 0:
-        reach = f"{math.exp(f_hi) * target_bytes:.0f}-{math.exp(f_lo) * target_bytes:.0f}"
+    if f_hi > 0:
         raise SacError(f"target size {target_bytes} bytes is out of reach for CRF "
-                       f"{lo:g}-{hi:g} (sizes {reach} bytes)")
+                       f"{lo_bound:g}-{hi_bound:g}: even CRF {hi:g} gives "
+                       f"{cache[round(hi, 3)]} bytes")
+    if f_lo < 0:
+        raise SacError(f"target size {target_bytes} bytes is out of reach for CRF "
+                       f"{lo_bound:g}-{hi_bound:g}: even CRF {lo:g} gives only "
+                       f"{cache[round(lo, 3)]} bytes")
     side = 0
     for _ in range(max_encodes):
         crf = hi - f_hi * (hi - lo) / (f_hi - f_lo)
