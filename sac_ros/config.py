@@ -112,3 +112,106 @@ def encoder_settings(section: dict[str, Any], codec: str = "h264",
     return EncoderSettings(codec=codec, preset=section.get("preset", "veryfast"),
                            gop=int(section.get("gop", 30)), threads=int(section.get("threads", 0)),
                            fps=fps)
+
+
+# ------------------------------------------------------------------ segmentation
+
+SEGMENTATION_KEYS = {"model", "backend", "class_map", "input_size", "roi_threshold",
+                     "block_threshold", "device", "threads", "on_size_mismatch", "normalize",
+                     "train", "export"}
+SEGMENTATION_TRAIN_KEYS = {"lr", "betas", "weight_decay", "batch_size", "epochs", "crop",
+                           "scale", "width", "seed"}
+SEGMENTATION_EXPORT_KEYS = {"opt_shape", "min_shape", "max_shape", "fp16", "workspace_mb"}
+SEGMENTATION_BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
+SEGMENTATION_CLASS_MAPS = ("auto", "cityscapes_train_ids", "cityscapes_label_ids", "kitti_step",
+                           "four_class", "binary")
+
+
+def _size_pair(value: Any, where: str, multiple: int = 32) -> list[int]:
+    """A [width, height] pair of positive multiples of ``multiple``."""
+    if (not isinstance(value, (list, tuple)) or len(value) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+        raise SacError(f"{where} must be [width, height] in pixels")
+    if any(v <= 0 or v % multiple for v in value):
+        raise SacError(f"{where} {value[0]}x{value[1]}: width and height must be positive "
+                       f"multiples of {multiple}")
+    return [int(value[0]), int(value[1])]
+
+
+def _number(section: dict, key: str, where: str, low: float, high: float,
+            default: float) -> float:
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise SacError(f"{where}.{key} must be a number in [{low:g}, {high:g}], got {value!r}")
+    return float(value)
+
+
+def load_segmentation_config(path: str | Path | None = None) -> dict[str, Any]:
+    """Load segmentation.yaml, validate every value, and fill in the defaults."""
+    cfg = copy.deepcopy(load_yaml(path, "segmentation.yaml"))
+    _check_keys(cfg, SEGMENTATION_KEYS, "segmentation config")
+    where = "segmentation config"
+    cfg["model"] = str(cfg.get("model", "default"))
+    if cfg.setdefault("backend", "auto") not in SEGMENTATION_BACKENDS:
+        raise SacError(f"{where}: backend must be one of {', '.join(SEGMENTATION_BACKENDS)}")
+    if cfg.setdefault("class_map", "auto") not in SEGMENTATION_CLASS_MAPS:
+        raise SacError(f"{where}: class_map must be one of {', '.join(SEGMENTATION_CLASS_MAPS)}")
+    size = cfg.setdefault("input_size", "native")
+    if size != "native":
+        cfg["input_size"] = _size_pair(size, f"{where}: input_size")
+    for key in ("roi_threshold", "block_threshold"):
+        cfg[key] = _number(cfg, key, where, 0.0, 1.0, 0.5)
+    if cfg.setdefault("device", "auto") not in ("auto", "cpu", "cuda"):
+        raise SacError(f"{where}: device must be auto, cpu or cuda")
+    threads = cfg.setdefault("threads", 0)
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise SacError(f"{where}: threads must be a whole number >= 0")
+    if cfg.setdefault("on_size_mismatch", "resize") not in ("resize", "error"):
+        raise SacError(f"{where}: on_size_mismatch must be resize or error")
+    norm = cfg.setdefault("normalize", {})
+    if not isinstance(norm, dict):
+        raise SacError(f"{where}: normalize must be a mapping with mean and std")
+    _check_keys(norm, {"mean", "std"}, f"{where} section 'normalize'")
+    for key, default in (("mean", [123.675, 116.28, 103.53]), ("std", [58.395, 57.12, 57.375])):
+        values = norm.setdefault(key, default)
+        if (not isinstance(values, list) or len(values) != 3
+                or not all(isinstance(v, (int, float)) for v in values)):
+            raise SacError(f"{where}: normalize.{key} must be three numbers (R, G, B)")
+        if key == "std" and any(v <= 0 for v in values):
+            raise SacError(f"{where}: normalize.std values must be positive")
+    train = cfg.setdefault("train", {})
+    if not isinstance(train, dict):
+        raise SacError(f"{where}: train must be a mapping")
+    _check_keys(train, SEGMENTATION_TRAIN_KEYS, f"{where} section 'train'")
+    train["lr"] = _number(train, "lr", f"{where}: train", 1e-7, 1.0, 3e-4)
+    train["weight_decay"] = _number(train, "weight_decay", f"{where}: train", 0.0, 1.0, 1e-5)
+    betas = train.setdefault("betas", [0.9, 0.999])
+    if (not isinstance(betas, list) or len(betas) != 2
+            or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)):
+        raise SacError(f"{where}: train.betas must be two numbers in [0, 1)")
+    for key, default, minimum in (("batch_size", 8, 1), ("epochs", 40, 1), ("seed", 0, 0)):
+        value = train.setdefault(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise SacError(f"{where}: train.{key} must be a whole number >= {minimum}")
+    train["crop"] = _size_pair(train.get("crop", [512, 256]), f"{where}: train.crop")
+    scale = train.setdefault("scale", [0.5, 1.1])
+    if (not isinstance(scale, list) or len(scale) != 2
+            or not all(isinstance(s, (int, float)) and 0 < s <= 4 for s in scale)
+            or scale[0] > scale[1]):
+        raise SacError(f"{where}: train.scale must be [low, high] with 0 < low <= high <= 4")
+    train["width"] = _number(train, "width", f"{where}: train", 0.25, 4.0, 1.5)
+    export = cfg.setdefault("export", {})
+    if not isinstance(export, dict):
+        raise SacError(f"{where}: export must be a mapping")
+    _check_keys(export, SEGMENTATION_EXPORT_KEYS, f"{where} section 'export'")
+    for key, default in (("min_shape", [512, 256]), ("opt_shape", [1024, 512]),
+                         ("max_shape", [2048, 1024])):
+        export[key] = _size_pair(export.get(key, default), f"{where}: export.{key}")
+    lo, opt, hi = export["min_shape"], export["opt_shape"], export["max_shape"]
+    if not all(lo[i] <= opt[i] <= hi[i] for i in range(2)):
+        raise SacError(f"{where}: export shapes must satisfy min <= opt <= max")
+    if not isinstance(export.setdefault("fp16", True), bool):
+        raise SacError(f"{where}: export.fp16 must be true or false")
+    export["workspace_mb"] = int(_number(export, "workspace_mb", f"{where}: export", 16,
+                                         1 << 20, 1024))
+    return cfg

@@ -6,16 +6,21 @@ the nodes run (SacEncoder / SacDecoder).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sac_ros.core import metrics
-from sac_ros.core.codec import CODECS, EncoderSettings
+from sac_ros.core.codec import CODECS, EncoderSettings, Vbv
 from sac_ros.core.mask import expand_blocks
 from sac_ros.core.ratematch import MatchResult, match_crf
 from sac_ros.core.sac import SacDecoder, SacEncoder
+
+if TYPE_CHECKING:
+    from sac_ros.core.ratecontrol import RateController
 
 Progress = Callable[[int], None]
 
@@ -47,6 +52,7 @@ class RunResult:
     flash_fraction: float = float("nan")
     size_match_error_pct: float | None = None
     sample_frame: np.ndarray | None = field(default=None, repr=False)
+    frame_bytes: list[int] = field(default_factory=list, repr=False)
 
     @property
     def kb_per_frame(self) -> float:
@@ -84,6 +90,8 @@ def method_name(codec: str, mode: str, c_roi: float, c_non: float) -> str:
     label = CODECS[codec][2]
     if mode == "uniform":
         return f"{'H.264' if codec == 'h264' else 'H.265'} crf {c_roi:g}"
+    if mode == "roi_qp":
+        return f"ROI-QP {label.upper()} {c_roi:g} {c_non - c_roi:+g}"
     return f"SA-{label.upper()} {c_roi:g}/{c_non:g}"
 
 
@@ -116,14 +124,16 @@ class ClipCoder:
         return self._bands[key]
 
     def _encoder(self, codec: str, mode: str, c_roi: float, c_non: float) -> SacEncoder:
-        settings = EncoderSettings(codec, self.settings.preset, self.settings.gop,
-                                   self.settings.threads, self.settings.fps)
+        settings = dataclasses.replace(self.settings, codec=codec)
         return SacEncoder(self.width, self.height, c_roi, c_non, settings, mode,
                           block_size=self.block_size)
 
-    def total_bytes(self, codec: str, mode: str, c_roi: float, c_non: float) -> int:
+    def total_bytes(self, codec: str, mode: str, c_roi: float, c_non: float,
+                    vbv: Vbv | None = None) -> int:
         """Encode only (for size matching)."""
         encoder = self._encoder(codec, mode, c_roi, c_non)
+        if vbv is not None:
+            encoder.set_vbv(vbv)
         try:
             total = 0
             for frame, blocks in zip(self.frames, self.blocks, strict=False):
@@ -134,10 +144,21 @@ class ClipCoder:
             encoder.close()
 
     def run(self, codec: str, mode: str, c_roi: float, c_non: float | None = None,
-            full: bool = False, keep_frame: int | None = None) -> RunResult:
-        """Encode, decode and measure. ``full`` adds SSIM, stream readings and flash."""
+            full: bool = False, keep_frame: int | None = None, vbv: Vbv | None = None,
+            controller: RateController | None = None) -> RunResult:
+        """Encode, decode and measure. ``full`` adds SSIM, stream readings and flash.
+
+        ``vbv`` caps the (single) stream; ``controller`` sets the CRFs and caps from
+        its first decision on, then after every GOP (``c_roi`` / ``c_non`` are ignored).
+        """
+        if controller is not None:
+            c_roi, c_non = controller.decision.roi_crf, controller.decision.non_roi_crf
         c_non = c_roi if c_non is None or mode == "uniform" else c_non
         encoder = self._encoder(codec, mode, c_roi, c_non)
+        if controller is not None:
+            controller.decision.apply_to(encoder)
+        elif vbv is not None:
+            encoder.set_vbv(vbv)
         decoder = SacDecoder(keep_streams=full)
         sums: dict[str, list[float]] = {}
         total, roi_px = 0, 0
@@ -151,6 +172,11 @@ class ClipCoder:
             for index, (frame, blocks) in enumerate(zip(self.frames, self.blocks, strict=False)):
                 packet = encoder.encode(frame, blocks)
                 total += packet.num_bytes
+                result.frame_bytes.append(packet.num_bytes)
+                if controller is not None:
+                    decision = controller.observe(packet)
+                    if decision is not None:
+                        decision.apply_to(encoder)
                 decoded = decoder.decode(packet)
                 if decoded is None:
                     raise RuntimeError(f"frame {index} did not decode: "
@@ -225,14 +251,18 @@ class BdResult:
     roi_bd_rate_pct: float
     non_roi_bd_psnr_db: float
     roi_bd_psnr_db: float
+    mode: str = "dual_crf"
 
 
 def sweep(coder: ClipCoder, codec: str, crfs: Sequence[float],
-          delta: float | None) -> list[SweepPoint]:
-    """Uniform (delta None) or dual-CRF (c, c + delta) over a CRF list."""
+          delta: float | None, mode: str = "dual_crf") -> list[SweepPoint]:
+    """Uniform (delta None) or SAC (c, c + delta) over a CRF list.
+
+    For ``roi_qp`` the delta is the non-ROI QP offset on a base CRF of c.
+    """
     points = []
     for crf in crfs:
-        mode = "uniform" if delta is None else "dual_crf"
+        mode = "uniform" if delta is None else mode
         c_non = crf if delta is None else min(crf + delta, 51.0)
         run = coder.run(codec, mode, crf, c_non)
         points.append(SweepPoint(crf, c_non, run.kb_per_frame, run.psnr, run.roi_psnr,
@@ -241,7 +271,7 @@ def sweep(coder: ClipCoder, codec: str, crfs: Sequence[float],
 
 
 def bd_against(anchor: Sequence[SweepPoint], test: Sequence[SweepPoint], codec: str,
-               delta: float) -> BdResult:
+               delta: float, mode: str = "dual_crf") -> BdResult:
     rate_a, rate_t = [p.kb_per_frame for p in anchor], [p.kb_per_frame for p in test]
     return BdResult(
         codec, delta,
@@ -251,4 +281,5 @@ def bd_against(anchor: Sequence[SweepPoint], test: Sequence[SweepPoint], codec: 
                                               rate_t, [p.non_roi_psnr for p in test]),
         roi_bd_psnr_db=metrics.bd_quality(rate_a, [p.roi_psnr for p in anchor],
                                           rate_t, [p.roi_psnr for p in test]),
+        mode=mode,
     )

@@ -64,6 +64,56 @@ def unpack_blocks(data: bytes, rows: int, cols: int) -> np.ndarray:
     return bits.reshape(rows, cols).astype(bool)
 
 
+class BlockHysteresis:
+    """Temporal hysteresis: a block stays ROI for ``hold_frames`` frames after its last ROI pixel.
+
+    Blocks on the ROI boundary that flicker in and out from frame to frame cost bits
+    (in dual_crf a switching block changes stream and loses its reference; in roi_qp
+    its QP jumps). Holding them a few frames stops the flicker; 0 turns it off.
+    """
+
+    def __init__(self, hold_frames: int):
+        if isinstance(hold_frames, bool) or not isinstance(hold_frames, int | np.integer):
+            raise SacError(f"hysteresis hold must be a whole number of frames, got {hold_frames!r}")
+        if not 0 <= hold_frames <= 1000:
+            raise SacError(f"hysteresis hold {hold_frames} is outside 0-1000 frames")
+        self.hold_frames = int(hold_frames)
+        self._age: np.ndarray | None = None  # frames since each block's last ROI pixel
+        self._held: np.ndarray | None = None
+
+    def reset(self) -> None:
+        """Forget the history (a new camera stream or a size change)."""
+        self._age = self._held = None
+
+    def update(self, blocks: np.ndarray) -> np.ndarray:
+        """This frame's held mask. The array is reused by the next call: copy it to keep it."""
+        if self.hold_frames == 0:
+            return blocks
+        if self._age is None or self._age.shape != blocks.shape:
+            self._age = np.full(blocks.shape, self.hold_frames + 1, np.int32)  # never seen
+            self._held = np.empty(blocks.shape, bool)
+        age = self._age
+        np.add(age, 1, out=age)
+        np.minimum(age, self.hold_frames + 1, out=age)  # saturate: no overflow on long runs
+        np.copyto(age, 0, where=blocks)
+        return np.less_equal(age, self.hold_frames, out=self._held)
+
+
+def hold_blocks(masks: Sequence[np.ndarray], hold_frames: int) -> list[np.ndarray]:
+    """Apply ``BlockHysteresis`` to a clip's masks; equal consecutive masks share one array."""
+    hysteresis = BlockHysteresis(hold_frames)
+    if hysteresis.hold_frames == 0:
+        return list(masks)
+    held: list[np.ndarray] = []
+    for blocks in masks:
+        current = hysteresis.update(blocks)
+        if held and np.array_equal(held[-1], current):
+            held.append(held[-1])
+        else:
+            held.append(current.copy())
+    return held
+
+
 # ---------------------------------------------------------------- sources
 
 class MaskSource(Protocol):

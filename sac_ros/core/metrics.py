@@ -104,6 +104,16 @@ def compression_ratio(num_bytes: float, width: int, height: int) -> float:
     return (3.0 * width * height) / num_bytes if num_bytes else float("inf")
 
 
+def window_bitrates(frame_bytes: Sequence[int], fps: float, window_s: float = 1.0) -> np.ndarray:
+    """Bit/s over every sliding window of ``window_s`` seconds (rounded to whole frames)."""
+    frames = max(1, round(fps * window_s))
+    sizes = np.asarray(frame_bytes, np.float64)
+    if len(sizes) < frames:
+        return np.empty(0)
+    sums = np.convolve(sizes, np.ones(frames), "valid")
+    return sums * 8.0 * fps / frames
+
+
 def boundary_band(blocks_px: np.ndarray, radius: int = 8) -> np.ndarray:
     """Pixels within ``radius`` px of the ROI / non-ROI boundary."""
     structure = np.ones((2 * radius + 1, 2 * radius + 1), bool)

@@ -3,7 +3,10 @@
 ``mode="dual_crf"`` is the papers' method: an ROI stream at ``roi_crf`` and a
 non-ROI stream at ``non_roi_crf``, each black outside its blocks, encoded in
 two threads. ``mode="uniform"`` sends one stream at ``roi_crf`` for the whole
-frame; it is the baseline every comparison is made against.
+frame; it is the baseline every comparison is made against. ``mode="roi_qp"``
+sends one stream at CRF ``roi_crf`` whose non-ROI blocks are coded
+``non_roi_crf - roi_crf`` QP higher (per-block QP offsets, see codec.py); the
+decoder needs nothing extra for it, as the packet has one stream.
 """
 
 from __future__ import annotations
@@ -16,12 +19,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sac_ros.core.codec import DecodeError, EncoderSettings, StreamDecoder, StreamEncoder, check_crf
+from sac_ros.core.codec import (
+    ENCODER_BLOCK,
+    DecodeError,
+    EncoderSettings,
+    StreamDecoder,
+    StreamEncoder,
+    Vbv,
+    check_crf,
+)
 from sac_ros.core.errors import SacError
 from sac_ros.core.frames import PlaneLayout, as_rgb, select, split
 from sac_ros.core.mask import BLOCK_SIZE, pack_blocks, unpack_blocks
 
-MODES = ("dual_crf", "uniform")
+MODES = ("dual_crf", "uniform", "roi_qp")
 
 
 @dataclass
@@ -44,10 +55,11 @@ class SacPacket:
     block_rows: int
     block_cols: int
     roi_mask: bytes  # bit-packed, row-major, 1 = ROI block
-    roi: EncodedStream
+    roi: EncodedStream  # the one stream in uniform and roi_qp modes
     non_roi: EncodedStream | None
     encode_ms: float = 0.0
     segmentation_ms: float = 0.0
+    qp_offset: float = 0.0  # roi_qp: QP offset of the non-ROI blocks (informative)
 
     @property
     def key_frame(self) -> bool:
@@ -83,13 +95,21 @@ class SacEncoder:
         self.layout = PlaneLayout(height, width, block_size)
         roi_crf = check_crf(roi_crf, "roi_crf")
         dual = mode == "dual_crf"
+        if mode == "roi_qp" and block_size % ENCODER_BLOCK:
+            raise SacError(f"roi_qp needs block_size 16, 32 or 64, got {block_size} "
+                           "(x264 sets one QP per 16x16 macroblock)")
         if dual and parallel and not self.settings.threads:
             # Two encoders run side by side: split the cores between them rather than
             # letting each spawn a thread per core (measured faster on 2 cores).
             per_stream = max(1, (os.cpu_count() or 2) // 2)
             self.settings = dataclasses.replace(self.settings, threads=per_stream)
         pw, ph = self.layout.padded_width, self.layout.padded_height
-        self._roi_encoder = StreamEncoder(pw, ph, roi_crf, self.settings)
+        qp_offset = None
+        if mode == "roi_qp":
+            qp_offset = 0.0 if non_roi_crf is None else (
+                check_crf(non_roi_crf, "non_roi_crf") - roi_crf)
+            self._non_blocks = np.empty((self.layout.rows, self.layout.cols), bool)
+        self._roi_encoder = StreamEncoder(pw, ph, roi_crf, self.settings, qp_offset=qp_offset)
         self._non_roi_encoder = None
         self._pool = None
         if dual:
@@ -108,13 +128,43 @@ class SacEncoder:
 
     @property
     def non_roi_crf(self) -> float | None:
+        """dual_crf: the non-ROI stream's CRF; roi_qp: ROI CRF + non-ROI QP offset."""
+        if self.mode == "roi_qp":
+            return self._roi_encoder.crf + self._roi_encoder.qp_offset
         return self._non_roi_encoder.crf if self._non_roi_encoder else None
 
+    @property
+    def qp_offset(self) -> float:
+        """roi_qp: the non-ROI blocks' QP offset (0 in the other modes)."""
+        return self._roi_encoder.qp_offset
+
+    @property
+    def next_is_key(self) -> bool:
+        return self._roi_encoder.next_is_key
+
     def set_crfs(self, roi_crf: float, non_roi_crf: float | None = None) -> None:
-        """New CRFs, applied at the next key frame of both streams."""
+        """New CRFs, applied at the next key frame of both streams.
+
+        roi_qp: the non-ROI QP offset becomes ``non_roi_crf - roi_crf``; without
+        ``non_roi_crf`` the offset is kept (dual_crf: the non-ROI CRF is kept).
+        """
+        roi_crf = check_crf(roi_crf, "roi_crf")
+        if non_roi_crf is not None:
+            non_roi_crf = check_crf(non_roi_crf, "non_roi_crf")
         self._roi_encoder.set_crf(roi_crf)
+        if self.mode == "roi_qp" and non_roi_crf is not None:
+            self._roi_encoder.set_qp_offset(non_roi_crf - roi_crf)
         if self._non_roi_encoder is not None and non_roi_crf is not None:
             self._non_roi_encoder.set_crf(non_roi_crf)
+
+    def set_vbv(self, roi_vbv: Vbv | None, non_roi_vbv: Vbv | None = None) -> None:
+        """VBV caps (capped CRF) from the next key frame; None lifts a cap.
+
+        ``roi_vbv`` caps the one stream of uniform / roi_qp, or the ROI stream of dual_crf.
+        """
+        self._roi_encoder.set_vbv(roi_vbv)
+        if self._non_roi_encoder is not None:
+            self._non_roi_encoder.set_vbv(non_roi_vbv)
 
     def encode(self, rgb: np.ndarray, blocks: np.ndarray | None = None) -> SacPacket:
         """Encode one RGB frame with its (rows, cols) ROI block mask."""
@@ -127,7 +177,11 @@ class SacEncoder:
                            f"{(layout.rows, layout.cols)} for {layout.width}x{layout.height}")
         i420 = layout.rgb_to_i420(as_rgb(rgb))
         non_roi = None
-        if self._non_roi_encoder is None:
+        if self.mode == "roi_qp":
+            # One stream; the non-ROI blocks get the QP offset through the side data.
+            offset_blocks = np.logical_not(blocks, out=self._non_blocks)
+            roi_data, roi_key = self._roi_encoder.encode(i420, offset_blocks)
+        elif self._non_roi_encoder is None:
             roi_data, roi_key = self._roi_encoder.encode(i420)
         else:
             split(layout, i420, blocks, self._roi_buf, self._non_buf)
@@ -148,6 +202,7 @@ class SacEncoder:
             roi=EncodedStream(self.settings.codec, self._roi_encoder.crf, roi_key, roi_data),
             non_roi=non_roi,
             encode_ms=(time.perf_counter() - start) * 1e3,
+            qp_offset=self._roi_encoder.qp_offset,
         )
         self._seq += 1
         return packet

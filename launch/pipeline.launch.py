@@ -1,0 +1,47 @@
+"""Start the sac_ros pipeline: per camera, sensor -> ECU (-> perception).
+
+    ros2 launch sac_ros pipeline.launch.py [config:=FILE] [input_topic:=TOPIC] [model:=PATH]
+
+Reads the same config/pipeline.yaml as `sac pipeline` (the launch-free runner);
+sac_ros.pipeline decides which nodes start for both.
+"""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+from sac_ros.pipeline import load_layout, pipeline_nodes
+
+
+def _nodes(context):
+    config = LaunchConfiguration("config").perform(context)
+    layout = load_layout(config)
+    actions = []
+    if layout.fastdds_large_data:
+        actions.append(SetEnvironmentVariable("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA"))
+    for spec in pipeline_nodes(layout,
+                               input_topic=LaunchConfiguration("input_topic").perform(context),
+                               model=LaunchConfiguration("model").perform(context)):
+        actions.append(Node(package="sac_ros", executable=spec.executable, name=spec.name,
+                            namespace=spec.namespace, parameters=[config, spec.overrides],
+                            output="screen"))
+    return actions
+
+
+def generate_launch_description():
+    default_config = os.path.join(get_package_share_directory("sac_ros"), "config",
+                                  "pipeline.yaml")
+    return LaunchDescription([
+        DeclareLaunchArgument("config", default_value=default_config,
+                              description="Pipeline parameter file (config/pipeline.yaml)."),
+        DeclareLaunchArgument("input_topic", default_value="",
+                              description="Camera Image topic; empty = the config's."),
+        DeclareLaunchArgument("model", default_value="",
+                              description="Segmentation model (default or a path); empty = "
+                                          "the config's mask source."),
+        OpaqueFunction(function=_nodes),
+    ])

@@ -1,0 +1,184 @@
+"""``sac pipeline``: start the pipeline's nodes from config/pipeline.yaml without ros2 launch.
+
+Each node runs in its own process (real DDS between them), from the same
+parameter file and the same node list (sac_ros.pipeline) as the launch file.
+With ``--source`` it also publishes a video per camera, measures the run end to
+end and prints a summary.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from sac_ros.core.errors import SacError
+from sac_ros.pipeline import NodeSpec, load_layout, pipeline_nodes
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("pipeline", help="run the ROS 2 pipeline without ros2 launch",
+                       description="Start sensor, ECU and perception nodes per camera from "
+                                   "config/pipeline.yaml. With --source, also publish a video "
+                                   "per camera and print an end-to-end summary.")
+    p.add_argument("--config", help="pipeline parameter file (default: config/pipeline.yaml)")
+    p.add_argument("--input-topic", default="", help="camera Image topic (default: config's)")
+    p.add_argument("--model", default="", help="segmentation model for the ROI mask "
+                   "(default | PATH); default: the config's mask source")
+    p.add_argument("--source", help="publish this video / folder / sample[:clip] per camera "
+                   "and print a summary when it ends")
+    p.add_argument("--frames", type=int, default=0, help="with --source: frames to publish "
+                   "(0 = the whole source)")
+    p.add_argument("--no-perception", action="store_true", help="do not start perception nodes")
+    p.add_argument("--json", help="with --source: write the summary as JSON here")
+    p.add_argument("--startup-timeout", type=float, default=60.0,
+                   help="seconds to wait for all nodes to be discovered")
+    p.set_defaults(func=run)
+
+
+def node_command(spec: NodeSpec, config: str, extra: dict | None = None) -> list[str]:
+    """The command line that starts one node: the same executable and parameters as launch."""
+    cmd = [sys.executable, "-m", spec.module, "--ros-args", "-r", f"__node:={spec.name}",
+           "-r", f"__ns:={spec.namespace}", "--params-file", config]
+    for key, value in {**spec.overrides, **(extra or {})}.items():
+        cmd += ["-p", f"{key}:={value}"]
+    return cmd
+
+
+class Children:
+    """Node processes, stopped together with SIGINT (then SIGKILL)."""
+
+    def __init__(self, env: dict):
+        self.env = env
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, label: str, cmd: list[str]) -> subprocess.Popen:
+        proc = subprocess.Popen(cmd, env=self.env)
+        self.procs.append((label, proc))
+        return proc
+
+    def failed(self) -> list[str]:
+        return [f"{label} (exit {p.returncode})" for label, p in self.procs
+                if p.poll() is not None and p.returncode not in (0, -signal.SIGINT)]
+
+    def stop(self) -> None:
+        for _, proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 10
+        for _, proc in self.procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def run(args) -> int:
+    layout = load_layout(args.config)
+    if args.no_perception:
+        layout.perception = False
+    if args.frames < 0:
+        raise SacError("--frames must be >= 0")
+    env = dict(os.environ)
+    if layout.fastdds_large_data:
+        env["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
+        os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"  # this process's listener too
+    specs = pipeline_nodes(layout, args.input_topic, args.model, video_source=bool(args.source))
+    children = Children(env)
+    config = str(layout.config)
+    try:
+        for spec in specs:
+            if spec.executable != "sac_video_source":
+                children.start(f"{spec.namespace} {spec.name}", node_command(spec, config))
+        if not args.source:
+            print(f"sac pipeline: {len(children.procs)} nodes for cameras "
+                  f"{', '.join(c or '/' for c in layout.cameras)}; Ctrl-C stops them",
+                  file=sys.stderr)
+            while not children.failed():
+                time.sleep(0.5)
+            raise SacError(f"node(s) stopped: {', '.join(children.failed())}")
+        summary = _run_with_source(args, layout, specs, children, config)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        children.stop()
+    _print_summary(summary)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(summary, handle, indent=2, default=float)
+    return 0
+
+
+def _run_with_source(args, layout, specs, children: Children, config: str) -> list[dict]:
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+
+    from sac_ros.nodes.summary import SummaryCollector
+
+    namespaces = [f"/{c}" if c else "/" for c in layout.cameras]
+    input_topic = args.input_topic or "image_raw"
+    rclpy.init()
+    collector = SummaryCollector(namespaces, input_topic)
+    executor = MultiThreadedExecutor(num_threads=2)
+    executor.add_node(collector)
+    spin = __import__("threading").Thread(target=executor.spin, daemon=True)
+    spin.start()
+    try:
+        # Discovery: every sensor subscribes to its camera topic, every ECU publishes images.
+        deadline = time.monotonic() + args.startup_timeout
+        expected_subs = 2 + (1 if layout.perception else 0)  # sensor, this collector, perception
+        while True:
+            ready = all(
+                collector.count_subscribers(collector.topic(ns, input_topic)) >= expected_subs
+                and collector.count_publishers(collector.topic(ns, "sac/image")) >= 1
+                for ns in namespaces)
+            if ready:
+                break
+            if children.failed():
+                raise SacError(f"node(s) stopped: {', '.join(children.failed())}")
+            if time.monotonic() > deadline:
+                raise SacError(f"nodes not discovered after {args.startup_timeout:g} s")
+            time.sleep(0.1)
+        sources = [children.start(f"{spec.namespace} source", node_command(
+            spec, config, {"input": args.source, "max_frames": args.frames,
+                           "wait_for_subscribers": 0}))
+            for spec in specs if spec.executable == "sac_video_source"]
+        print(f"sac pipeline: publishing {args.source} on {len(sources)} camera(s)",
+              file=sys.stderr)
+        for proc in sources:
+            proc.wait()
+            if proc.returncode != 0:
+                raise SacError(f"the video source failed (exit {proc.returncode})")
+        while not collector.settled(idle_s=3.0):  # let the pipeline drain
+            time.sleep(0.2)
+        time.sleep(1.2)  # one more stats period from every node
+        return [cam.row() for cam in collector.cameras.values()]
+    finally:
+        executor.shutdown()
+        collector.destroy_node()
+        rclpy.shutdown()
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if isinstance(value, float) and math.isnan(value) else format(value, spec)
+
+
+def _print_summary(rows: list[dict]) -> None:
+    for row in rows:
+        drops = ", ".join(f"{k} {v}" for k, v in row["drops"].items()) or "none"
+        print(f"camera {row['camera']}: frames in {row['frames_in']}, packets {row['packets']}, "
+              f"frames out {row['frames_out']} (drops: {drops})")
+        print(f"  rate   {_fmt(row['kb_per_frame'], '.2f')} kB/frame, "
+              f"{_fmt(row['mbit_per_s'], '.2f')} Mbit/s at {_fmt(row['input_fps'], '.1f')} fps")
+        print(f"  PSNR   ROI {_fmt(row['roi_psnr'], '.2f')} dB, "
+              f"non-ROI {_fmt(row['non_roi_psnr'], '.2f')} dB")
+        print(f"  latency camera stamp -> reconstructed image: "
+              f"p50 {_fmt(row['latency_p50_ms'], '.1f')} ms, "
+              f"p99 {_fmt(row['latency_p99_ms'], '.1f')} ms")
+        print(f"  perception (reconstructed vs original): iIoU {_fmt(row['iiou'], '.4f')}, "
+              f"mIoU {_fmt(row['miou'], '.4f')} over {row['perception_frames']} frames")

@@ -1,0 +1,296 @@
+"""Bandwidth-budget rate control: hold one camera to a target bitrate, ROI first.
+
+CRFs change only at key frames, so the controller acts between GOPs. After each
+GOP it fits a rate model to the bytes it observed (per region when the packet has
+two streams), then picks the CRFs of the next GOP:
+
+- ``dual_crf``: the ROI and non-ROI CRFs; ``roi_qp``: the base CRF and the non-ROI
+  QP offset (as ``non_roi_crf - roi_crf``); ``uniform``: one CRF.
+- Normal regime: the lowest ROI CRF (best ROI quality) whose predicted GOP fits the
+  budget, with the non-ROI ``spread`` CRF/QP above it (the ROI preference).
+- When the ROI CRF would pass ``roi_crf_max`` (the minimum ROI quality), the ROI
+  holds there and the non-ROI CRF rises alone, up to ``non_roi_crf_max``: non-ROI
+  quality is shed first. Below even that floor the controller warns, states the
+  floor, and lets the ROI go too rather than break the cap.
+- Within a GOP a VBV cap on the encoder(s) (x264/x265 capped CRF: ``vbv-maxrate``
+  = the cap, ``vbv-bufsize`` = ``vbv_buffer_s`` of it) is the hard ceiling: no window
+  of T seconds carries more than ``cap * (T + vbv_buffer_s)`` bits and the long-run
+  rate never exceeds the cap. In dual_crf the non-ROI stream's VBV share is its
+  predicted share, so a surge there is clipped on the non-ROI side.
+
+Rate model: bytes of a region over a GOP = ``a * blocks * 2 ** (-crf / halving)``,
+where ``a`` (bytes per block at CRF 0) is re-fitted after every GOP and ``halving``
+is the CRF step that halves the bytes (about 5 for x264 and x265 on road footage).
+ROS-free: the sensor node and ``sac eval --target-mbps`` drive the same object.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from dataclasses import dataclass
+
+from sac_ros.core.codec import Vbv, check_crf
+from sac_ros.core.errors import SacError
+from sac_ros.core.sac import SacEncoder, SacPacket
+
+RATE_MODES = ("dual_crf", "roi_qp", "uniform")
+HISTORY_GOPS = 512  # per-GOP records kept (bounded: the nodes run for days)
+LOG = logging.getLogger("sac_ros.ratecontrol")
+
+
+@dataclass(frozen=True)
+class RateDecision:
+    """What to code the next GOP with. ``non_roi_crf - roi_crf`` is the roi_qp offset."""
+
+    roi_crf: float
+    non_roi_crf: float
+    roi_vbv: Vbv
+    non_roi_vbv: Vbv | None
+    predicted_bps: float
+
+    @property
+    def qp_offset(self) -> float:
+        return self.non_roi_crf - self.roi_crf
+
+    def apply_to(self, encoder: SacEncoder) -> None:
+        """Hand the CRFs and VBV caps to the encoder; they apply at its next key frame."""
+        encoder.set_crfs(self.roi_crf, self.non_roi_crf)
+        encoder.set_vbv(self.roi_vbv, self.non_roi_vbv)
+
+
+def _positive(value: float, what: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise SacError(f"{what} must be a number, got {value!r}") from None
+    if not math.isfinite(number) or number <= 0:
+        raise SacError(f"{what} must be a positive number, got {value!r}")
+    return number
+
+
+class RateController:
+    """Per-camera rate controller; see the module docstring for the policy.
+
+    Use: code the first GOP with ``decision``; pass every packet to ``observe``; when
+    it returns a new decision (after the last frame of a GOP), ``apply_to`` the
+    encoder, which switches at the next key frame.
+    """
+
+    def __init__(self, target_bps: float, fps: float, gop: int, mode: str = "roi_qp", *,
+                 spread: float = 9.0, cap_bps: float | None = None, vbv_buffer_s: float = 0.5,
+                 margin: float = 0.02, roi_crf_min: float = 10.0, roi_crf_max: float = 36.0,
+                 non_roi_crf_max: float = 51.0, halving_crf: float = 5.0,
+                 prior_bpp: float = 0.12, prior_crf: float = 23.0, max_step: float = 8.0,
+                 integral_gain: float = 0.5,
+                 width: int | None = None, height: int | None = None, block_size: int = 16):
+        if mode not in RATE_MODES:
+            raise SacError(f"unknown rate-control mode '{mode}'; choose one of "
+                           f"{', '.join(RATE_MODES)}")
+        self.target_bps = _positive(target_bps, "target bitrate")
+        self.fps = _positive(fps, "fps")
+        if int(gop) != gop or gop < 1:
+            raise SacError(f"gop must be a whole number of frames >= 1, got {gop!r}")
+        self.gop, self.mode = int(gop), mode
+        self.cap_bps = self.target_bps if cap_bps is None else _positive(cap_bps, "cap bitrate")
+        if self.cap_bps < self.target_bps:
+            raise SacError(f"the cap ({self.cap_bps / 1e6:g} Mbit/s) is below the target "
+                           f"({self.target_bps / 1e6:g} Mbit/s)")
+        self.vbv_buffer_s = _positive(vbv_buffer_s, "vbv_buffer_s")
+        if not 0 <= margin < 0.5:
+            raise SacError(f"margin {margin} must be in [0, 0.5)")
+        self.margin = float(margin)
+        self.roi_crf_min = check_crf(roi_crf_min, "roi_crf_min")
+        self.roi_crf_max = check_crf(roi_crf_max, "roi_crf_max")
+        self.non_roi_crf_max = check_crf(non_roi_crf_max, "non_roi_crf_max")
+        if self.roi_crf_min > self.roi_crf_max:
+            raise SacError(f"roi_crf_min {roi_crf_min:g} is above roi_crf_max {roi_crf_max:g}")
+        if not 0 <= spread <= 51:
+            raise SacError(f"spread {spread:g} must be in 0-51 (non-ROI minus ROI CRF/QP)")
+        self.spread = 0.0 if mode == "uniform" else float(spread)
+        if self.non_roi_crf_max < self.roi_crf_max:
+            raise SacError("non_roi_crf_max must not be below roi_crf_max")
+        self.halving = _positive(halving_crf, "halving_crf")
+        self.max_step = _positive(max_step, "max_step")
+        if not 0 <= integral_gain <= 1:
+            raise SacError(f"integral_gain {integral_gain} must be in [0, 1]")
+        self.integral_gain = float(integral_gain)
+        self._debt = 0.0  # bytes spent above the aim so far (integral term), bounded
+        # Prior complexity (bytes per block per GOP at CRF 0) until the first GOP is seen.
+        block_bytes = _positive(prior_bpp, "prior_bpp") * block_size * block_size / 8.0
+        self._a = [block_bytes * self.gop * 2 ** (prior_crf / self.halving)] * 2
+        self._blocks = [1.0, 0.0]  # ROI / non-ROI blocks per frame, from the packets
+        if width and height:
+            self._blocks = [float(-(-width // block_size) * -(-height // block_size)), 0.0]
+        self._gop_bytes = [0, 0]
+        self._gop_blocks = [0, 0]
+        self._gop_frames = 0
+        self._gop_crfs: tuple[float, float] | None = None
+        self.gops_observed = 0
+        self.floor_bps: float | None = None
+        self.warning: str | None = None
+        self.history: deque[dict] = deque(maxlen=HISTORY_GOPS)
+        self.decision = self._decide()
+
+    # ------------------------------------------------------------ the model
+    @property
+    def aim_bytes(self) -> float:
+        """Bytes per GOP the controller aims at: the target, less the safety margin."""
+        return self.target_bps * (1.0 - self.margin) * self.gop / self.fps / 8.0
+
+    @property
+    def budget_bytes(self) -> float:
+        """Bytes the next GOP may spend: the aim, less part of the accumulated overspend."""
+        return self.aim_bytes - self.integral_gain * self._debt
+
+    def _region_bytes(self, region: int, crf: float) -> float:
+        return self._a[region] * self._blocks[region] * 2 ** (-crf / self.halving)
+
+    def predict_bytes(self, roi_crf: float, non_roi_crf: float) -> float:
+        """Predicted bytes of one GOP at these CRFs, for the last GOP's mask and content."""
+        return self._region_bytes(0, roi_crf) + self._region_bytes(1, non_roi_crf)
+
+    def _bps(self, gop_bytes: float) -> float:
+        return gop_bytes * 8.0 * self.fps / self.gop
+
+    def _lowest_crf(self, bytes_at, lo: float, hi: float, budget: float) -> float:
+        """The lowest CRF in [lo, hi] whose predicted bytes fit (bytes fall with CRF)."""
+        if bytes_at(lo) <= budget:
+            return lo
+        if bytes_at(hi) > budget:
+            return hi
+        for _ in range(40):  # bisection to ~1e-11 CRF
+            mid = 0.5 * (lo + hi)
+            if bytes_at(mid) > budget:
+                lo = mid
+            else:
+                hi = mid
+        return hi
+
+    def _solve(self, budget: float) -> tuple[float, float]:
+        top = self.non_roi_crf_max if self.mode != "uniform" else 51.0
+
+        def paired(crf: float) -> float:
+            return self.predict_bytes(crf, min(crf + self.spread, top))
+
+        roi = self._lowest_crf(paired, self.roi_crf_min, self.roi_crf_max, budget)
+        if paired(roi) <= budget:
+            return roi, min(roi + self.spread, top)
+        if self.mode != "uniform":
+            # The ROI is at its quality floor: shed non-ROI quality first ...
+            non = self._lowest_crf(lambda c: self.predict_bytes(roi, c),
+                                   min(roi + self.spread, top), top, budget)
+            if self.predict_bytes(roi, non) <= budget:
+                return roi, non
+        # ... and only then let the ROI go below its floor, to hold the cap.
+        roi = self._lowest_crf(paired, roi, 51.0, budget)
+        return roi, min(roi + self.spread, top)
+
+    def _decide(self) -> RateDecision:
+        budget = self.budget_bytes
+        roi, non = self._solve(budget)
+        if self._gop_crfs is not None:
+            # Bound the step: the model is only locally right (halving varies with CRF).
+            last_roi, last_non = self._gop_crfs
+            roi = min(max(roi, last_roi - self.max_step), last_roi + self.max_step)
+            non = min(max(non, last_non - self.max_step), last_non + self.max_step)
+            if self.mode == "uniform":
+                non = roi
+        roi, non = round(roi, 3), round(non, 3)
+        predicted = self.predict_bytes(roi, non)
+        cap_kbps = self.cap_bps / 1000.0
+        if self.mode == "dual_crf":
+            non_share = self._region_bytes(1, non) / max(predicted, 1.0)
+            non_share = min(max(non_share, 0.02), 0.98)
+            roi_vbv = self._vbv(cap_kbps * (1.0 - non_share))
+            non_vbv = self._vbv(cap_kbps * non_share)
+        else:
+            roi_vbv, non_vbv = self._vbv(cap_kbps), None
+        return RateDecision(roi, non, roi_vbv, non_vbv, self._bps(predicted))
+
+    def _vbv(self, maxrate_kbps: float) -> Vbv:
+        maxrate = max(1, int(maxrate_kbps))
+        return Vbv(maxrate, max(1, int(maxrate * self.vbv_buffer_s)))
+
+    # ------------------------------------------------------------ feedback
+    def observe(self, packet: SacPacket) -> RateDecision | None:
+        """Account one packet; after the last frame of a GOP, return the next decision."""
+        if packet.mode != self.mode:
+            raise SacError(f"rate controller is for {self.mode} but the packet is {packet.mode}")
+        if packet.key_frame:
+            self._gop_bytes, self._gop_blocks, self._gop_frames = [0, 0], [0, 0], 0
+            non_crf = packet.non_roi.crf if packet.non_roi is not None else (
+                packet.roi.crf + packet.qp_offset)
+            self._gop_crfs = (packet.roi.crf, non_crf)
+        elif self._gop_crfs is None:
+            return None  # joined mid-GOP: wait for a key frame
+        roi_blocks = int.from_bytes(packet.roi_mask, "big").bit_count()
+        total_blocks = packet.block_rows * packet.block_cols
+        self._gop_blocks[0] += roi_blocks
+        self._gop_blocks[1] += total_blocks - roi_blocks
+        if packet.non_roi is not None:
+            self._gop_bytes[0] += len(packet.roi.data)
+            self._gop_bytes[1] += len(packet.non_roi.data)
+        else:
+            self._gop_bytes[0] += len(packet.roi.data)
+        self._gop_frames += 1
+        if self._gop_frames < self.gop:
+            return None
+        if self.gops_observed:
+            # Integral term: content drifts between GOPs, and a model fitted to the last
+            # GOP lags it; the debt pulls the long-run rate back to the aim. The first
+            # GOP ran on the prior, so its error says nothing about the drift.
+            limit = 0.25 * self.aim_bytes
+            self._debt += sum(self._gop_bytes) - self.budget_bytes
+            self._debt = min(max(self._debt, -limit), limit)
+        self._fit()
+        self.decision = self._decide()
+        self.history.append({
+            "gop": self.gops_observed, "bps": self._bps(sum(self._gop_bytes)),
+            "roi_crf": self._gop_crfs[0], "non_roi_crf": self._gop_crfs[1],
+            "next_roi_crf": self.decision.roi_crf, "next_non_roi_crf": self.decision.non_roi_crf,
+            "predicted_bps": self.decision.predicted_bps, "floor_bps": self.floor_bps})
+        self._gop_frames = 0
+        self._gop_crfs = None  # the next GOP starts at the next key frame
+        return self.decision
+
+    def _fit(self) -> None:
+        """Re-fit the per-block complexities to the GOP just observed."""
+        roi_crf, non_crf = self._gop_crfs
+        frames = self._gop_frames
+        blocks = [self._gop_blocks[0] / frames, self._gop_blocks[1] / frames]
+        if self.mode == "uniform":
+            blocks = [blocks[0] + blocks[1], 0.0]  # one region: the whole frame
+        scale = [2 ** (roi_crf / self.halving), 2 ** (non_crf / self.halving)]
+        if self.mode == "dual_crf":
+            # Two streams: each region's bytes are measured directly.
+            for region in (0, 1):
+                if blocks[region] >= 1:
+                    self._a[region] = self._gop_bytes[region] * scale[region] / blocks[region]
+        else:
+            # One stream: keep the ROI / non-ROI complexity ratio, scale both to the total.
+            self._blocks = blocks
+            predicted = self.predict_bytes(roi_crf, non_crf)
+            if predicted > 0:
+                factor = sum(self._gop_bytes) / predicted
+                self._a = [a * factor for a in self._a]
+        self._blocks = blocks
+        self.gops_observed += 1
+        self._check_floor()
+
+    def _check_floor(self) -> None:
+        """Warn (once per episode) when the target is below what minimum quality costs."""
+        non_max = self.roi_crf_max if self.mode == "uniform" else self.non_roi_crf_max
+        floor = self._bps(self.predict_bytes(self.roi_crf_max, non_max))
+        self.floor_bps = floor
+        if floor > self.target_bps * (1.0 - self.margin):
+            if self.warning is None:
+                self.warning = (
+                    f"target {self.target_bps / 1e6:g} Mbit/s is below the floor of "
+                    f"{floor / 1e6:.3g} Mbit/s that minimum quality needs here (ROI CRF "
+                    f"{self.roi_crf_max:g}, non-ROI CRF {self.non_roi_crf_max:g}); the ROI "
+                    "is coded below its minimum quality to hold the cap")
+                LOG.warning(self.warning)
+        else:
+            self.warning = None

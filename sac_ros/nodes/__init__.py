@@ -1,0 +1,1 @@
+"""Thin rclpy adapters around sac_ros.core: parameters in, messages out."""

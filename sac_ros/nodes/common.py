@@ -1,0 +1,191 @@
+"""Shared pieces of the nodes: parameters, QoS, Image/packet conversion, statistics."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+
+import numpy as np
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+
+from sac_ros.core.errors import SacError
+from sac_ros.core.imageconv import buffer_to_rgb
+from sac_ros.core.sac import EncodedStream, SacPacket
+from sac_ros.msg import EncodedStream as EncodedStreamMsg
+from sac_ros.msg import SacPacket as SacPacketMsg
+from sac_ros.msg import SacStats
+
+try:  # cv_bridge when the ROS install has it; the package's own conversion otherwise
+    from cv_bridge import CvBridge
+    _BRIDGE = CvBridge()
+except ImportError:  # pragma: no cover - depends on the install
+    _BRIDGE = None
+
+
+def declare(node: Node, name: str, default, description: str, *, low=None, high=None,
+            read_only: bool = False, choices: tuple[str, ...] | None = None):
+    """Declare a parameter with a description and, for numbers, an enforced range."""
+    if choices:
+        description = f"{description} One of: {', '.join(choices)}."
+    descriptor = ParameterDescriptor(description=description, read_only=read_only)
+    if low is not None and isinstance(default, float):
+        descriptor.floating_point_range = [FloatingPointRange(from_value=float(low),
+                                                              to_value=float(high), step=0.0)]
+    elif low is not None and isinstance(default, int) and not isinstance(default, bool):
+        descriptor.integer_range = [IntegerRange(from_value=int(low), to_value=int(high), step=1)]
+    value = node.declare_parameter(name, default, descriptor).value
+    if choices and value not in choices:
+        raise SacError(f"parameter {name}='{value}' must be one of: {', '.join(choices)}")
+    return value
+
+
+def qos(reliability: str, depth: int) -> QoSProfile:
+    policy = {"reliable": ReliabilityPolicy.RELIABLE,
+              "best_effort": ReliabilityPolicy.BEST_EFFORT}[reliability]
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=policy)
+
+
+def image_to_rgb(msg: Image) -> np.ndarray:
+    """RGB array of an Image message (rgb8, bgr8, mono8, yuv422 variants, ...)."""
+    if _BRIDGE is not None and msg.encoding in ("rgb8", "bgr8", "mono8", "rgba8", "bgra8"):
+        return _BRIDGE.imgmsg_to_cv2(msg, desired_encoding="rgb8")
+    return buffer_to_rgb(msg.data, msg.width, msg.height, msg.step, msg.encoding,
+                         bool(msg.is_bigendian))
+
+
+def rgb_to_image(pixels: np.ndarray, header) -> Image:
+    """An rgb8 Image from H x W x 3, or mono8 from H x W, uint8."""
+    msg = Image()
+    msg.header = header
+    msg.height, msg.width = int(pixels.shape[0]), int(pixels.shape[1])
+    msg.encoding = "rgb8" if pixels.ndim == 3 else "mono8"
+    msg.is_bigendian = 0
+    msg.step = msg.width * (3 if pixels.ndim == 3 else 1)
+    msg.data = np.ascontiguousarray(pixels).tobytes()
+    return msg
+
+
+def _stream_to_msg(stream: EncodedStream) -> EncodedStreamMsg:
+    return EncodedStreamMsg(codec=stream.codec, crf=float(stream.crf),
+                            key_frame=bool(stream.key_frame), data=stream.data)
+
+
+def packet_to_msg(packet: SacPacket, header) -> SacPacketMsg:
+    msg = SacPacketMsg()
+    msg.header = header
+    msg.seq = packet.seq
+    msg.mode = packet.mode
+    msg.width, msg.height = packet.width, packet.height
+    msg.block_size, msg.block_rows, msg.block_cols = (packet.block_size, packet.block_rows,
+                                                      packet.block_cols)
+    msg.roi_mask = packet.roi_mask
+    msg.roi = _stream_to_msg(packet.roi)
+    msg.non_roi = [_stream_to_msg(packet.non_roi)] if packet.non_roi is not None else []
+    msg.segmentation_ms = float(packet.segmentation_ms)
+    msg.encode_ms = float(packet.encode_ms)
+    return msg
+
+
+def msg_to_packet(msg: SacPacketMsg) -> SacPacket:
+    """Validate a packet message and turn it into the core dataclass (SacError if malformed)."""
+    if msg.mode not in ("dual_crf", "uniform"):
+        raise SacError(f"unknown mode '{msg.mode}'")
+    if msg.width == 0 or msg.height == 0 or msg.block_size == 0 or msg.block_size % 2:
+        raise SacError(f"bad geometry {msg.width}x{msg.height}, block {msg.block_size}")
+    rows, cols = -(-msg.height // msg.block_size), -(-msg.width // msg.block_size)
+    if (msg.block_rows, msg.block_cols) != (rows, cols):
+        raise SacError(f"block grid {msg.block_rows}x{msg.block_cols} does not fit "
+                       f"{msg.width}x{msg.height}")
+    if len(msg.roi_mask) != -(-rows * cols // 8):
+        raise SacError(f"ROI mask has {len(msg.roi_mask)} bytes for {rows}x{cols} blocks")
+    if (msg.mode == "dual_crf") != (len(msg.non_roi) == 1):
+        raise SacError(f"mode {msg.mode} with {len(msg.non_roi)} non-ROI streams")
+
+    def stream(s: EncodedStreamMsg) -> EncodedStream:
+        if s.codec not in ("h264", "hevc"):
+            raise SacError(f"unknown codec '{s.codec}'")
+        if len(s.data) == 0:
+            raise SacError("empty stream payload")
+        return EncodedStream(s.codec, float(s.crf), bool(s.key_frame), bytes(s.data))
+
+    return SacPacket(
+        seq=int(msg.seq), mode=msg.mode, width=int(msg.width), height=int(msg.height),
+        block_size=int(msg.block_size), block_rows=rows, block_cols=cols,
+        roi_mask=bytes(msg.roi_mask), roi=stream(msg.roi),
+        non_roi=stream(msg.non_roi[0]) if msg.non_roi else None,
+        encode_ms=float(msg.encode_ms), segmentation_ms=float(msg.segmentation_ms))
+
+
+def stamp_ns(header) -> int:
+    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+
+
+class NodeStats:
+    """Counters for a node plus a sliding window of sizes and latencies."""
+
+    def __init__(self, window: int = 300):
+        self.received = 0
+        self.processed = 0
+        self.drops: Counter[str] = Counter()
+        self._bytes: deque[tuple[float, int]] = deque(maxlen=window)
+        self._latency_ms: deque[float] = deque(maxlen=window)
+
+    def drop(self, reason: str, count: int = 1) -> None:
+        self.drops[reason] += count
+
+    def done(self, num_bytes: int, latency_ms: float | None) -> None:
+        self.processed += 1
+        self._bytes.append((time.monotonic(), num_bytes))
+        if latency_ms is not None:
+            self._latency_ms.append(latency_ms)
+
+    def to_msg(self, node_name: str, header) -> SacStats:
+        msg = SacStats(header=header, node=node_name, received=self.received,
+                       processed=self.processed, dropped=sum(self.drops.values()))
+        msg.drop_reasons = list(self.drops)
+        msg.drop_counts = [int(v) for v in self.drops.values()]
+        if self._bytes:
+            sizes = [b for _, b in self._bytes]
+            msg.kbytes_per_frame = float(np.mean(sizes) / 1000.0)
+            span = self._bytes[-1][0] - self._bytes[0][0]
+            if span > 0 and len(self._bytes) > 1:
+                msg.fps = float((len(self._bytes) - 1) / span)
+                msg.mbits_per_second = float(sum(sizes[1:]) * 8 / span / 1e6)
+        if self._latency_ms:
+            msg.latency_p50_ms = float(np.percentile(self._latency_ms, 50))
+            msg.latency_p99_ms = float(np.percentile(self._latency_ms, 99))
+        return msg
+
+
+def run_node(name: str, node_factory, args=None) -> int:
+    """Start rclpy, spin one node, exit 2 with a one-line error on bad configuration."""
+    import sys
+
+    import rclpy
+    from rclpy.exceptions import ParameterException
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = node_factory()
+        executor = MultiThreadedExecutor(num_threads=2)
+        executor.add_node(node)
+        executor.spin()
+    except (SacError, ParameterException) as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            close = getattr(node, "close", None)
+            if close:
+                close()
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0

@@ -1,0 +1,176 @@
+"""sac_sensor: camera Image -> ROI mask -> dual-CRF encode -> SacPacket.
+
+Frames are handed from the subscription callback to one worker thread through a
+single slot: when the worker falls behind, the newest frame replaces the waiting
+one and the replaced frame is counted as a drop. No queue can grow.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+
+from sac_ros.core.codec import PRESETS, EncoderSettings
+from sac_ros.core.errors import SacError
+from sac_ros.core.mask import PolygonMaskSource, block_mask, expand_blocks
+from sac_ros.core.sac import MODES, SacEncoder
+from sac_ros.msg import SacPacket as SacPacketMsg
+from sac_ros.msg import SacStats
+from sac_ros.nodes.common import (
+    NodeStats,
+    declare,
+    image_to_rgb,
+    packet_to_msg,
+    qos,
+    rgb_to_image,
+    run_node,
+    stamp_ns,
+)
+
+DEFAULT_POLYGON = [0.0, 1.0, 0.0, 0.60, 0.44, 0.555, 0.54, 0.555, 1.0, 0.72, 1.0, 1.0]
+
+
+class SensorNode(Node):
+    def __init__(self):
+        super().__init__("sac_sensor")
+        d = lambda *a, **k: declare(self, *a, **k)  # noqa: E731
+        self.input_topic = d("input_topic", "image_raw", "Camera Image topic.", read_only=True)
+        self.packet_topic = d("packet_topic", "sac/packets", "SacPacket output topic.",
+                              read_only=True)
+        self.mode = d("mode", "dual_crf", "Coding mode.", choices=MODES, read_only=True)
+        self.codec = d("codec", "h264", "Codec.", choices=("h264", "hevc"), read_only=True)
+        preset = d("preset", "veryfast", "Encoder preset.", choices=PRESETS, read_only=True)
+        gop = d("gop", 30, "Key-frame interval (frames).", low=1, high=600, read_only=True)
+        threads = d("threads", 0, "Encoder threads per stream, 0 = automatic.", low=0, high=64,
+                    read_only=True)
+        fps = d("fps", 30, "Nominal camera rate, for the encoders' rate model.", low=1,
+                high=240, read_only=True)
+        self.roi_crf = d("roi_crf", 23.0, "CRF of the ROI stream; changes apply at the next "
+                         "key frame.", low=0.0, high=51.0)
+        self.non_roi_crf = d("non_roi_crf", 32.0, "CRF of the non-ROI stream; changes apply at "
+                             "the next key frame.", low=0.0, high=51.0)
+        self.mask_source = d("mask_source", "polygon", "Where the ROI comes from.",
+                             choices=("polygon", "model"), read_only=True)
+        polygon = d("roi_polygon", DEFAULT_POLYGON, "Static ROI polygon, flat [x0, y0, x1, y1, "
+                    "...] normalised to 0-1.", read_only=True)
+        self.publish_mask = d("publish_mask", False, "Also publish the block mask as mono8.")
+        reliability = d("qos_reliability", "reliable", "QoS reliability of all topics.",
+                        choices=("reliable", "best_effort"), read_only=True)
+        depth = d("qos_depth", 30, "Packet publisher queue depth (keep >= one GOP).", low=1,
+                  high=1000, read_only=True)
+        self.settings = EncoderSettings("h264" if self.codec == "h264" else "hevc", preset, gop,
+                                        threads, fps)
+        if len(polygon) < 6 or len(polygon) % 2:
+            raise SacError("roi_polygon needs at least three x, y pairs")
+        self.mask = PolygonMaskSource(np.asarray(polygon, float).reshape(-1, 2).tolist())
+        self.encoder: SacEncoder | None = None
+        self.stats = NodeStats()
+        self._slot: Image | None = None
+        self._cond = threading.Condition()
+        self._running = True
+        self._bad_encodings: set[str] = set()
+        self.packet_pub = self.create_publisher(SacPacketMsg, self.packet_topic,
+                                                qos(reliability, depth))
+        self.mask_pub = self.create_publisher(Image, "sac/roi_mask", qos(reliability, 2))
+        self.stats_pub = self.create_publisher(SacStats, "sac/sensor_stats", 10)
+        self.create_subscription(Image, self.input_topic, self._on_image, qos(reliability, 2))
+        self.add_on_set_parameters_callback(self._on_parameters)
+        self.create_timer(1.0, self._publish_stats)
+        self._worker = threading.Thread(target=self._work, name="sac_sensor_encode", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"{self.mode} {self.settings.codec} {preset} ROI CRF {self.roi_crf:g} / non-ROI "
+            f"{self.non_roi_crf:g}, mask from {self.mask_source}; {self.input_topic} -> "
+            f"{self.packet_topic}")
+
+    # ------------------------------------------------------------- parameters
+    def _on_parameters(self, params) -> SetParametersResult:
+        updates = {p.name: p.value for p in params}
+        roi = float(updates.get("roi_crf", self.roi_crf))
+        non = float(updates.get("non_roi_crf", self.non_roi_crf))
+        for name, value in (("roi_crf", roi), ("non_roi_crf", non)):
+            if not 0.0 <= value <= 51.0:
+                return SetParametersResult(successful=False, reason=f"{name} must be in 0-51")
+        self.roi_crf, self.non_roi_crf = roi, non
+        self.publish_mask = bool(updates.get("publish_mask", self.publish_mask))
+        if self.encoder is not None and ("roi_crf" in updates or "non_roi_crf" in updates):
+            self.encoder.set_crfs(roi, non)
+            self.get_logger().info(f"CRFs {roi:g} / {non:g} from the next key frame")
+        return SetParametersResult(successful=True)
+
+    # ------------------------------------------------------------- frames
+    def _on_image(self, msg: Image) -> None:
+        with self._cond:
+            self.stats.received += 1
+            if self._slot is not None:
+                self.stats.drop("superseded")  # the worker fell behind: keep the newest
+            self._slot = msg
+            self._cond.notify()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while self._slot is None and self._running:
+                    self._cond.wait(0.5)
+                if not self._running:
+                    return
+                msg, self._slot = self._slot, None
+            try:
+                self._process(msg)
+            except SacError as exc:
+                self.stats.drop("bad_image")
+                if msg.encoding not in self._bad_encodings:
+                    self._bad_encodings.add(msg.encoding)
+                    self.get_logger().error(f"dropping frames: {exc}")
+            except Exception as exc:  # keep the node alive; report once per type
+                self.stats.drop("error")
+                self.get_logger().error(f"frame {self.stats.received} failed: {exc!r}",
+                                        throttle_duration_sec=5.0)
+
+    def _process(self, msg: Image) -> None:
+        rgb = image_to_rgb(msg)
+        height, width = rgb.shape[:2]
+        if self.encoder is None or (self.encoder.layout.width,
+                                    self.encoder.layout.height) != (width, height):
+            if self.encoder is not None:
+                self.encoder.close()
+            self.encoder = SacEncoder(width, height, self.roi_crf, self.non_roi_crf,
+                                      self.settings, self.mode)
+        start = time.perf_counter()
+        roi = self.mask.roi_pixels(self.stats.received, rgb)
+        blocks = block_mask(roi, self.encoder.layout.block_size)
+        segmentation_ms = (time.perf_counter() - start) * 1e3
+        packet = self.encoder.encode(rgb, blocks)
+        packet.segmentation_ms = segmentation_ms
+        self.packet_pub.publish(packet_to_msg(packet, msg.header))
+        latency = (self.get_clock().now().nanoseconds - stamp_ns(msg.header)) / 1e6
+        self.stats.done(packet.num_bytes, latency)
+        if self.publish_mask:
+            mono = expand_blocks(blocks, height, width).astype(np.uint8) * 255
+            self.mask_pub.publish(rgb_to_image(mono, msg.header))
+
+    def _publish_stats(self) -> None:
+        header = Header(stamp=self.get_clock().now().to_msg())
+        self.stats_pub.publish(self.stats.to_msg(self.get_fully_qualified_name(), header))
+
+    def close(self) -> None:
+        with self._cond:
+            self._running = False
+            self._cond.notify()
+        self._worker.join(timeout=2.0)
+        if self.encoder is not None:
+            self.encoder.close()
+
+
+def main(args=None) -> int:
+    return run_node("sac_sensor", SensorNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,144 @@
+"""A listener that measures a running pipeline end to end, for `sac pipeline --source`.
+
+Per camera it pairs original and reconstructed frames by stamp, and reports frames
+in/out, kB/frame, Mbit/s, ROI / non-ROI PSNR (from the packets' block masks),
+camera-stamp -> reconstructed latency, and the perception node's running iIoU.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+
+from sac_ros.core import metrics
+from sac_ros.core.mask import expand_blocks, unpack_blocks
+from sac_ros.msg import PerceptionStats, SacPacket, SacStats
+from sac_ros.nodes.common import image_to_rgb, qos, stamp_ns
+
+KEEP_FRAMES = 120  # originals kept for pairing; the pipeline lags far less than this
+
+
+@dataclass
+class CameraSummary:
+    namespace: str
+    frames_in: int = 0
+    packets: int = 0
+    frames_out: int = 0
+    packet_bytes: list[int] = field(default_factory=list)
+    latency_ms: list[float] = field(default_factory=list)
+    roi_psnr: list[float] = field(default_factory=list)
+    non_roi_psnr: list[float] = field(default_factory=list)
+    first_stamp_ns: int | None = None
+    last_stamp_ns: int | None = None
+    sensor_stats: SacStats | None = None
+    ecu_stats: SacStats | None = None
+    perception: PerceptionStats | None = None
+
+    def row(self) -> dict:
+        duration = ((self.last_stamp_ns - self.first_stamp_ns) / 1e9
+                    if self.first_stamp_ns is not None and self.frames_in > 1 else 0.0)
+        fps = (self.frames_in - 1) / duration if duration > 0 else 0.0
+        kb = float(np.mean(self.packet_bytes)) / 1000 if self.packet_bytes else float("nan")
+        pct = (lambda q: float(np.percentile(self.latency_ms, q))  # noqa: E731
+               if self.latency_ms else float("nan"))
+        drops = {}
+        for stats in (self.sensor_stats, self.ecu_stats):
+            if stats is not None:
+                for reason, count in zip(stats.drop_reasons, stats.drop_counts, strict=True):
+                    drops[reason] = drops.get(reason, 0) + int(count)
+        return {
+            "camera": self.namespace, "frames_in": self.frames_in, "packets": self.packets,
+            "frames_out": self.frames_out, "drops": drops, "input_fps": fps,
+            "kb_per_frame": kb, "mbit_per_s": kb * 8 * fps / 1000 if fps else float("nan"),
+            "roi_psnr": float(np.mean(self.roi_psnr)) if self.roi_psnr else float("nan"),
+            "non_roi_psnr": (float(np.mean(self.non_roi_psnr)) if self.non_roi_psnr
+                             else float("nan")),
+            "latency_p50_ms": pct(50), "latency_p99_ms": pct(99),
+            "iiou": float(self.perception.iiou) if self.perception else float("nan"),
+            "miou": float(self.perception.miou) if self.perception else float("nan"),
+            "perception_frames": int(self.perception.frames_compared) if self.perception else 0,
+        }
+
+
+class SummaryCollector(Node):
+    def __init__(self, namespaces: list[str], input_topic: str = "image_raw"):
+        super().__init__("sac_pipeline_summary")
+        self.cameras = {ns: CameraSummary(ns) for ns in namespaces}
+        self._lock = threading.Lock()
+        self._originals: dict[str, OrderedDict] = {ns: OrderedDict() for ns in namespaces}
+        self._masks: dict[str, OrderedDict] = {ns: OrderedDict() for ns in namespaces}
+        self.input_topic = input_topic
+        for ns in namespaces:
+            prefix = ns.rstrip("/")
+            self.create_subscription(Image, f"{prefix}/{input_topic}",
+                                     lambda m, ns=ns: self._on_raw(ns, m), qos("reliable", 30))
+            self.create_subscription(SacPacket, f"{prefix}/sac/packets",
+                                     lambda m, ns=ns: self._on_packet(ns, m),
+                                     qos("reliable", 30))
+            self.create_subscription(Image, f"{prefix}/sac/image",
+                                     lambda m, ns=ns: self._on_output(ns, m), qos("reliable", 30))
+            for topic, kind, attr in (("sac/sensor_stats", SacStats, "sensor_stats"),
+                                      ("sac/ecu_stats", SacStats, "ecu_stats"),
+                                      ("sac/perception_stats", PerceptionStats, "perception")):
+                self.create_subscription(
+                    kind, f"{prefix}/{topic}",
+                    lambda m, ns=ns, attr=attr: setattr(self.cameras[ns], attr, m), 10)
+
+    def topic(self, ns: str, name: str) -> str:
+        return f"{ns.rstrip('/')}/{name}"
+
+    def _on_raw(self, ns: str, msg: Image) -> None:
+        cam = self.cameras[ns]
+        stamp = stamp_ns(msg.header)
+        with self._lock:
+            cam.frames_in += 1
+            cam.first_stamp_ns = cam.first_stamp_ns if cam.first_stamp_ns is not None else stamp
+            cam.last_stamp_ns = stamp
+            originals = self._originals[ns]
+            originals[stamp] = image_to_rgb(msg).copy()
+            while len(originals) > KEEP_FRAMES:
+                originals.popitem(last=False)
+
+    def _on_packet(self, ns: str, msg: SacPacket) -> None:
+        cam = self.cameras[ns]
+        with self._lock:
+            cam.packets += 1
+            cam.packet_bytes.append(len(msg.roi.data) + sum(len(s.data) for s in msg.non_roi))
+            masks = self._masks[ns]
+            masks[stamp_ns(msg.header)] = (bytes(msg.roi_mask), msg.block_rows, msg.block_cols,
+                                           msg.block_size)
+            while len(masks) > KEEP_FRAMES:
+                masks.popitem(last=False)
+
+    def _on_output(self, ns: str, msg: Image) -> None:
+        now = self.get_clock().now().nanoseconds
+        cam = self.cameras[ns]
+        stamp = stamp_ns(msg.header)
+        with self._lock:
+            cam.frames_out += 1
+            cam.latency_ms.append((now - stamp) / 1e6)
+            original = self._originals[ns].get(stamp)
+            mask = self._masks[ns].get(stamp)
+        if original is None or mask is None:
+            return
+        data, rows, cols, size = mask
+        pixels = expand_blocks(unpack_blocks(data, rows, cols), msg.height, msg.width, size)
+        decoded = image_to_rgb(msg)
+        sq = np.square(original.astype(np.float32) - decoded.astype(np.float32)).mean(axis=2)
+        with self._lock:
+            cam.roi_psnr.append(metrics.psnr_from_mse(metrics.masked_mean(sq, pixels)))
+            cam.non_roi_psnr.append(metrics.psnr_from_mse(metrics.masked_mean(sq, ~pixels)))
+
+    def settled(self, idle_s: float = 2.0) -> bool:
+        """True once every camera's output stopped changing for ``idle_s`` seconds."""
+        state = tuple((c.frames_in, c.frames_out) for c in self.cameras.values())
+        now = time.monotonic()
+        if state != getattr(self, "_last_state", None):
+            self._last_state, self._last_change = state, now
+        return now - self._last_change >= idle_s

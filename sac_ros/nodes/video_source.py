@@ -1,0 +1,113 @@
+"""sac_video_source: a camera stand-in that publishes a video or image folder as Images.
+
+Frames are published at the source's frame rate (or ``fps``), stamped with the
+node clock. With ``wait_for_subscribers`` > 0 it waits until that many
+subscribers are matched (discovery), so no frame is published into the void.
+"""
+
+from __future__ import annotations
+
+import time
+
+import av
+import numpy as np
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+
+from sac_ros.core.errors import SacError
+from sac_ros.core.io import iter_frames, resolve_input, video_fps
+from sac_ros.nodes.common import declare, qos, rgb_to_image
+
+
+class VideoSourceNode(Node):
+    def __init__(self):
+        super().__init__("sac_video_source")
+        d = lambda *a, **k: declare(self, *a, **k)  # noqa: E731
+        self.source = d("input", "sample", "Video file, image folder, or sample[:clip].",
+                        read_only=True)
+        topic = d("topic", "image_raw", "Image output topic.", read_only=True)
+        self.frame_id = d("frame_id", "camera", "frame_id of the published images.",
+                          read_only=True)
+        fps = d("fps", 0.0, "Publish rate; 0 = the source's own rate.", low=0.0, high=1000.0,
+                read_only=True)
+        self.max_frames = d("max_frames", 0, "Stop after this many frames; 0 = whole source.",
+                            low=0, high=10_000_000, read_only=True)
+        self.loop = d("loop", False, "Restart at the end of the source.", read_only=True)
+        self.width = d("width", 0, "Resize width; 0 = keep.", low=0, high=8192, read_only=True)
+        self.height = d("height", 0, "Resize height; 0 = keep.", low=0, high=8192,
+                        read_only=True)
+        self.wait_for = d("wait_for_subscribers", 0, "Wait for this many subscribers before "
+                          "publishing.", low=0, high=100, read_only=True)
+        self.wait_timeout = d("wait_timeout", 30.0, "Give up waiting after this many seconds.",
+                              low=0.0, high=3600.0, read_only=True)
+        reliability = d("qos_reliability", "reliable", "QoS reliability.",
+                        choices=("reliable", "best_effort"), read_only=True)
+        self.path = resolve_input(self.source)
+        self.fps = fps or video_fps(self.path)
+        self.publisher = self.create_publisher(Image, topic, qos(reliability, 10))
+        self.published = 0
+
+    def _frames(self):
+        while True:
+            count = 0
+            for rgb, _ in iter_frames(self.path):
+                count += 1
+                yield rgb
+            if not self.loop or count == 0:
+                return
+
+    def _resize(self, rgb: np.ndarray) -> np.ndarray:
+        if not self.width and not self.height:
+            return rgb
+        width = self.width or round(rgb.shape[1] * self.height / rgb.shape[0])
+        height = self.height or round(rgb.shape[0] * self.width / rgb.shape[1])
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        return frame.reformat(width=width, height=height).to_ndarray()
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.wait_timeout
+        while self.publisher.get_subscription_count() < self.wait_for:
+            if time.monotonic() > deadline:
+                raise SacError(f"no {self.wait_for} subscriber(s) after {self.wait_timeout:g} s")
+            time.sleep(0.05)
+        period = 1.0 / self.fps
+        self.get_logger().info(f"publishing {self.path} at {self.fps:g} fps")
+        next_time = time.monotonic()
+        for rgb in self._frames():
+            if self.max_frames and self.published >= self.max_frames:
+                break
+            delay = next_time - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            next_time += period
+            header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self.frame_id)
+            self.publisher.publish(rgb_to_image(self._resize(rgb), header))
+            self.published += 1
+        self.get_logger().info(f"published {self.published} frames")
+
+
+def main(args=None) -> int:
+    import sys
+
+    import rclpy
+
+    rclpy.init(args=args)
+    try:
+        node = VideoSourceNode()
+        node.run()
+        time.sleep(0.5)  # let reliable transports deliver the last frames
+        node.destroy_node()
+    except SacError as exc:
+        print(f"sac_video_source: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

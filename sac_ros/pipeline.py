@@ -1,0 +1,94 @@
+"""Which nodes a pipeline config starts, shared by the launch file and `sac pipeline`.
+
+ROS-free: it only reads config/pipeline.yaml (a ROS 2 parameter file).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sac_ros.config import config_dir, load_yaml
+from sac_ros.core.errors import SacError
+
+# executable name -> Python module with main(); setup.py, bin/ and CMakeLists.txt list the same.
+EXECUTABLES = {
+    "sac_sensor": "sac_ros.nodes.sensor",
+    "sac_ecu": "sac_ros.nodes.ecu",
+    "sac_perception": "sac_ros.nodes.perception",
+    "sac_video_source": "sac_ros.nodes.video_source",
+}
+PIPELINE_KEY = "sac_pipeline"
+
+
+@dataclass
+class NodeSpec:
+    executable: str
+    namespace: str
+    overrides: dict = field(default_factory=dict)
+
+    @property
+    def module(self) -> str:
+        return EXECUTABLES[self.executable]
+
+    @property
+    def name(self) -> str:
+        return self.executable
+
+
+@dataclass
+class PipelineLayout:
+    config: Path
+    cameras: list[str]
+    perception: bool
+    fastdds_large_data: bool
+
+
+def default_pipeline_config() -> Path:
+    return config_dir() / "pipeline.yaml"
+
+
+def load_layout(config: str | Path | None = None) -> PipelineLayout:
+    path = Path(config) if config else default_pipeline_config()
+    data = load_yaml(path)
+    section = (data.get(PIPELINE_KEY) or {}).get("ros__parameters")
+    if not isinstance(section, dict):
+        raise SacError(f"{path}: missing '{PIPELINE_KEY}: ros__parameters:' section")
+    unknown = set(section) - {"cameras", "perception", "fastdds_large_data"}
+    if unknown:
+        raise SacError(f"{path}: unknown {PIPELINE_KEY} key(s): {', '.join(sorted(unknown))}")
+    cameras = section.get("cameras", [""])
+    if (not isinstance(cameras, list) or not cameras
+            or not all(isinstance(c, str) for c in cameras)):
+        raise SacError(f"{path}: {PIPELINE_KEY}.cameras must be a non-empty list of namespaces")
+    cameras = [c.strip("/") for c in cameras]
+    if len(set(cameras)) != len(cameras):
+        raise SacError(f"{path}: duplicate camera namespaces in {PIPELINE_KEY}.cameras")
+    for camera in cameras:
+        if camera and not all(part.isidentifier() for part in camera.split("/")):
+            raise SacError(f"{path}: '{camera}' is not a valid ROS namespace")
+    return PipelineLayout(path.resolve(), cameras, bool(section.get("perception", True)),
+                          bool(section.get("fastdds_large_data", False)))
+
+
+def pipeline_nodes(layout: PipelineLayout, input_topic: str = "", model: str = "",
+                   video_source: bool = False) -> list[NodeSpec]:
+    """The nodes to start, one set per camera namespace, with launch-time overrides."""
+    sensor, perception = {}, {}
+    if input_topic:
+        sensor["input_topic"] = input_topic
+        perception["raw_topic"] = input_topic
+    if model:
+        sensor.update(mask_source="model", model=model)
+        perception["model"] = model
+    specs = []
+    for camera in layout.cameras:
+        namespace = f"/{camera}" if camera else "/"
+        if video_source:
+            specs.append(NodeSpec("sac_video_source", namespace,
+                                  {"topic": input_topic} if input_topic else {}))
+        specs.append(NodeSpec("sac_sensor", namespace, dict(sensor)))
+        specs.append(NodeSpec("sac_ecu", namespace, {}))
+        if layout.perception:
+            specs.append(NodeSpec("sac_perception", namespace, dict(perception)))
+    return specs

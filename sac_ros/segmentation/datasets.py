@@ -1,0 +1,151 @@
+"""Training data: Cityscapes and KITTI-STEP folders as distributed, and the hand-labelled set.
+
+Layouts read directly:
+
+- Cityscapes: ``ROOT/leftImg8bit/<split>/<city>/<name>_leftImg8bit.png`` with
+  ``ROOT/gtFine/<split>/<city>/<name>_gtFine_labelIds.png`` (label ids, 0-33).
+- KITTI-STEP: ``ROOT/images/<split>/<sequence>/<frame>.png`` with
+  ``ROOT/panoptic_maps/<split>/<sequence>/<frame>.png`` (semantic trainId in the R channel).
+- ``evalset``: the hand-labelled sample-footage frames (split ``train`` or ``heldout``).
+
+Each sample is an RGB frame and a target map in the head's class ids (``four_class``:
+0 ROI / 1 construction / 2 nature / 3 sky; ``binary``: 1 ROI / 0 non-ROI), 255 = ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from sac_ros.core.errors import SacError
+from sac_ros.core.mask import read_label_image
+from sac_ros.segmentation.classmaps import ClassMapAdapter, binary_lookup, four_class_lookup
+from sac_ros.segmentation.evalset import load_labels, read_frames
+
+DATASETS = ("cityscapes", "kitti_step", "evalset")
+HEADS = ("four_class", "binary")
+
+
+class SegmentationDataset:
+    """Frame/target pairs, read from disk on demand (or held in memory)."""
+
+    def __init__(self, name: str, items: list, lookup: np.ndarray | None):
+        self.name = name
+        self.items = items        # (image path, label path) or (rgb array, target array)
+        self.lookup = lookup      # source label id -> head class id (None: already head ids)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        image, label = self.items[index]
+        if isinstance(image, np.ndarray):
+            return image, label
+        try:
+            with Image.open(image) as img:
+                rgb = np.array(img.convert("RGB"))
+        except OSError as exc:
+            raise SacError(f"cannot read image {image}: {exc}") from None
+        layout = "kitti_step" if self.name == "kitti_step" else "cityscapes"
+        ids = read_label_image(label, layout)
+        if ids.shape != rgb.shape[:2]:
+            raise SacError(f"label {label} is {ids.shape[1]}x{ids.shape[0]} but image {image} "
+                           f"is {rgb.shape[1]}x{rgb.shape[0]}")
+        return rgb, self.lookup[ids]
+
+
+def _target_lookup(source_map: str, head: str, non_roi_ids: Iterable[int] | None) -> np.ndarray:
+    adapter = ClassMapAdapter(source_map, non_roi_ids)
+    return four_class_lookup(adapter) if head == "four_class" else binary_lookup(adapter)
+
+
+def cityscapes(root: Path, split: str, head: str,
+               non_roi_ids: Iterable[int] | None = None) -> SegmentationDataset:
+    images_dir = root / "leftImg8bit" / split
+    labels_dir = root / "gtFine" / split
+    if not images_dir.is_dir() or not labels_dir.is_dir():
+        raise SacError(f"{root} is not a Cityscapes folder: expected leftImg8bit/{split}/ and "
+                       f"gtFine/{split}/")
+    items = []
+    for image in sorted(images_dir.glob("*/*_leftImg8bit.png")):
+        stem = image.name[:-len("_leftImg8bit.png")]
+        label = labels_dir / image.parent.name / f"{stem}_gtFine_labelIds.png"
+        if label.is_file():
+            items.append((image, label))
+    if not items:
+        raise SacError(f"no labelled Cityscapes frames (…_leftImg8bit.png with a matching "
+                       f"…_gtFine_labelIds.png) under {images_dir}")
+    return SegmentationDataset("cityscapes", items,
+                               _target_lookup("cityscapes_label_ids", head, non_roi_ids))
+
+
+def kitti_step(root: Path, split: str, head: str,
+               non_roi_ids: Iterable[int] | None = None) -> SegmentationDataset:
+    images_dir = root / "images" / split
+    labels_dir = root / "panoptic_maps" / split
+    if not images_dir.is_dir() or not labels_dir.is_dir():
+        raise SacError(f"{root} is not a KITTI-STEP folder: expected images/{split}/ and "
+                       f"panoptic_maps/{split}/")
+    items = [(image, labels_dir / image.parent.name / image.name)
+             for image in sorted(images_dir.glob("*/*.png"))]
+    items = [(image, label) for image, label in items if label.is_file()]
+    if not items:
+        raise SacError(f"no KITTI-STEP frames with panoptic maps under {images_dir}")
+    return SegmentationDataset("kitti_step", items,
+                               _target_lookup("kitti_step", head, non_roi_ids))
+
+
+def evalset(split: str, head: str, labels_path: Path | None = None) -> SegmentationDataset:
+    frames = load_labels(labels_path, split)
+    rgbs = read_frames(frames)
+    targets = [frame.label_map() for frame in frames]
+    if head == "binary":
+        targets = [(t == 0).astype(np.uint8) for t in targets]
+    return SegmentationDataset("evalset", list(zip(rgbs, targets, strict=True)), None)
+
+
+def open_dataset(name: str, root: str | Path | None, split: str, head: str,
+                 non_roi_ids: Iterable[int] | None = None) -> SegmentationDataset:
+    if head not in HEADS:
+        raise SacError(f"unknown head '{head}'; choose {' or '.join(HEADS)}")
+    if name == "evalset":
+        return evalset(split, head, Path(root) if root else None)
+    if name not in DATASETS:
+        raise SacError(f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)}")
+    if root is None:
+        raise SacError(f"--data-root is required for the {name} dataset")
+    root = Path(root)
+    if not root.is_dir():
+        raise SacError(f"dataset folder {root} does not exist")
+    reader = cityscapes if name == "cityscapes" else kitti_step
+    return reader(root, split, head, non_roi_ids)
+
+
+def augment(rgb: np.ndarray, target: np.ndarray, crop: tuple[int, int],
+            scale: tuple[float, float], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Random rescale (with a little aspect jitter), crop, flip and photometric jitter."""
+    crop_w, crop_h = crop
+    height, width = target.shape
+    factor = rng.uniform(*scale)
+    new_w = max(crop_w, round(width * factor * rng.uniform(0.9, 1.1)))
+    new_h = max(crop_h, round(height * factor))
+    image = Image.fromarray(rgb).resize((new_w, new_h), Image.Resampling.BILINEAR)
+    labels = Image.fromarray(target).resize((new_w, new_h), Image.Resampling.NEAREST)
+    x0 = int(rng.integers(0, new_w - crop_w + 1))
+    y0 = int(rng.integers(0, new_h - crop_h + 1))
+    box = (x0, y0, x0 + crop_w, y0 + crop_h)
+    out = np.asarray(image.crop(box), dtype=np.float32)
+    labels = np.asarray(labels.crop(box))
+    if rng.random() < 0.5:
+        out, labels = out[:, ::-1], labels[:, ::-1]
+    # photometric jitter: brightness, contrast, saturation, per-channel gain, gamma, noise
+    grey = out.mean(axis=2, keepdims=True)
+    out = grey + (out - grey) * rng.uniform(0.6, 1.4)
+    out = (out - out.mean()) * rng.uniform(0.7, 1.3) + out.mean() * rng.uniform(0.7, 1.3)
+    out *= rng.uniform(0.9, 1.1, size=3)
+    out = 255.0 * (np.clip(out, 0, 255) / 255.0) ** rng.uniform(0.7, 1.4)
+    out += rng.normal(0.0, rng.uniform(0, 6), size=out.shape)
+    return np.clip(out, 0, 255).astype(np.float32), np.ascontiguousarray(labels)

@@ -1,0 +1,92 @@
+"""Scores of a segmenter against 4-class ground truth: pixel and block iIoU / mIoU.
+
+- pixel iIoU: IoU of the ROI pixels (the papers' iIoU);
+- pixel mIoU: mean IoU over the 4 classes (ROI, construction, nature, sky) when the
+  model's classes fold into them, else over ROI / non-ROI;
+- block iIoU / mIoU: the same on the 16x16 macroblock masks (a block is ROI if any of
+  its pixels is), i.e. on what the encoder actually uses.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sac_ros.core.classes import FOUR_CLASS_NAMES
+from sac_ros.core.errors import SacError
+from sac_ros.core.mask import block_mask
+from sac_ros.core.metrics import confusion, iiou, iou_per_class, miou
+
+
+@dataclass
+class Scores:
+    four_class: bool
+    pixel_roi: np.ndarray = field(default_factory=lambda: np.zeros((2, 2), np.int64))
+    pixel_classes: np.ndarray = field(default_factory=lambda: np.zeros((4, 4), np.int64))
+    blocks: np.ndarray = field(default_factory=lambda: np.zeros((2, 2), np.int64))
+    frame_block_iiou: list[float] = field(default_factory=list)
+
+    def add(self, truth: np.ndarray, roi: np.ndarray, blocks: np.ndarray,
+            classes: np.ndarray | None = None) -> None:
+        """``truth``: 4-class ids (255 ignored); ``roi``/``blocks``: predictions."""
+        truth_roi = truth == 0
+        valid = truth != 255
+        # index 0 = ROI, 1 = non-ROI, so iiou(conf, 0) is the ROI IoU
+        gt_pixels = np.where(valid, (~truth_roi).astype(np.uint8), 255)
+        self.pixel_roi += confusion(gt_pixels, (~roi).astype(np.uint8), 2)
+        truth_blocks = block_mask(truth_roi)
+        if truth_blocks.shape != blocks.shape:
+            raise SacError(f"block mask is {blocks.shape}, expected {truth_blocks.shape}")
+        frame = confusion((~truth_blocks).astype(np.uint8), (~blocks).astype(np.uint8), 2)
+        self.blocks += frame
+        self.frame_block_iiou.append(iiou(frame, 0))
+        if self.four_class and classes is not None:
+            self.pixel_classes += confusion(truth, classes, 4)
+
+    def summary(self) -> dict[str, float]:
+        result = {
+            "pixel_iiou": iiou(self.pixel_roi, 0),
+            "pixel_miou_roi_vs_non_roi": miou(self.pixel_roi),
+            "block_iiou": iiou(self.blocks, 0),
+            "block_miou": miou(self.blocks),
+            "worst_frame_block_iiou": float(np.nanmin(self.frame_block_iiou))
+            if self.frame_block_iiou else float("nan"),
+        }
+        if self.four_class:
+            result["pixel_miou"] = miou(self.pixel_classes)
+            per_class = iou_per_class(self.pixel_classes)
+            for name, value in zip(FOUR_CLASS_NAMES, per_class, strict=True):
+                result[f"pixel_iou_{name}"] = float(value)
+        else:
+            result["pixel_miou"] = result["pixel_miou_roi_vs_non_roi"]
+        return result
+
+
+def score_segmenter(segmenter, rgbs: list[np.ndarray], truths: list[np.ndarray],
+                    four_class_table: np.ndarray | None = None,
+                    time_runs: int = 3) -> tuple[Scores, list[float]]:
+    """Score a Segmenter; also time ``block_roi`` (the encoder's path) per frame.
+
+    ``four_class_table`` folds the model's class ids into the 4 classes (None: the
+    model's classes do not fold, so mIoU is ROI vs non-ROI). Latency is the median of
+    ``time_runs`` timed calls per frame (0: no timing), after one warm-up call.
+    """
+    scores = Scores(four_class=four_class_table is not None)
+    latencies = []
+    if rgbs:
+        segmenter.block_roi(rgbs[0])  # warm-up: buffers, geometry, lazy provider init
+    for rgb, truth in zip(rgbs, truths, strict=True):
+        runs = []
+        for _ in range(time_runs):
+            start = time.perf_counter()
+            segmenter.block_roi(rgb)
+            runs.append(time.perf_counter() - start)
+        if runs:
+            latencies.append(float(np.median(runs)))
+        prediction = segmenter.predict(rgb)
+        classes = (four_class_table[prediction.class_map] if four_class_table is not None
+                   else None)
+        scores.add(truth, prediction.roi, prediction.block_roi, classes)
+    return scores, latencies

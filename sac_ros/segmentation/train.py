@@ -1,0 +1,215 @@
+"""`sac train`: the papers' recipe (BCE + Dice, Adam) on SacRoiNet. Needs torch.
+
+Losses: the class head (4-class or binary) and the block head each get binary
+cross-entropy plus soft Dice, on one-hot targets, ignoring label 255. The block
+target of a 16x16 cell is "any ROI pixel in it" (the macroblock filter).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from sac_ros.core.errors import SacError
+from sac_ros.segmentation.backends.torch_backend import import_torch
+from sac_ros.segmentation.checkpoint import load_checkpoint, save_checkpoint
+from sac_ros.segmentation.datasets import SegmentationDataset, augment, open_dataset
+
+VAL_SPLITS = {"cityscapes": "val", "kitti_step": "val", "evalset": "heldout"}
+HEAD_CLASSES = {"four_class": 4, "binary": 2}
+
+
+@dataclass
+class TrainSettings:
+    dataset: str
+    data_root: str | None
+    out: Path
+    head: str = "four_class"
+    train_split: str = "train"
+    val_split: str | None = None          # None: the dataset's usual validation split
+    epochs: int = 40
+    steps_per_epoch: int | None = None    # None: one pass over the training frames
+    batch_size: int = 8
+    crop: tuple[int, int] = (512, 256)
+    scale: tuple[float, float] = (0.5, 1.1)
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 1e-5
+    width: float = 1.5
+    seed: int = 0
+    threads: int = 0
+    val_limit: int | None = None
+    input_size: Any = "native"
+    resume: Path | None = None
+    progress: bool = True
+    non_roi_ids: list[int] | None = None
+    history: list[dict] = field(default_factory=list)
+
+
+def bce_dice(torch, logits, onehot, valid):
+    """Binary cross-entropy + soft Dice over channels; ``valid`` masks ignored pixels."""
+    functional = torch.nn.functional
+    weight = valid.expand_as(onehot)
+    bce = functional.binary_cross_entropy_with_logits(logits, onehot, weight=weight,
+                                                      reduction="sum")
+    bce = bce / weight.sum().clamp(min=1.0)
+    probs = torch.sigmoid(logits) * weight
+    dims = (0, 2, 3)
+    inter = (probs * onehot).sum(dims)
+    denom = probs.sum(dims) + (onehot * weight).sum(dims)
+    dice = 1.0 - ((2.0 * inter + 1.0) / (denom + 1.0)).mean()
+    return bce + dice
+
+
+def batch_loss(torch, model, images, targets, roi_ids, num_classes: int):
+    """Total loss of one batch: class head + block head, each BCE + Dice."""
+    functional = torch.nn.functional
+    class_logits, block_logits = model(images)
+    class_logits = functional.interpolate(class_logits, size=targets.shape[1:], mode="bilinear",
+                                          align_corners=False)
+    valid = (targets != 255).unsqueeze(1).float()
+    safe = torch.where(targets == 255, torch.zeros_like(targets), targets)
+    onehot = functional.one_hot(safe, num_classes).permute(0, 3, 1, 2).float()
+    class_loss = bce_dice(torch, class_logits, onehot, valid)
+    roi = torch.isin(safe, roi_ids).unsqueeze(1).float() * valid
+    block_target = functional.max_pool2d(roi, 16)        # any ROI pixel in the cell
+    block_valid = functional.max_pool2d(valid, 16)       # any labelled pixel in the cell
+    block_loss = bce_dice(torch, block_logits, block_target, block_valid)
+    return class_loss + block_loss, class_loss.detach(), block_loss.detach()
+
+
+def make_batch(torch, dataset: SegmentationDataset, settings: TrainSettings,
+               rng: np.random.Generator):
+    images, targets = [], []
+    for index in rng.integers(0, len(dataset), size=settings.batch_size):
+        rgb, target = dataset.load(int(index))
+        image, labels = augment(rgb, target, settings.crop, settings.scale, rng)
+        images.append(image.transpose(2, 0, 1))
+        targets.append(labels)
+    return (torch.from_numpy(np.stack(images)),
+            torch.from_numpy(np.stack(targets).astype(np.int64)))
+
+
+def validate(model, dataset: SegmentationDataset, settings: TrainSettings) -> dict[str, float]:
+    """Pixel and block iIoU / mIoU of the model on the validation frames."""
+    from sac_ros.segmentation.backends.torch_backend import ModuleBackend
+    from sac_ros.segmentation.classmaps import ClassMapAdapter
+    from sac_ros.segmentation.scoring import score_segmenter
+    from sac_ros.segmentation.segmenter import Segmenter
+
+    segmenter = Segmenter(ModuleBackend(model, settings.head), ClassMapAdapter(settings.head),
+                          input_size=settings.input_size)
+    count = len(dataset) if settings.val_limit is None else min(len(dataset), settings.val_limit)
+    rgbs, truths = [], []
+    for index in range(count):
+        rgb, target = dataset.load(index)
+        if settings.head == "binary":  # 1 ROI / 0 non-ROI -> 0 ROI / 1 non-ROI, 255 kept
+            target = np.where(target == 255, 255, 1 - np.minimum(target, 1)).astype(np.uint8)
+        rgbs.append(rgb)
+        truths.append(target)
+    table = np.arange(256, dtype=np.uint8) if settings.head == "four_class" else None
+    scores, _ = score_segmenter(segmenter, rgbs, truths, table, time_runs=0)
+    return scores.summary()
+
+
+def train(settings: TrainSettings) -> dict[str, Any]:
+    """Run (or resume) a training; returns the final checkpoint state."""
+    torch = import_torch()
+    from sac_ros.segmentation.network import SacRoiNet, count_parameters
+
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    train_set = open_dataset(settings.dataset, settings.data_root, settings.train_split,
+                             settings.head, settings.non_roi_ids)
+    val_split = settings.val_split or VAL_SPLITS[settings.dataset]
+    val_set = (open_dataset(settings.dataset, settings.data_root, val_split, settings.head,
+                            settings.non_roi_ids) if val_split != "none" else None)
+    num_classes = HEAD_CLASSES[settings.head]
+    roi_ids = torch.tensor([0] if settings.head == "four_class" else [1])
+
+    model = SacRoiNet(num_classes, settings.width)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, betas=settings.betas,
+                                 weight_decay=settings.weight_decay)
+    start_epoch, step = 1, 0
+    history: list[dict] = []
+    rng = np.random.default_rng(settings.seed)
+    torch.manual_seed(settings.seed)
+    if settings.resume:
+        checkpoint = load_checkpoint(settings.resume)
+        if (checkpoint["num_classes"], checkpoint["width"]) != (num_classes, settings.width):
+            raise SacError(f"{settings.resume} is a {checkpoint['class_map']} model of width "
+                           f"{checkpoint['width']}; it cannot resume a {settings.head} run of "
+                           f"width {settings.width}")
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        start_epoch, step = checkpoint["epoch"] + 1, checkpoint["step"]
+        history = list(checkpoint.get("history", []))
+        rng = np.random.default_rng([settings.seed, checkpoint["epoch"]])  # fresh, reproducible
+        torch.manual_seed(settings.seed + checkpoint["epoch"])
+        print(f"resuming {settings.resume} after epoch {checkpoint['epoch']}", file=sys.stderr)
+    steps = settings.steps_per_epoch or math.ceil(len(train_set) / settings.batch_size)
+    print(f"sac train: {settings.dataset} ({len(train_set)} training frames"
+          + (f", {len(val_set)} validation frames" if val_set else "") + f"), head "
+          f"{settings.head}, SacRoiNet width {settings.width:g} "
+          f"({count_parameters(model):,} parameters), {steps} steps/epoch of "
+          f"{settings.batch_size} crops {settings.crop[0]}x{settings.crop[1]}", file=sys.stderr)
+
+    state: dict[str, Any] = {}
+    best = -1.0
+    for epoch in range(start_epoch, settings.epochs + 1):
+        model.train()
+        started = time.perf_counter()
+        losses = []
+        bar = tqdm(range(steps), desc=f"epoch {epoch}/{settings.epochs}", unit="step",
+                   disable=not settings.progress or None, file=sys.stderr, leave=False)
+        for _ in bar:
+            images, targets = make_batch(torch, train_set, settings, rng)
+            loss, class_loss, block_loss = batch_loss(torch, model, images, targets, roi_ids,
+                                                      num_classes)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", cls=f"{float(class_loss):.3f}",
+                            block=f"{float(block_loss):.3f}")
+        bar.close()
+        record: dict[str, Any] = {"epoch": epoch, "step": step,
+                                  "loss": float(np.mean(losses)),
+                                  "seconds": round(time.perf_counter() - started, 1)}
+        if val_set is not None:
+            record["val"] = validate(model, val_set, settings)
+        history.append(record)
+        line = f"epoch {epoch}/{settings.epochs}: loss {record['loss']:.4f}"
+        if "val" in record:
+            val = record["val"]
+            line += (f"; val pixel iIoU {val['pixel_iiou']:.4f} mIoU {val['pixel_miou']:.4f}, "
+                     f"block iIoU {val['block_iiou']:.4f} mIoU {val['block_miou']:.4f}")
+        print(line + f" ({record['seconds']:.0f} s)", file=sys.stderr)
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "epoch": epoch, "step": step, "num_classes": num_classes,
+                 "width": settings.width, "class_map": settings.head, "history": history,
+                 "settings": {"dataset": settings.dataset, "train_split": settings.train_split,
+                              "crop": list(settings.crop), "scale": list(settings.scale),
+                              "batch_size": settings.batch_size, "lr": settings.lr,
+                              "betas": list(settings.betas),
+                              "weight_decay": settings.weight_decay, "seed": settings.seed}}
+        save_checkpoint(settings.out / "last.pt", state)
+        score = record.get("val", {}).get("block_iiou", float("nan"))
+        if val_set is not None and score > best:
+            best = score
+            save_checkpoint(settings.out / "best.pt", state)
+        (settings.out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+    if not state:
+        raise SacError(f"nothing to do: the checkpoint already reached epoch {start_epoch - 1} "
+                       f"of {settings.epochs} (raise --epochs to continue)")
+    state["model_object"] = model
+    return state
