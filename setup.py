@@ -34,6 +34,10 @@ setup(
     entry_points={
         "console_scripts": [
             "sac = sac_ros.cli.main:main",
+            "sac_sensor = sac_ros.nodes.sensor:main",
+            "sac_ecu = sac_ros.nodes.ecu:main",
+            "sac_perception = sac_ros.nodes.perception:main",
+            "sac_video_source = sac_ros.nodes.video_source:main",
         ],
     },
 )

@@ -45,6 +45,8 @@ def add_parser(sub) -> None:
     p.add_argument("--labels", help="label PNG folder (or one PNG) as the mask source")
     p.add_argument("--label-layout", default="cityscapes", choices=("cityscapes", "kitti_step"),
                    help="label format: Cityscapes *_labelIds.png or KITTI-STEP panoptic (R = id)")
+    p.add_argument("--model", help="segmenter as the mask source: 'default' (the shipped ONNX "
+                   "model) or a .onnx/.engine/.pt path; settings from config/segmentation.yaml")
     p.add_argument("--out", default="sac_eval_out", help="output folder for PNGs/JSON/CSV")
     p.add_argument("--json", help="JSON output path (default: OUT/results.json)")
     p.add_argument("--csv", help="CSV output path (default: OUT/results.csv)")
@@ -54,7 +56,13 @@ def add_parser(sub) -> None:
 
 def _masks(args, cfg, clip):
     non_roi = cfg["mask"].get("non_roi_classes") or {}
-    if args.labels:
+    if args.model and args.labels:
+        raise SacError("give either --model or --labels as the mask source, not both")
+    if args.model:
+        from sac_ros.segmentation.cli_support import segmenter_mask_source
+
+        source, description = segmenter_mask_source(args.model, non_roi)
+    elif args.labels:
         layout = args.label_layout
         class_map = "cityscapes_label_ids" if layout == "cityscapes" else "kitti_step"
         source = LabelMaskSource(args.labels, layout, non_roi.get(class_map))

@@ -10,7 +10,7 @@ from sac_ros.core.errors import SacError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sac_ros.cli import eval_cmd, pipeline_cmd
+    from sac_ros.cli import eval_cmd, pipeline_cmd, seg_cmds
 
     parser = argparse.ArgumentParser(
         prog="sac", description="Semantic-aware compression of automotive camera video.")
@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     eval_cmd.add_parser(sub)
+    seg_cmds.add_parsers(sub)
     pipeline_cmd.add_parser(sub)
     return parser
 

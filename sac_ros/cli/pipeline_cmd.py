@@ -17,7 +17,7 @@ import sys
 import time
 
 from sac_ros.core.errors import SacError
-from sac_ros.pipeline import NodeSpec, load_layout, pipeline_nodes
+from sac_ros.pipeline import EXECUTABLES, NodeSpec, load_layout, pipeline_nodes
 
 
 def add_parser(sub) -> None:
@@ -33,11 +33,29 @@ def add_parser(sub) -> None:
                    "and print a summary when it ends")
     p.add_argument("--frames", type=int, default=0, help="with --source: frames to publish "
                    "(0 = the whole source)")
+    p.add_argument("--size", help="with --source: resize frames to WIDTHxHEIGHT")
+    p.add_argument("--fps", type=float, default=0.0,
+                   help="with --source: publish rate (0 = the source's own)")
+    p.add_argument("--param", "-p", action="append", default=[], metavar="NODE.NAME=VALUE",
+                   help="override a node parameter, e.g. sac_sensor.preset=ultrafast "
+                        "(repeatable)")
     p.add_argument("--no-perception", action="store_true", help="do not start perception nodes")
     p.add_argument("--json", help="with --source: write the summary as JSON here")
     p.add_argument("--startup-timeout", type=float, default=60.0,
                    help="seconds to wait for all nodes to be discovered")
     p.set_defaults(func=run)
+
+
+def _parse_params(items: list[str]) -> list[tuple[str, str, str]]:
+    parsed = []
+    for item in items:
+        target, sep, value = item.partition("=")
+        executable, dot, name = target.partition(".")
+        if not sep or not dot or executable not in EXECUTABLES or not name:
+            raise SacError(f"--param '{item}' must look like NODE.NAME=VALUE with NODE one of "
+                           f"{', '.join(EXECUTABLES)}")
+        parsed.append((executable, name, value))
+    return parsed
 
 
 def node_command(spec: NodeSpec, config: str, extra: dict | None = None) -> list[str]:
@@ -89,6 +107,10 @@ def run(args) -> int:
         env["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
         os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"  # this process's listener too
     specs = pipeline_nodes(layout, args.input_topic, args.model, video_source=bool(args.source))
+    for executable, name, value in _parse_params(args.param):
+        for spec in specs:
+            if spec.executable == executable:
+                spec.overrides[name] = value
     children = Children(env)
     config = str(layout.config)
     try:
@@ -144,9 +166,16 @@ def _run_with_source(args, layout, specs, children: Children, config: str) -> li
             if time.monotonic() > deadline:
                 raise SacError(f"nodes not discovered after {args.startup_timeout:g} s")
             time.sleep(0.1)
-        sources = [children.start(f"{spec.namespace} source", node_command(
-            spec, config, {"input": args.source, "max_frames": args.frames,
-                           "wait_for_subscribers": 0}))
+        source_params = {"input": args.source, "max_frames": args.frames, "fps": args.fps,
+                         "wait_for_subscribers": expected_subs}
+        if args.size:
+            try:
+                width, height = (int(v) for v in args.size.lower().split("x"))
+            except ValueError:
+                raise SacError(f"--size '{args.size}' must look like 1024x512") from None
+            source_params.update(width=width, height=height)
+        sources = [children.start(f"{spec.namespace} source",
+                                  node_command(spec, config, source_params))
             for spec in specs if spec.executable == "sac_video_source"]
         print(f"sac pipeline: publishing {args.source} on {len(sources)} camera(s)",
               file=sys.stderr)

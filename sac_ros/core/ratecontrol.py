@@ -80,10 +80,9 @@ class RateController:
 
     def __init__(self, target_bps: float, fps: float, gop: int, mode: str = "roi_qp", *,
                  spread: float = 9.0, cap_bps: float | None = None, vbv_buffer_s: float = 0.5,
-                 margin: float = 0.02, roi_crf_min: float = 10.0, roi_crf_max: float = 36.0,
+                 margin: float = 0.03, roi_crf_min: float = 10.0, roi_crf_max: float = 36.0,
                  non_roi_crf_max: float = 51.0, halving_crf: float = 5.0,
                  prior_bpp: float = 0.12, prior_crf: float = 23.0, max_step: float = 8.0,
-                 integral_gain: float = 0.5,
                  width: int | None = None, height: int | None = None, block_size: int = 16):
         if mode not in RATE_MODES:
             raise SacError(f"unknown rate-control mode '{mode}'; choose one of "
@@ -113,10 +112,6 @@ class RateController:
             raise SacError("non_roi_crf_max must not be below roi_crf_max")
         self.halving = _positive(halving_crf, "halving_crf")
         self.max_step = _positive(max_step, "max_step")
-        if not 0 <= integral_gain <= 1:
-            raise SacError(f"integral_gain {integral_gain} must be in [0, 1]")
-        self.integral_gain = float(integral_gain)
-        self._debt = 0.0  # bytes spent above the aim so far (integral term), bounded
         # Prior complexity (bytes per block per GOP at CRF 0) until the first GOP is seen.
         block_bytes = _positive(prior_bpp, "prior_bpp") * block_size * block_size / 8.0
         self._a = [block_bytes * self.gop * 2 ** (prior_crf / self.halving)] * 2
@@ -135,14 +130,9 @@ class RateController:
 
     # ------------------------------------------------------------ the model
     @property
-    def aim_bytes(self) -> float:
-        """Bytes per GOP the controller aims at: the target, less the safety margin."""
-        return self.target_bps * (1.0 - self.margin) * self.gop / self.fps / 8.0
-
-    @property
     def budget_bytes(self) -> float:
-        """Bytes the next GOP may spend: the aim, less part of the accumulated overspend."""
-        return self.aim_bytes - self.integral_gain * self._debt
+        """Bytes the next GOP may spend: the target, less the safety margin."""
+        return self.target_bps * (1.0 - self.margin) * self.gop / self.fps / 8.0
 
     def _region_bytes(self, region: int, crf: float) -> float:
         return self._a[region] * self._blocks[region] * 2 ** (-crf / self.halving)
@@ -237,13 +227,6 @@ class RateController:
         self._gop_frames += 1
         if self._gop_frames < self.gop:
             return None
-        if self.gops_observed:
-            # Integral term: content drifts between GOPs, and a model fitted to the last
-            # GOP lags it; the debt pulls the long-run rate back to the aim. The first
-            # GOP ran on the prior, so its error says nothing about the drift.
-            limit = 0.25 * self.aim_bytes
-            self._debt += sum(self._gop_bytes) - self.budget_bytes
-            self._debt = min(max(self._debt, -limit), limit)
         self._fit()
         self.decision = self._decide()
         self.history.append({

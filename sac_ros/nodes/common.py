@@ -189,3 +189,48 @@ def run_node(name: str, node_factory, args=None) -> int:
         if rclpy.ok():
             rclpy.shutdown()
     return 0
+
+
+class LatestWorker:
+    """Hands messages from a callback to one worker thread through a single slot.
+
+    When the worker is busy, a newer message replaces the waiting one and
+    ``on_superseded`` counts it: the node keeps up with the newest frame and no
+    queue can grow.
+    """
+
+    def __init__(self, name: str, process, on_superseded, on_error):
+        import threading
+
+        self._process, self._on_superseded, self._on_error = process, on_superseded, on_error
+        self._slot = None
+        self._cond = threading.Condition()
+        self._running = True
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def put(self, msg) -> None:
+        with self._cond:
+            if self._slot is not None:
+                self._on_superseded()
+            self._slot = msg
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while self._slot is None and self._running:
+                    self._cond.wait(0.5)
+                if not self._running:
+                    return
+                msg, self._slot = self._slot, None
+            try:
+                self._process(msg)
+            except Exception as exc:  # the node must survive any one frame
+                self._on_error(msg, exc)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._running = False
+            self._cond.notify()
+        self._thread.join(timeout=5.0)

@@ -7,7 +7,6 @@ one and the replaced frame is counted as a drop. No queue can grow.
 
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
@@ -23,6 +22,7 @@ from sac_ros.core.sac import MODES, SacEncoder
 from sac_ros.msg import SacPacket as SacPacketMsg
 from sac_ros.msg import SacStats
 from sac_ros.nodes.common import (
+    LatestWorker,
     NodeStats,
     declare,
     image_to_rgb,
@@ -59,6 +59,10 @@ class SensorNode(Node):
                              choices=("polygon", "model"), read_only=True)
         polygon = d("roi_polygon", DEFAULT_POLYGON, "Static ROI polygon, flat [x0, y0, x1, y1, "
                     "...] normalised to 0-1.", read_only=True)
+        model = d("model", "default", "Segmentation model for mask_source=model: 'default' "
+                  "(shipped ONNX) or a .onnx / .engine / .pt path.", read_only=True)
+        backend = d("backend", "auto", "Segmentation backend.", read_only=True,
+                    choices=("auto", "onnxruntime", "tensorrt", "torch"))
         self.publish_mask = d("publish_mask", False, "Also publish the block mask as mono8.")
         reliability = d("qos_reliability", "reliable", "QoS reliability of all topics.",
                         choices=("reliable", "best_effort"), read_only=True)
@@ -69,11 +73,13 @@ class SensorNode(Node):
         if len(polygon) < 6 or len(polygon) % 2:
             raise SacError("roi_polygon needs at least three x, y pairs")
         self.mask = PolygonMaskSource(np.asarray(polygon, float).reshape(-1, 2).tolist())
+        self.segmenter = None
+        if self.mask_source == "model":
+            from sac_ros.segmentation import load_segmenter
+
+            self.segmenter = load_segmenter(model=model, backend=backend)
         self.encoder: SacEncoder | None = None
         self.stats = NodeStats()
-        self._slot: Image | None = None
-        self._cond = threading.Condition()
-        self._running = True
         self._bad_encodings: set[str] = set()
         self.packet_pub = self.create_publisher(SacPacketMsg, self.packet_topic,
                                                 qos(reliability, depth))
@@ -82,8 +88,8 @@ class SensorNode(Node):
         self.create_subscription(Image, self.input_topic, self._on_image, qos(reliability, 2))
         self.add_on_set_parameters_callback(self._on_parameters)
         self.create_timer(1.0, self._publish_stats)
-        self._worker = threading.Thread(target=self._work, name="sac_sensor_encode", daemon=True)
-        self._worker.start()
+        self._worker = LatestWorker("sac_sensor_encode", self._process,
+                                    lambda: self.stats.drop("superseded"), self._on_error)
         self.get_logger().info(
             f"{self.mode} {self.settings.codec} {preset} ROI CRF {self.roi_crf:g} / non-ROI "
             f"{self.non_roi_crf:g}, mask from {self.mask_source}; {self.input_topic} -> "
@@ -106,32 +112,18 @@ class SensorNode(Node):
 
     # ------------------------------------------------------------- frames
     def _on_image(self, msg: Image) -> None:
-        with self._cond:
-            self.stats.received += 1
-            if self._slot is not None:
-                self.stats.drop("superseded")  # the worker fell behind: keep the newest
-            self._slot = msg
-            self._cond.notify()
+        self.stats.received += 1
+        self._worker.put(msg)
 
-    def _work(self) -> None:
-        while True:
-            with self._cond:
-                while self._slot is None and self._running:
-                    self._cond.wait(0.5)
-                if not self._running:
-                    return
-                msg, self._slot = self._slot, None
-            try:
-                self._process(msg)
-            except SacError as exc:
-                self.stats.drop("bad_image")
-                if msg.encoding not in self._bad_encodings:
-                    self._bad_encodings.add(msg.encoding)
-                    self.get_logger().error(f"dropping frames: {exc}")
-            except Exception as exc:  # keep the node alive; report once per type
-                self.stats.drop("error")
-                self.get_logger().error(f"frame {self.stats.received} failed: {exc!r}",
-                                        throttle_duration_sec=5.0)
+    def _on_error(self, msg: Image, exc: Exception) -> None:
+        if isinstance(exc, SacError):
+            self.stats.drop("bad_image")
+            if msg.encoding not in self._bad_encodings:  # one log per problem, not per frame
+                self._bad_encodings.add(msg.encoding)
+                self.get_logger().error(f"dropping frames: {exc}")
+        else:
+            self.stats.drop("error")
+            self.get_logger().error(f"frame failed: {exc!r}", throttle_duration_sec=5.0)
 
     def _process(self, msg: Image) -> None:
         rgb = image_to_rgb(msg)
@@ -143,8 +135,10 @@ class SensorNode(Node):
             self.encoder = SacEncoder(width, height, self.roi_crf, self.non_roi_crf,
                                       self.settings, self.mode)
         start = time.perf_counter()
-        roi = self.mask.roi_pixels(self.stats.received, rgb)
-        blocks = block_mask(roi, self.encoder.layout.block_size)
+        if self.segmenter is not None:
+            blocks = self.segmenter.block_roi(rgb)
+        else:
+            blocks = block_mask(self.mask.roi_pixels(0, rgb), self.encoder.layout.block_size)
         segmentation_ms = (time.perf_counter() - start) * 1e3
         packet = self.encoder.encode(rgb, blocks)
         packet.segmentation_ms = segmentation_ms
@@ -160,10 +154,9 @@ class SensorNode(Node):
         self.stats_pub.publish(self.stats.to_msg(self.get_fully_qualified_name(), header))
 
     def close(self) -> None:
-        with self._cond:
-            self._running = False
-            self._cond.notify()
-        self._worker.join(timeout=2.0)
+        self._worker.stop()
+        if self.segmenter is not None:
+            self.segmenter.close()
         if self.encoder is not None:
             self.encoder.close()
 

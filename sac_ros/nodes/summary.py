@@ -52,8 +52,9 @@ class CameraSummary:
             if stats is not None:
                 for reason, count in zip(stats.drop_reasons, stats.drop_counts, strict=True):
                     drops[reason] = drops.get(reason, 0) + int(count)
+        sensor_in = int(self.sensor_stats.received) if self.sensor_stats else self.frames_in
         return {
-            "camera": self.namespace, "frames_in": self.frames_in, "packets": self.packets,
+            "camera": self.namespace, "frames_in": sensor_in, "packets": self.packets,
             "frames_out": self.frames_out, "drops": drops, "input_fps": fps,
             "kb_per_frame": kb, "mbit_per_s": kb * 8 * fps / 1000 if fps else float("nan"),
             "roi_psnr": float(np.mean(self.roi_psnr)) if self.roi_psnr else float("nan"),
@@ -63,6 +64,7 @@ class CameraSummary:
             "iiou": float(self.perception.iiou) if self.perception else float("nan"),
             "miou": float(self.perception.miou) if self.perception else float("nan"),
             "perception_frames": int(self.perception.frames_compared) if self.perception else 0,
+            "perception_fps": float(self.perception.fps) if self.perception else float("nan"),
         }
 
 

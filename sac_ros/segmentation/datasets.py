@@ -126,25 +126,30 @@ def open_dataset(name: str, root: str | Path | None, split: str, head: str,
 
 def augment(rgb: np.ndarray, target: np.ndarray, crop: tuple[int, int],
             scale: tuple[float, float], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Random rescale (with a little aspect jitter), crop, flip and photometric jitter."""
+    """Random rescale (with a little aspect jitter), crop, flip and photometric jitter.
+
+    The crop window is chosen in source pixels and only that window is resampled, so
+    the cost does not grow with the frame size.
+    """
     crop_w, crop_h = crop
     height, width = target.shape
-    factor = rng.uniform(*scale)
-    new_w = max(crop_w, round(width * factor * rng.uniform(0.9, 1.1)))
-    new_h = max(crop_h, round(height * factor))
-    image = Image.fromarray(rgb).resize((new_w, new_h), Image.Resampling.BILINEAR)
-    labels = Image.fromarray(target).resize((new_w, new_h), Image.Resampling.NEAREST)
-    x0 = int(rng.integers(0, new_w - crop_w + 1))
-    y0 = int(rng.integers(0, new_h - crop_h + 1))
-    box = (x0, y0, x0 + crop_w, y0 + crop_h)
-    out = np.asarray(image.crop(box), dtype=np.float32)
-    labels = np.asarray(labels.crop(box))
+    scale_y = max(rng.uniform(*scale), crop_h / height)
+    scale_x = max(scale_y * rng.uniform(0.9, 1.1), crop_w / width)
+    win_w, win_h = crop_w / scale_x, crop_h / scale_y   # the window in source pixels
+    x0 = rng.uniform(0, width - win_w)
+    y0 = rng.uniform(0, height - win_h)
+    box = (x0, y0, x0 + win_w, y0 + win_h)
+    out = np.asarray(Image.fromarray(rgb).resize((crop_w, crop_h), Image.Resampling.BILINEAR,
+                                                 box=box), dtype=np.float32)
+    labels = np.asarray(Image.fromarray(target).resize((crop_w, crop_h),
+                                                       Image.Resampling.NEAREST, box=box))
     if rng.random() < 0.5:
         out, labels = out[:, ::-1], labels[:, ::-1]
-    # photometric jitter: brightness, contrast, saturation, per-channel gain, gamma, noise
+    # photometric jitter: saturation, contrast, brightness, per-channel gain, gamma, noise
     grey = out.mean(axis=2, keepdims=True)
     out = grey + (out - grey) * rng.uniform(0.6, 1.4)
-    out = (out - out.mean()) * rng.uniform(0.7, 1.3) + out.mean() * rng.uniform(0.7, 1.3)
+    mean = out.mean()
+    out = (out - mean) * rng.uniform(0.7, 1.3) + mean * rng.uniform(0.7, 1.3)
     out *= rng.uniform(0.9, 1.1, size=3)
     out = 255.0 * (np.clip(out, 0, 255) / 255.0) ** rng.uniform(0.7, 1.4)
     out += rng.normal(0.0, rng.uniform(0, 6), size=out.shape)

@@ -215,6 +215,11 @@ class Segmenter:
     def name(self) -> str:
         return f"{self.backend.model_path.name} on {self.backend.name}"
 
+    def set_non_roi_ids(self, non_roi_ids) -> None:
+        """Override which of the model's classes are non-ROI (sac.yaml non_roi_classes)."""
+        self.class_adapter = ClassMapAdapter(self.class_adapter.name, non_roi_ids)
+        self.roi_channels = self.class_adapter.roi_channels()
+
     def _check_channels(self, channels: int) -> None:
         self.class_adapter.check_channels(channels, str(self.backend.model_path))
         self._channels_checked = True

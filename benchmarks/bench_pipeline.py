@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""End-to-end latency and sustained rate of the ROS 2 pipeline, over real DDS.
+
+Runs `sac pipeline --source sample` (video source -> sensor -> ECU [-> perception],
+each a separate process) for each case and prints camera-stamp -> reconstructed
+image latency p50/p99, sustained output rate, drops, kB/frame and ROI PSNR.
+
+    .venv/bin/python benchmarks/bench_pipeline.py [--frames 150] [--model default]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CASES = [
+    # label, size, fps, perception, extra --param overrides
+    ("1024x512@30 veryfast", "1024x512", 30, False, []),
+    ("1024x512@30 ultrafast", "1024x512", 30, False, ["sac_sensor.preset=ultrafast"]),
+    ("2048x1024@15 veryfast", "2048x1024", 15, False, []),
+    ("2048x1024@15 ultrafast", "2048x1024", 15, False, ["sac_sensor.preset=ultrafast"]),
+    ("1024x512@30 veryfast +perception", "1024x512", 30, True, []),
+]
+
+
+def run_case(size: str, fps: int, perception: bool, params: list[str], frames: int,
+             model: str) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "summary.json"
+        cmd = [sys.executable, "-m", "sac_ros.cli.main", "pipeline", "--source", "sample",
+               "--frames", str(frames), "--size", size, "--fps", str(fps),
+               "--json", str(out), "-p", f"sac_sensor.fps={fps}"]
+        if model:
+            cmd += ["--model", model]
+        if not perception:
+            cmd.append("--no-perception")
+        for param in params:
+            cmd += ["-p", param]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"pipeline failed:\n{proc.stderr[-2000:]}")
+        return json.loads(out.read_text())[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--frames", type=int, default=150)
+    parser.add_argument("--model", default="default",
+                        help="mask source model ('' = the config's static polygon)")
+    parser.add_argument("--cases", nargs="*", type=int,
+                        help="indices of the cases to run (default: all)")
+    args = parser.parse_args()
+    print(f"{args.frames} frames per case; ROI mask from "
+          f"{args.model + ' model' if args.model else 'static polygon'}")
+    print(f"{'case':<36} {'in':>4} {'out':>4} {'drops':>6} {'out fps':>7} {'p50 ms':>7} "
+          f"{'p99 ms':>7} {'kB/fr':>6} {'ROI dB':>6} {'perc fps':>8}")
+    for index, (label, size, fps, perception, params) in enumerate(CASES):
+        if args.cases and index not in args.cases:
+            continue
+        row = run_case(size, fps, perception, params, args.frames, args.model)
+        drops = sum(row["drops"].values())
+        out_fps = row["input_fps"] * row["frames_out"] / max(row["frames_in"], 1)
+        print(f"{label:<36} {row['frames_in']:>4} {row['frames_out']:>4} {drops:>6} "
+              f"{out_fps:>7.1f} {row['latency_p50_ms']:>7.1f} {row['latency_p99_ms']:>7.1f} "
+              f"{row['kb_per_frame']:>6.2f} {row['roi_psnr']:>6.2f} "
+              f"{row.get('perception_fps', float('nan')):>8.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""sac_perception: segment reconstructed frames; optionally compare with the originals.
+
+It publishes the class map as mono8 (plus an optional colour overlay). When
+``raw_topic`` is set it also segments the original camera frame with the same
+stamp and publishes the running mIoU / iIoU of reconstructed against original:
+the papers' perception evaluation, live.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict, deque
+
+import numpy as np
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+
+from sac_ros.core import metrics
+from sac_ros.core.errors import SacError
+from sac_ros.msg import PerceptionStats
+from sac_ros.nodes.common import (
+    LatestWorker,
+    NodeStats,
+    declare,
+    image_to_rgb,
+    qos,
+    rgb_to_image,
+    run_node,
+    stamp_ns,
+)
+
+KEEP_ORIGINALS = 60
+# Overlay colours per class id (ROI green, construction orange, nature olive, sky blue).
+PALETTE = np.array([[0, 200, 0], [230, 120, 20], [120, 140, 30], [40, 110, 230]] +
+                   [[int(c) for c in np.random.default_rng(i).integers(0, 255, 3)]
+                    for i in range(4, 256)], np.uint8)
+
+
+class PerceptionNode(Node):
+    def __init__(self):
+        super().__init__("sac_perception")
+        d = lambda *a, **k: declare(self, *a, **k)  # noqa: E731
+        input_topic = d("input_topic", "sac/image", "Reconstructed Image topic.", read_only=True)
+        raw_topic = d("raw_topic", "", "Original camera topic to compare with; empty = off.",
+                      read_only=True)
+        model = d("model", "default", "Segmentation model: 'default' or a path.", read_only=True)
+        backend = d("backend", "auto", "Segmentation backend.", read_only=True,
+                    choices=("auto", "onnxruntime", "tensorrt", "torch"))
+        self.publish_overlay = d("publish_overlay", False, "Publish a colour overlay image.")
+        from sac_ros.segmentation import load_segmenter
+
+        self.segmenter = load_segmenter(model=model, backend=backend)
+        self.num_classes = max(2, self.segmenter.class_adapter.num_classes)
+        self.stats = NodeStats()
+        self.compared = 0
+        self._confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
+        self._roi_confusion = np.zeros((2, 2), np.int64)
+        self._seg_ms: deque[float] = deque(maxlen=300)
+        self._originals: OrderedDict[int, Image] = OrderedDict()
+        self._lock = threading.Lock()
+        self.class_pub = self.create_publisher(Image, "sac/perception/class_map",
+                                               qos("reliable", 5))
+        self.overlay_pub = self.create_publisher(Image, "sac/perception/overlay",
+                                                 qos("reliable", 2))
+        self.stats_pub = self.create_publisher(PerceptionStats, "sac/perception_stats", 10)
+        self._worker = LatestWorker("sac_perception", self._process,
+                                    lambda: self.stats.drop("superseded"), self._on_error)
+        self.create_subscription(Image, input_topic, self._on_image, qos("reliable", 2))
+        if raw_topic:
+            self.create_subscription(Image, raw_topic, self._on_raw, qos("reliable", 10))
+        self.create_timer(1.0, self._publish_stats)
+        self.get_logger().info(f"segmenting {input_topic} with {self.segmenter.name}"
+                               + (f", comparing with {raw_topic}" if raw_topic else ""))
+
+    def _on_raw(self, msg: Image) -> None:
+        with self._lock:
+            self._originals[stamp_ns(msg.header)] = msg
+            while len(self._originals) > KEEP_ORIGINALS:
+                self._originals.popitem(last=False)
+
+    def _on_image(self, msg: Image) -> None:
+        self.stats.received += 1
+        self._worker.put(msg)
+
+    def _on_error(self, msg: Image, exc: Exception) -> None:
+        self.stats.drop("bad_image" if isinstance(exc, SacError) else "error")
+        self.get_logger().error(f"segmentation failed: {exc}", throttle_duration_sec=5.0)
+
+    def _process(self, msg: Image) -> None:
+        rgb = image_to_rgb(msg)
+        start = time.perf_counter()
+        prediction = self.segmenter.predict(rgb)
+        class_map = prediction.class_map
+        self._seg_ms.append((time.perf_counter() - start) * 1e3)
+        self.class_pub.publish(rgb_to_image(class_map, msg.header))
+        if self.publish_overlay:
+            overlay = (0.6 * rgb + 0.4 * PALETTE[class_map]).astype(np.uint8)
+            self.overlay_pub.publish(rgb_to_image(overlay, msg.header))
+        with self._lock:
+            original = self._originals.pop(stamp_ns(msg.header), None)
+        if original is not None:
+            reference = self.segmenter.predict(image_to_rgb(original))
+            self._confusion += metrics.confusion(reference.class_map, class_map,
+                                                 self.num_classes)
+            self._roi_confusion += metrics.confusion(reference.roi.astype(np.uint8),
+                                                     prediction.roi.astype(np.uint8), 2)
+            self.compared += 1
+        self.stats.done(0, None)
+
+    def _publish_stats(self) -> None:
+        msg = PerceptionStats(header=Header(stamp=self.get_clock().now().to_msg()),
+                              node=self.get_fully_qualified_name(),
+                              frames_segmented=self.stats.processed,
+                              frames_compared=self.compared)
+        if self.compared:
+            msg.miou = metrics.miou(self._confusion)
+            msg.iiou = metrics.iiou(self._roi_confusion, roi_class=1)
+        if self._seg_ms:
+            msg.segmentation_ms_p50 = float(np.percentile(self._seg_ms, 50))
+        msg.fps = self.stats.to_msg("", msg.header).fps
+        self.stats_pub.publish(msg)
+
+    def close(self) -> None:
+        self._worker.stop()
+        self.segmenter.close()
+
+
+def main(args=None) -> int:
+    return run_node("sac_perception", PerceptionNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
