@@ -60,6 +60,7 @@ def _add_train(sub) -> None:
     p.add_argument("--val-split", help="validation split (default: val; evalset: heldout); "
                    "'none' to skip validation")
     p.add_argument("--val-limit", type=int, help="validate on at most N frames")
+    p.add_argument("--val-every", type=int, default=1, help="validate every N epochs")
     p.add_argument("--epochs", type=int)
     p.add_argument("--steps-per-epoch", type=int, help="default: one pass over the frames")
     p.add_argument("--batch-size", type=int)
@@ -83,7 +84,7 @@ def run_train(args) -> int:
         args.dataset)
     for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size),
                         ("--steps-per-epoch", args.steps_per_epoch),
-                        ("--val-limit", args.val_limit)):
+                        ("--val-limit", args.val_limit), ("--val-every", args.val_every)):
         if value is not None and value < 1:
             raise SacError(f"{flag} must be at least 1")
     settings = TrainSettings(
@@ -96,7 +97,7 @@ def run_train(args) -> int:
         weight_decay=recipe["weight_decay"],
         width=args.width if args.width is not None else recipe["width"],
         seed=args.seed if args.seed is not None else recipe["seed"], threads=cfg["threads"],
-        val_limit=args.val_limit, input_size=cfg["input_size"],
+        val_limit=args.val_limit, val_every=args.val_every, input_size=cfg["input_size"],
         resume=Path(args.resume) if args.resume else None, progress=not args.no_progress,
         non_roi_ids=_non_roi_ids(source_map) if source_map else None)
     state = train(settings)

@@ -234,3 +234,28 @@ class LatestWorker:
             self._running = False
             self._cond.notify()
         self._thread.join(timeout=5.0)
+
+
+def declare_int_list(node: Node, name: str, description: str) -> list[int] | None:
+    """An integer-array parameter that may be left unset (None)."""
+    from rclpy.exceptions import ParameterUninitializedException
+    from rclpy.parameter import Parameter
+
+    node.declare_parameter(name, Parameter.Type.INTEGER_ARRAY,
+                           ParameterDescriptor(description=description, read_only=True))
+    try:
+        value = node.get_parameter(name).value
+    except ParameterUninitializedException:
+        return None
+    return list(value) if value is not None and len(value) else None
+
+
+def open_segmenter(model: str, backend: str, non_roi_ids: list[int] | None = None):
+    """Load the segmentation model, with a start-up error that names the path and default."""
+    from sac_ros.segmentation import DEFAULT_MODEL, load_segmenter
+
+    try:
+        return load_segmenter(model=model, backend=backend, non_roi_ids=non_roi_ids)
+    except SacError as exc:
+        raise SacError(f"{exc} (parameter model='{model}'; 'default' is the shipped "
+                       f"{DEFAULT_MODEL})") from None

@@ -24,7 +24,9 @@ from sac_ros.nodes.common import (
     LatestWorker,
     NodeStats,
     declare,
+    declare_int_list,
     image_to_rgb,
+    open_segmenter,
     qos,
     rgb_to_image,
     run_node,
@@ -49,9 +51,9 @@ class PerceptionNode(Node):
         backend = d("backend", "auto", "Segmentation backend.", read_only=True,
                     choices=("auto", "onnxruntime", "tensorrt", "torch"))
         self.publish_overlay = d("publish_overlay", False, "Publish a colour overlay image.")
-        from sac_ros.segmentation import load_segmenter
-
-        self.segmenter = load_segmenter(model=model, backend=backend)
+        non_roi = declare_int_list(self, "non_roi_classes", "Non-ROI class ids of the model's "
+                                   "class map; unset = the papers' defaults for that map.")
+        self.segmenter = open_segmenter(model, backend, non_roi)
         self.num_classes = max(2, self.segmenter.class_adapter.num_classes)
         self.stats = NodeStats()
         self.compared = 0

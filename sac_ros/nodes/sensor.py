@@ -25,7 +25,9 @@ from sac_ros.nodes.common import (
     LatestWorker,
     NodeStats,
     declare,
+    declare_int_list,
     image_to_rgb,
+    open_segmenter,
     packet_to_msg,
     qos,
     rgb_to_image,
@@ -73,11 +75,11 @@ class SensorNode(Node):
         if len(polygon) < 6 or len(polygon) % 2:
             raise SacError("roi_polygon needs at least three x, y pairs")
         self.mask = PolygonMaskSource(np.asarray(polygon, float).reshape(-1, 2).tolist())
+        non_roi = declare_int_list(self, "non_roi_classes", "Non-ROI class ids of the model's "
+                                   "class map; unset = the papers' defaults for that map.")
         self.segmenter = None
         if self.mask_source == "model":
-            from sac_ros.segmentation import load_segmenter
-
-            self.segmenter = load_segmenter(model=model, backend=backend)
+            self.segmenter = open_segmenter(model, backend, non_roi)
         self.encoder: SacEncoder | None = None
         self.stats = NodeStats()
         self._bad_encodings: set[str] = set()

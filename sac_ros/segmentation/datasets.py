@@ -140,17 +140,20 @@ def augment(rgb: np.ndarray, target: np.ndarray, crop: tuple[int, int],
     y0 = rng.uniform(0, height - win_h)
     box = (x0, y0, x0 + win_w, y0 + win_h)
     out = np.asarray(Image.fromarray(rgb).resize((crop_w, crop_h), Image.Resampling.BILINEAR,
-                                                 box=box), dtype=np.float32)
+                                                 box=box))
     labels = np.asarray(Image.fromarray(target).resize((crop_w, crop_h),
                                                        Image.Resampling.NEAREST, box=box))
     if rng.random() < 0.5:
         out, labels = out[:, ::-1], labels[:, ::-1]
-    # photometric jitter: saturation, contrast, brightness, per-channel gain, gamma, noise
+    # photometric jitter: contrast, brightness, gamma and per-channel gain as one lookup
+    # table per channel (cheap on uint8), then saturation and sensor noise in float
+    levels = np.arange(256, dtype=np.float32)
+    curve = (levels - 128.0) * rng.uniform(0.7, 1.3) + 128.0 * rng.uniform(0.7, 1.3)
+    curve = 255.0 * (np.clip(curve, 0, 255) / 255.0) ** rng.uniform(0.7, 1.4)
+    gains = rng.uniform(0.9, 1.1, size=(3, 1))
+    tables = np.clip(curve[None, :] * gains, 0, 255).astype(np.float32)
+    out = np.stack([tables[c][out[:, :, c]] for c in range(3)], axis=2)
     grey = out.mean(axis=2, keepdims=True)
-    out = grey + (out - grey) * rng.uniform(0.6, 1.4)
-    mean = out.mean()
-    out = (out - mean) * rng.uniform(0.7, 1.3) + mean * rng.uniform(0.7, 1.3)
-    out *= rng.uniform(0.9, 1.1, size=3)
-    out = 255.0 * (np.clip(out, 0, 255) / 255.0) ** rng.uniform(0.7, 1.4)
-    out += rng.normal(0.0, rng.uniform(0, 6), size=out.shape)
-    return np.clip(out, 0, 255).astype(np.float32), np.ascontiguousarray(labels)
+    out = grey + (out - grey) * np.float32(rng.uniform(0.6, 1.4))
+    out += rng.standard_normal(out.shape, dtype=np.float32) * np.float32(rng.uniform(0, 6))
+    return np.clip(out, 0, 255, out=out), np.ascontiguousarray(labels)

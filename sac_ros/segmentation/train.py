@@ -47,6 +47,7 @@ class TrainSettings:
     seed: int = 0
     threads: int = 0
     val_limit: int | None = None
+    val_every: int = 1                    # validate every N epochs (and after the last)
     input_size: Any = "native"
     resume: Path | None = None
     progress: bool = True
@@ -185,7 +186,8 @@ def train(settings: TrainSettings) -> dict[str, Any]:
         record: dict[str, Any] = {"epoch": epoch, "step": step,
                                   "loss": float(np.mean(losses)),
                                   "seconds": round(time.perf_counter() - started, 1)}
-        if val_set is not None:
+        if val_set is not None and (epoch % settings.val_every == 0
+                                    or epoch == settings.epochs):
             record["val"] = validate(model, val_set, settings)
         history.append(record)
         line = f"epoch {epoch}/{settings.epochs}: loss {record['loss']:.4f}"
@@ -204,7 +206,7 @@ def train(settings: TrainSettings) -> dict[str, Any]:
                               "weight_decay": settings.weight_decay, "seed": settings.seed}}
         save_checkpoint(settings.out / "last.pt", state)
         score = record.get("val", {}).get("block_iiou", float("nan"))
-        if val_set is not None and score > best:
+        if score > best:  # NaN (no validation this epoch) never wins
             best = score
             save_checkpoint(settings.out / "best.pt", state)
         (settings.out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
