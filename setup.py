@@ -24,9 +24,15 @@ setup(
         "pyyaml",
         "tqdm",
         "matplotlib",
+        "onnxruntime",
+        "onnx",
     ],
-    extras_require={"test": ["pytest", "ruff"]},
-    zip_safe=True,
+    # the default segmentation model and the hand-labelled evaluation set ship in the package
+    package_data={"sac_ros.segmentation": ["models/*.onnx", "data/evalset/*.json"]},
+    extras_require={"test": ["pytest", "ruff"],
+                    # training / PyTorch backend (TensorRT: pip install tensorrt pycuda)
+                    "train": ["torch", "cityscapesscripts"]},
+    zip_safe=False,  # the model and labels are read from the package folder
     maintainer="sac_ros maintainers",
     maintainer_email="sac-ros@example.org",
     description="Semantic-aware dual-CRF compression of automotive camera video for ROS 2",

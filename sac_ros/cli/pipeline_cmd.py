@@ -35,7 +35,8 @@ def add_parser(sub) -> None:
                    "(0 = the whole source)")
     p.add_argument("--size", help="with --source: resize frames to WIDTHxHEIGHT")
     p.add_argument("--fps", type=float, default=0.0,
-                   help="with --source: publish rate (0 = the source's own)")
+                   help="with --source: publish rate (default: the config's sac_video_source "
+                        "fps, where 0 = the source's own)")
     p.add_argument("--param", "-p", action="append", default=[], metavar="NODE.NAME=VALUE",
                    help="override a node parameter, e.g. sac_sensor.preset=ultrafast "
                         "(repeatable)")
@@ -166,8 +167,10 @@ def _run_with_source(args, layout, specs, children: Children, config: str) -> li
             if time.monotonic() > deadline:
                 raise SacError(f"nodes not discovered after {args.startup_timeout:g} s")
             time.sleep(0.1)
-        source_params = {"input": args.source, "max_frames": args.frames, "fps": args.fps,
+        source_params = {"input": args.source, "max_frames": args.frames,
                          "wait_for_subscribers": expected_subs}
+        if args.fps:  # otherwise the config's rate (whose 0 means the source's own)
+            source_params["fps"] = args.fps
         if args.size:
             try:
                 width, height = (int(v) for v in args.size.lower().split("x"))

@@ -58,3 +58,21 @@ def side_by_side(path: Path, original: np.ndarray, panels: list[tuple[str, np.nd
         ax.axis("off")
     fig.savefig(path, dpi=130)
     plt.close(fig)
+
+
+def rate_trace(path: Path, title: str, series: dict[str, np.ndarray], fps: float,
+               band: tuple[float, float]) -> None:
+    """Bitrate of each sliding 1-s window (relative to the target) over time, with the band."""
+    fig, ax = plt.subplots(figsize=(9, 3.8), constrained_layout=True)
+    for name, values in series.items():
+        ax.plot(np.arange(len(values)) / fps, 100 * np.asarray(values), label=name)
+    for level in band:
+        ax.axhline(100 * level, color="grey", linestyle=":", linewidth=1)
+    ax.axhline(100, color="black", linewidth=0.8)
+    ax.set_xlabel("window start after the first GOP (s)")
+    ax.set_ylabel("bitrate over 1 s (% of target)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.suptitle(title)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -64,7 +64,7 @@ def _add_train(sub) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--steps-per-epoch", type=int, help="default: one pass over the frames")
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--crop", type=_size, help="training crop WxH (multiples of 32)")
+    p.add_argument("--crop", type=_size, help="training crop WxH (multiples of 64)")
     p.add_argument("--width", type=float, help="SacRoiNet channel multiplier")
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
@@ -241,8 +241,9 @@ def run_eval_seg(args) -> int:
     scores, latencies = score_segmenter(segmenter, rgbs, truths, table, args.runs)
     summary = scores.summary()
     sizes = sorted({f"{f.width}x{f.height}" for f in frames})
-    print(f"model: {segmenter.name}; class map {adapter.name}; input "
-          f"{segmenter.input_size if segmenter.input_size == 'native' else 'x'.join(map(str, segmenter.input_size))}")
+    size = segmenter.input_size
+    size = size if size == "native" else f"{size[0]}x{size[1]}"
+    print(f"model: {segmenter.name}; class map {adapter.name}; input size {size}")
     print(f"evaluation set: {len(frames)} {args.split} frames from "
           f"{len({f.clip for f in frames})} clips ({', '.join(sizes)})")
     classes = "4 classes" if table is not None else "ROI / non-ROI"

@@ -7,7 +7,7 @@ so a late joiner can start at any key frame.
 
 A stream can also carry per-block QP offsets (``qp_offset``, the ``roi_qp`` mode):
 FFmpeg's ``AVRegionOfInterest`` frame side data, honoured by libx264 per 16x16
-macroblock and by libx265 per ``qg-size`` block (set to 16 here). Both ignore it,
+macroblock and by libx265 per coding unit (``qg-size=16``, CTU 32 here). Both ignore it,
 silently, when adaptive quantisation is off, so AQ is switched on where a preset
 turns it off and an explicit ``aq_mode=0`` is refused.
 """
@@ -94,7 +94,8 @@ class Vbv:
     """A VBV cap on a CRF stream ("capped CRF"), in the encoders' kbit units.
 
     x264/x265 keep the stream inside a leaky bucket: over any window of T seconds it
-    carries at most ``maxrate_kbps * T + bufsize_kbit`` kbit.
+    carries at most ``maxrate_kbps * T + bufsize_kbit`` kbit. ``StreamEncoder`` carries
+    the bucket's level over when it reopens the encoder at a key frame.
     """
 
     maxrate_kbps: int
@@ -107,7 +108,7 @@ class Vbv:
 
 
 def _encoder_options(settings: EncoderSettings, crf: float, vbv: Vbv | None = None,
-                     roi_qp: bool = False) -> dict[str, str]:
+                     roi_qp: bool = False, vbv_init: float = 0.9) -> dict[str, str]:
     gop = int(settings.gop)
     params = [f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0"]
     if settings.aq_mode is not None:
@@ -115,7 +116,8 @@ def _encoder_options(settings: EncoderSettings, crf: float, vbv: Vbv | None = No
     if roi_qp:
         params += _roi_qp_params(settings)
     if vbv is not None:
-        params.append(f"vbv-maxrate={int(vbv.maxrate_kbps)}:vbv-bufsize={int(vbv.bufsize_kbit)}")
+        params.append(f"vbv-maxrate={int(vbv.maxrate_kbps)}:vbv-bufsize={int(vbv.bufsize_kbit)}"
+                      f":vbv-init={vbv_init:.3f}")  # a fraction of the buffer, < 1
     options = {"crf": f"{crf:.3f}", "preset": settings.preset, "tune": "zerolatency"}
     if settings.codec == "h264":
         # x264 repeats SPS/PPS before every IDR by default.
@@ -137,7 +139,10 @@ def _roi_qp_params(settings: EncoderSettings) -> list[str]:
         # The preset turns AQ off; switch it on (x265 also zeroes its strength).
         params.append("aq-mode=1" if settings.codec == "h264" else "aq-mode=1:aq-strength=1.0")
     if settings.codec == "hevc":
-        params.append("qg-size=16")  # one QP per 16x16 block, the grid the offsets are on
+        # x265 codes each coding unit at the mean of the offsets it covers: QP groups of
+        # 16 (the grid of the offsets) and CTUs of 32, not 64, keep region edges sharper
+        # (ROI BD-rate on the sample: -17% instead of -15% at +6, -21% at +9).
+        params.append("qg-size=16:ctu=32")
     return params
 
 
@@ -250,6 +255,7 @@ class StreamEncoder:
         self._planes = self._plane_views()
         self._regions: np.ndarray | None = None  # int32 view of the side data
         self._written: tuple[bytes, float] | None = None  # what the side data holds now
+        self._vbv_fill = 0.9  # our copy of the VBV buffer level, as a fraction of its size
         self._ctx = self._open()
 
     def _open(self) -> av.CodecContext:
@@ -263,7 +269,8 @@ class StreamEncoder:
         ctx.max_b_frames = 0
         if self.settings.threads:
             ctx.thread_count = int(self.settings.threads)
-        ctx.options = _encoder_options(self.settings, self.crf, self.vbv, self.roi_qp)
+        ctx.options = _encoder_options(self.settings, self.crf, self.vbv, self.roi_qp,
+                                       min(max(self._vbv_fill, 0.01), 0.99))
         ctx.open()
         return ctx
 
@@ -294,8 +301,14 @@ class StreamEncoder:
         pending, self._pending = self._pending, {}
         self.qp_offset = pending.pop("qp_offset", self.qp_offset)
         if "crf" in pending or "vbv" in pending:
+            old = self.vbv
             self.crf = pending.get("crf", self.crf)
             self.vbv = pending.get("vbv", self.vbv)
+            if old is not None and self.vbv is not None:
+                # The bucket's level in bits survives a new size: a reopen must not refill it.
+                self._vbv_fill *= old.bufsize_kbit / self.vbv.bufsize_kbit
+            elif self.vbv is not None:
+                self._vbv_fill = 0.9  # x264/x265's default start
             self._ctx = self._open()
             self._frame_index = 0
 
@@ -357,7 +370,13 @@ class StreamEncoder:
             raise RuntimeError(f"encoder returned {len(packets)} packets for one frame; "
                                "zero-latency settings were not honoured")
         packet = packets[0]
-        return bytes(packet), bool(packet.is_keyframe)
+        data = bytes(packet)
+        if self.vbv is not None:
+            # Leaky bucket: fills at maxrate, drains by each frame's bits, never overflows.
+            size = self.vbv.bufsize_kbit * 1000.0
+            fill = self._vbv_fill * size + self.vbv.maxrate_kbps * 1000.0 / self.settings.fps
+            self._vbv_fill = min(fill - 8.0 * len(data), size) / size
+        return data, bool(packet.is_keyframe)
 
 
 class DecodeError(Exception):

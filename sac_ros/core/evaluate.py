@@ -222,9 +222,15 @@ class ClipCoder:
             add(f"stream_{key}_ssim", float(metrics.ssim_map(reference, stream).mean()))
 
     def match_uniform(self, codec: str, target_bytes: int, tolerance: float = 0.01,
-                      guess: float | None = None) -> MatchResult:
-        """The fractional uniform CRF whose total bytes equal ``target_bytes``."""
-        return match_crf(lambda crf: self.total_bytes(codec, "uniform", crf, crf),
+                      guess: float | None = None, vbv: Vbv | None = None) -> MatchResult:
+        """The fractional uniform CRF whose total bytes equal ``target_bytes`` (under ``vbv``)."""
+        return match_crf(lambda crf: self.total_bytes(codec, "uniform", crf, crf, vbv),
+                         target_bytes, tolerance, guess=guess)
+
+    def match_roi_qp(self, codec: str, offset: float, target_bytes: int,
+                     tolerance: float = 0.01, guess: float | None = None) -> MatchResult:
+        """The base CRF that brings a roi_qp run with this non-ROI offset to ``target_bytes``."""
+        return match_crf(lambda crf: self.total_bytes(codec, "roi_qp", crf, min(crf + offset, 51)),
                          target_bytes, tolerance, guess=guess)
 
     def match_non_roi(self, codec: str, roi_crf: float, target_bytes: int,

@@ -36,6 +36,11 @@ from sac_ros.core.errors import SacError
 from sac_ros.core.sac import SacEncoder, SacPacket
 
 RATE_MODES = ("dual_crf", "roi_qp", "uniform")
+DEFAULT_CAP_RATIO = 1.1
+# A GOP that spent this share of its VBV allowance was clipped by the VBV: its bytes
+# understate the content, so the fit assumes it needed CENSORED_BOOST times more.
+CENSORED_LEVEL = 0.97
+CENSORED_BOOST = 1.3
 HISTORY_GOPS = 512  # per-GOP records kept (bounded: the nodes run for days)
 LOG = logging.getLogger("sac_ros.ratecontrol")
 
@@ -60,14 +65,22 @@ class RateDecision:
         encoder.set_vbv(self.roi_vbv, self.non_roi_vbv)
 
 
-def _positive(value: float, what: str) -> float:
+def _number(value: float, what: str, low: float = 0.0, high: float = math.inf,
+            low_open: bool = True) -> float:
+    """``value`` as a float in (low, high] (or [low, high]), else a one-line SacError."""
     try:
         number = float(value)
     except (TypeError, ValueError):
         raise SacError(f"{what} must be a number, got {value!r}") from None
-    if not math.isfinite(number) or number <= 0:
-        raise SacError(f"{what} must be a positive number, got {value!r}")
+    if isinstance(value, bool) or not math.isfinite(number) or number > high or (
+            number <= low if low_open else number < low):
+        bounds = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+        raise SacError(f"{what} must be in {bounds}, got {value!r}")
     return number
+
+
+def _positive(value: float, what: str) -> float:
+    return _number(value, what)
 
 
 class RateController:
@@ -79,7 +92,7 @@ class RateController:
     """
 
     def __init__(self, target_bps: float, fps: float, gop: int, mode: str = "roi_qp", *,
-                 spread: float = 9.0, cap_bps: float | None = None, vbv_buffer_s: float = 0.5,
+                 spread: float = 9.0, cap_bps: float | None = None, vbv_buffer_s: float = 0.3,
                  margin: float = 0.03, roi_crf_min: float = 10.0, roi_crf_max: float = 36.0,
                  non_roi_crf_max: float = 51.0, halving_crf: float = 5.0,
                  prior_bpp: float = 0.12, prior_crf: float = 23.0, max_step: float = 8.0,
@@ -89,25 +102,23 @@ class RateController:
                            f"{', '.join(RATE_MODES)}")
         self.target_bps = _positive(target_bps, "target bitrate")
         self.fps = _positive(fps, "fps")
-        if int(gop) != gop or gop < 1:
+        if isinstance(gop, bool) or not isinstance(gop, int) or gop < 1:
             raise SacError(f"gop must be a whole number of frames >= 1, got {gop!r}")
         self.gop, self.mode = int(gop), mode
-        self.cap_bps = self.target_bps if cap_bps is None else _positive(cap_bps, "cap bitrate")
+        self.cap_bps = (DEFAULT_CAP_RATIO * self.target_bps if cap_bps is None
+                        else _positive(cap_bps, "cap bitrate"))
         if self.cap_bps < self.target_bps:
             raise SacError(f"the cap ({self.cap_bps / 1e6:g} Mbit/s) is below the target "
                            f"({self.target_bps / 1e6:g} Mbit/s)")
         self.vbv_buffer_s = _positive(vbv_buffer_s, "vbv_buffer_s")
-        if not 0 <= margin < 0.5:
-            raise SacError(f"margin {margin} must be in [0, 0.5)")
-        self.margin = float(margin)
+        self.margin = _number(margin, "margin", 0.0, 0.45, low_open=False)
         self.roi_crf_min = check_crf(roi_crf_min, "roi_crf_min")
         self.roi_crf_max = check_crf(roi_crf_max, "roi_crf_max")
         self.non_roi_crf_max = check_crf(non_roi_crf_max, "non_roi_crf_max")
         if self.roi_crf_min > self.roi_crf_max:
             raise SacError(f"roi_crf_min {roi_crf_min:g} is above roi_crf_max {roi_crf_max:g}")
-        if not 0 <= spread <= 51:
-            raise SacError(f"spread {spread:g} must be in 0-51 (non-ROI minus ROI CRF/QP)")
-        self.spread = 0.0 if mode == "uniform" else float(spread)
+        spread = _number(spread, "spread (non-ROI minus ROI CRF/QP)", 0.0, 51.0, low_open=False)
+        self.spread = 0.0 if mode == "uniform" else spread
         if self.non_roi_crf_max < self.roi_crf_max:
             raise SacError("non_roi_crf_max must not be below roi_crf_max")
         self.halving = _positive(halving_crf, "halving_crf")
@@ -227,10 +238,10 @@ class RateController:
         self._gop_frames += 1
         if self._gop_frames < self.gop:
             return None
-        self._fit()
+        self._fit(self._uncensored())
         self.decision = self._decide()
         self.history.append({
-            "gop": self.gops_observed, "bps": self._bps(sum(self._gop_bytes)),
+            "gop": self.gops_observed - 1, "bps": self._bps(sum(self._gop_bytes)),
             "roi_crf": self._gop_crfs[0], "non_roi_crf": self._gop_crfs[1],
             "next_roi_crf": self.decision.roi_crf, "next_non_roi_crf": self.decision.non_roi_crf,
             "predicted_bps": self.decision.predicted_bps, "floor_bps": self.floor_bps})
@@ -238,8 +249,25 @@ class RateController:
         self._gop_crfs = None  # the next GOP starts at the next key frame
         return self.decision
 
-    def _fit(self) -> None:
-        """Re-fit the per-block complexities to the GOP just observed."""
+    def _uncensored(self) -> list[float]:
+        """The GOP's bytes per region, raised where the VBV visibly clipped them.
+
+        Only when the cap sits clearly above the aim, or normal drift would look clipped.
+        """
+        spent = [float(b) for b in self._gop_bytes]
+        if self.cap_bps < 1.06 * self.target_bps * (1.0 - self.margin):
+            return spent
+        caps = [self.decision.roi_vbv, self.decision.non_roi_vbv]
+        for region, vbv in enumerate(caps):
+            if vbv is None:
+                continue
+            allowance = vbv.maxrate_kbps * 1000.0 / 8.0 * self.gop / self.fps
+            if spent[region] >= CENSORED_LEVEL * allowance:
+                spent[region] *= CENSORED_BOOST
+        return spent
+
+    def _fit(self, spent: list[float]) -> None:
+        """Re-fit the per-block complexities to the GOP just observed (bytes ``spent``)."""
         roi_crf, non_crf = self._gop_crfs
         frames = self._gop_frames
         blocks = [self._gop_blocks[0] / frames, self._gop_blocks[1] / frames]
@@ -250,13 +278,13 @@ class RateController:
             # Two streams: each region's bytes are measured directly.
             for region in (0, 1):
                 if blocks[region] >= 1:
-                    self._a[region] = self._gop_bytes[region] * scale[region] / blocks[region]
+                    self._a[region] = spent[region] * scale[region] / blocks[region]
         else:
             # One stream: keep the ROI / non-ROI complexity ratio, scale both to the total.
             self._blocks = blocks
             predicted = self.predict_bytes(roi_crf, non_crf)
             if predicted > 0:
-                factor = sum(self._gop_bytes) / predicted
+                factor = sum(spent) / predicted
                 self._a = [a * factor for a in self._a]
         self._blocks = blocks
         self.gops_observed += 1
@@ -267,13 +295,14 @@ class RateController:
         non_max = self.roi_crf_max if self.mode == "uniform" else self.non_roi_crf_max
         floor = self._bps(self.predict_bytes(self.roi_crf_max, non_max))
         self.floor_bps = floor
-        if floor > self.target_bps * (1.0 - self.margin):
-            if self.warning is None:
-                self.warning = (
-                    f"target {self.target_bps / 1e6:g} Mbit/s is below the floor of "
-                    f"{floor / 1e6:.3g} Mbit/s that minimum quality needs here (ROI CRF "
-                    f"{self.roi_crf_max:g}, non-ROI CRF {self.non_roi_crf_max:g}); the ROI "
-                    "is coded below its minimum quality to hold the cap")
-                LOG.warning(self.warning)
-        else:
+        if floor <= self.target_bps * (1.0 - self.margin):
             self.warning = None
+            return
+        first = self.warning is None
+        self.warning = (
+            f"target {self.target_bps / 1e6:g} Mbit/s is below the floor of "
+            f"{floor / 1e6:.3g} Mbit/s that minimum quality needs here (ROI CRF "
+            f"{self.roi_crf_max:g}, non-ROI CRF {self.non_roi_crf_max:g}); the ROI "
+            "is coded below its minimum quality to hold the cap")
+        if first:
+            LOG.warning(self.warning)  # once per episode, not every GOP

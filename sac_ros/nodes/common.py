@@ -143,20 +143,25 @@ class NodeStats:
             self._latency_ms.append(latency_ms)
 
     def to_msg(self, node_name: str, header) -> SacStats:
+        # Worker threads update the counters while the stats timer reads them: read copies
+        # (dict() and list() copy these in C, under the GIL, without a Python-level loop).
+        drops = dict(self.drops)
+        samples = list(self._bytes)
+        latencies = list(self._latency_ms)
         msg = SacStats(header=header, node=node_name, received=self.received,
-                       processed=self.processed, dropped=sum(self.drops.values()))
-        msg.drop_reasons = list(self.drops)
-        msg.drop_counts = [int(v) for v in self.drops.values()]
-        if self._bytes:
-            sizes = [b for _, b in self._bytes]
+                       processed=self.processed, dropped=sum(drops.values()))
+        msg.drop_reasons = list(drops)
+        msg.drop_counts = [int(v) for v in drops.values()]
+        if samples:
+            sizes = [b for _, b in samples]
             msg.kbytes_per_frame = float(np.mean(sizes) / 1000.0)
-            span = self._bytes[-1][0] - self._bytes[0][0]
-            if span > 0 and len(self._bytes) > 1:
-                msg.fps = float((len(self._bytes) - 1) / span)
+            span = samples[-1][0] - samples[0][0]
+            if span > 0 and len(samples) > 1:
+                msg.fps = float((len(samples) - 1) / span)
                 msg.mbits_per_second = float(sum(sizes[1:]) * 8 / span / 1e6)
-        if self._latency_ms:
-            msg.latency_p50_ms = float(np.percentile(self._latency_ms, 50))
-            msg.latency_p99_ms = float(np.percentile(self._latency_ms, 99))
+        if latencies:
+            msg.latency_p50_ms = float(np.percentile(latencies, 50))
+            msg.latency_p99_ms = float(np.percentile(latencies, 99))
         return msg
 
 

@@ -7,6 +7,7 @@ one and the replaced frame is counted as a drop. No queue can grow.
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -35,6 +36,7 @@ from sac_ros.nodes.common import (
     stamp_ns,
 )
 
+INPUT_DEPTH = 30  # camera frames the input subscription holds
 DEFAULT_POLYGON = [0.0, 1.0, 0.0, 0.60, 0.44, 0.555, 0.54, 0.555, 1.0, 0.72, 1.0, 1.0]
 
 
@@ -82,12 +84,16 @@ class SensorNode(Node):
             self.segmenter = open_segmenter(model, backend, non_roi)
         self.encoder: SacEncoder | None = None
         self.stats = NodeStats()
-        self._bad_encodings: set[str] = set()
+        self._bad_problems: set[str] = set()
         self.packet_pub = self.create_publisher(SacPacketMsg, self.packet_topic,
                                                 qos(reliability, depth))
         self.mask_pub = self.create_publisher(Image, "sac/roi_mask", qos(reliability, 2))
         self.stats_pub = self.create_publisher(SacStats, "sac/sensor_stats", 10)
-        self.create_subscription(Image, self.input_topic, self._on_image, qos(reliability, 2))
+        # Depth >= a burst of frames: the callback is cheap and the worker counts what it
+        # skips as 'superseded'; a depth of 2 let DDS overwrite frames uncounted while the
+        # executor was busy (found replaying bags with perception on 2 cores).
+        self.create_subscription(Image, self.input_topic, self._on_image,
+                                 qos(reliability, INPUT_DEPTH))
         self.add_on_set_parameters_callback(self._on_parameters)
         self.create_timer(1.0, self._publish_stats)
         self._worker = LatestWorker("sac_sensor_encode", self._process,
@@ -120,8 +126,10 @@ class SensorNode(Node):
     def _on_error(self, msg: Image, exc: Exception) -> None:
         if isinstance(exc, SacError):
             self.stats.drop("bad_image")
-            if msg.encoding not in self._bad_encodings:  # one log per problem, not per frame
-                self._bad_encodings.add(msg.encoding)
+            # One log per problem, not per frame: the message without its numbers (sizes).
+            problem = re.sub(r"\d+", "#", str(exc))
+            if problem not in self._bad_problems:
+                self._bad_problems.add(problem)
                 self.get_logger().error(f"dropping frames: {exc}")
         else:
             self.stats.drop("error")

@@ -172,7 +172,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, min_hw: tuple[i
     finally:
         context.pop()
     info = {"tensorrt_version": trt.__version__, "gpu": device.name(),
-            "compute_capability": "%d.%d" % device.compute_capability(),
+            "compute_capability": "{}.{}".format(*device.compute_capability()),
             "source": onnx_path.name, "fp16": fp16, "int8": bool(int8_calibration),
             "min_shape": [min_hw[1], min_hw[0]], "opt_shape": [opt_hw[1], opt_hw[0]],
             "max_shape": [max_hw[1], max_hw[0]], "metadata": metadata or {}}

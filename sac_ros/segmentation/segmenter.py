@@ -46,7 +46,7 @@ def check_rgb(frame: np.ndarray) -> np.ndarray:
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # the tanh form cannot overflow
 
 
 def _resize_plane(plane: np.ndarray, width: int, height: int,

@@ -38,8 +38,8 @@ class TrainSettings:
     epochs: int = 40
     steps_per_epoch: int | None = None    # None: one pass over the training frames
     batch_size: int = 8
-    crop: tuple[int, int] = (512, 256)
-    scale: tuple[float, float] = (0.5, 1.1)
+    crop: tuple[int, int] = (768, 384)
+    scale: tuple[float, float] = (0.6, 1.1)
     lr: float = 3e-4
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 1e-5
@@ -124,8 +124,11 @@ def validate(model, dataset: SegmentationDataset, settings: TrainSettings) -> di
 def train(settings: TrainSettings) -> dict[str, Any]:
     """Run (or resume) a training; returns the final checkpoint state."""
     torch = import_torch()
-    from sac_ros.segmentation.network import SacRoiNet, count_parameters
+    from sac_ros.segmentation.network import STRIDE, SacRoiNet, count_parameters
 
+    if settings.crop[0] % STRIDE or settings.crop[1] % STRIDE:
+        raise SacError(f"training crop {settings.crop[0]}x{settings.crop[1]} must be multiples "
+                       f"of {STRIDE}")
     if settings.threads:
         torch.set_num_threads(settings.threads)
     train_set = open_dataset(settings.dataset, settings.data_root, settings.train_split,

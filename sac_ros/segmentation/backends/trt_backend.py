@@ -78,7 +78,8 @@ class TensorRTBackend:
             raise SacError(f"GPU {device_index} does not exist ({cuda.Device.count()} found)")
         device = cuda.Device(device_index)
         self.gpu_name = device.name()
-        self.compute_capability = "%d.%d" % device.compute_capability()
+        major, minor = device.compute_capability()
+        self.compute_capability = f"{major}.{minor}"
         self.metadata = self._read_sidecar()
         self._cuda_context = device.retain_primary_context()
         self._cuda_context.push()
@@ -147,7 +148,8 @@ class TensorRTBackend:
         self._host: dict[str, np.ndarray] = {}
         self._device: dict[str, object] = {}
         for name in names:
-            dims = largest if name == self.input_name else tuple(self.context.get_tensor_shape(name))
+            dims = (largest if name == self.input_name
+                    else tuple(self.context.get_tensor_shape(name)))
             count = int(np.prod(dims))
             self._host[name] = cuda.pagelocked_empty(count, self._dtypes[name])
             self._device[name] = cuda.mem_alloc(max(1, self._host[name].nbytes))

@@ -1,0 +1,246 @@
+"""``sac bag play``: publish a bag's messages at their recorded timing x rate.
+
+The serialized CDR from the bag is published untouched (rclpy raw publishing), so
+headers, stamps and payloads are exactly what was recorded. The schedule is absolute
+(message i goes out at ``start + (t_i - t_0) / rate`` on the monotonic clock), so
+sleep jitter never accumulates into a rate error. Optional: loop, a start offset into
+the bag, ``/clock`` at a fixed rate (bag time), and waiting for subscribers.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sac_ros.bags.bagio import open_bag
+from sac_ros.bags.types import message_class
+from sac_ros.core.errors import SacError
+
+
+@dataclass
+class PlayOptions:
+    rate: float = 1.0
+    loop: int = 1                      # passes over the bag; 0 = until interrupted
+    start_offset: float = 0.0          # seconds into the bag
+    clock_hz: float = 0.0              # 0: no /clock
+    topics: list[str] | None = None
+    remap: dict[str, str] = field(default_factory=dict)
+    wait_for: dict[str, int] = field(default_factory=dict)   # topic -> subscribers
+    wait_timeout: float = 60.0
+    delay: float = 0.0
+    qos_depth: int = 100
+    reliability: str = "reliable"
+    skip_unknown: bool = False
+    linger: float = 0.5                # keep publishers alive this long after the last message
+
+
+@dataclass
+class PlayResult:
+    published: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    clock_messages: int = 0
+    bag_span_s: float = 0.0            # bag time between the first and last message played
+    wall_span_s: float = 0.0           # wall time between them
+    loops: int = 0
+    max_late_ms: float = 0.0           # worst lateness of a publish against its schedule
+
+    @property
+    def achieved_rate(self) -> float:
+        """Bag seconds played per wall second (1.0 = real time)."""
+        return self.bag_span_s / self.wall_span_s if self.wall_span_s > 0 else float("nan")
+
+    def summary(self, requested: float) -> str:
+        lines = [f"played {sum(self.published.values())} messages in {self.wall_span_s:.3f} s "
+                 f"({self.loops} pass(es)); rate {self.achieved_rate:.4f}x "
+                 f"(requested {requested:g}x), worst lateness {self.max_late_ms:.1f} ms"]
+        lines += [f"  {topic}: {count}" for topic, count in self.published.items()]
+        lines += [f"  skipped {topic}: {why}" for topic, why in self.skipped.items()]
+        if self.clock_messages:
+            lines.append(f"  /clock: {self.clock_messages}")
+        return "\n".join(lines)
+
+
+def parse_remap(items: list[str]) -> dict[str, str]:
+    remap = {}
+    for item in items:
+        old, sep, new = item.partition(":=")
+        if not sep or not old.startswith("/") or not new.startswith("/"):
+            raise SacError(f"--remap '{item}' must look like /old/topic:=/new/topic")
+        remap[old] = new
+    return remap
+
+
+def parse_wait(items: list[str]) -> dict[str, int]:
+    wait = {}
+    for item in items:
+        topic, _, count = item.partition("=")
+        try:
+            wait[topic] = int(count or 1)
+        except ValueError:
+            raise SacError(f"--wait-for '{item}' must look like /topic or /topic=N") from None
+        if not topic.startswith("/") or wait[topic] < 1:
+            raise SacError(f"--wait-for '{item}' must look like /topic or /topic=N (N >= 1)")
+    return wait
+
+
+def play(bag: str, options: PlayOptions, progress: Callable[[int], None] | None = None,
+         log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> PlayResult:
+    if not 0.01 <= options.rate <= 100:
+        raise SacError(f"--rate {options.rate:g} is outside 0.01-100")
+    if options.start_offset < 0 or options.clock_hz < 0 or options.loop < 0:
+        raise SacError("--start-offset, --clock and --loop must not be negative")
+    reader = open_bag(bag)
+    try:
+        return _play(reader, options, progress, log)
+    finally:
+        reader.close()
+
+
+def _select(reader, options: PlayOptions, result: PlayResult):
+    available = {c.topic for c in reader.connections}
+    if options.topics:
+        unknown = [t for t in options.topics if t not in available]
+        if unknown:
+            raise SacError(f"the bag has no topic {', '.join(unknown)}; it has "
+                           f"{', '.join(sorted(available))}")
+    chosen = [c for c in reader.connections if not options.topics or c.topic in options.topics]
+    classes, usable = {}, []
+    for conn in chosen:
+        cls = message_class(conn.msgtype)
+        if cls is None:
+            why = (f"{conn.msgtype} is not installed for rclpy (its definition is in the bag, "
+                   "but publishing needs the generated Python package)")
+            if not options.skip_unknown:
+                raise SacError(f"cannot publish {conn.topic}: {why}; leave it out with --topics "
+                               "or pass --skip-unknown")
+            result.skipped[conn.topic] = why
+            continue
+        classes[conn.topic] = (cls, conn.msgtype)
+        usable.append(conn)
+    if not usable:
+        raise SacError("no topic left to play")
+    return usable, classes
+
+
+def _play(reader, options: PlayOptions, progress, log) -> PlayResult:
+    import rclpy
+    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+    result = PlayResult()
+    connections, classes = _select(reader, options, result)
+    rclpy.init(args=None)
+    node = None
+    try:
+        node = rclpy.create_node("sac_bag_player")
+        reliability = {"reliable": ReliabilityPolicy.RELIABLE,
+                       "best_effort": ReliabilityPolicy.BEST_EFFORT}[options.reliability]
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=options.qos_depth,
+                         reliability=reliability)
+        publishers = {}
+        for topic, (cls, _msgtype) in classes.items():
+            out = options.remap.get(topic, topic)
+            publishers[topic] = node.create_publisher(cls, out, qos)
+            result.published[out] = 0
+        clock_pub = None
+        if options.clock_hz:
+            from rosgraph_msgs.msg import Clock
+
+            clock_pub = node.create_publisher(Clock, "/clock", 10)
+        _wait_for_subscribers(node, publishers, options, log)
+        if options.delay:
+            time.sleep(options.delay)
+        start_ns = reader.start_time + round(options.start_offset * 1e9)
+        if start_ns >= reader.end_time:
+            raise SacError(f"--start-offset {options.start_offset:g} s is past the end of the "
+                           f"bag ({(reader.end_time - reader.start_time) / 1e9:.3f} s)")
+        names = {topic: options.remap.get(topic, topic) for topic in publishers}
+        clock_period = 1.0 / options.clock_hz if options.clock_hz else 0.0
+        wall0 = time.monotonic()
+        next_clock = wall0
+        first_ns = None
+        last_bag_s = 0.0
+        last_wall = wall0
+        pass_offset = 0.0       # bag seconds before this pass's first message
+        pass_span = 0.0         # bag seconds of one pass
+        stamps: list[int] = []  # first pass only: for the gap between passes
+        passes = 0
+        while options.loop == 0 or passes < options.loop:
+            played = 0
+            for conn, stamp, data in reader.messages(connections=connections, start=start_ns):
+                if first_ns is None:
+                    first_ns = stamp
+                if passes == 0:
+                    stamps.append(stamp)
+                bag_s = pass_offset + (stamp - first_ns) / 1e9
+                target = wall0 + bag_s / options.rate
+                while True:
+                    now = time.monotonic()
+                    if clock_pub is not None and next_clock <= min(now, target):
+                        bag_now = first_ns + round((next_clock - wall0) * options.rate * 1e9)
+                        _publish_clock(clock_pub, bag_now)
+                        result.clock_messages += 1
+                        next_clock += clock_period
+                        continue
+                    if now >= target:
+                        break
+                    wake = target if clock_pub is None else min(target, next_clock)
+                    time.sleep(max(0.0, wake - now))
+                publishers[conn.topic].publish(bytes(data))
+                done = time.monotonic()
+                result.max_late_ms = max(result.max_late_ms, (done - target) * 1e3)
+                result.published[names[conn.topic]] += 1
+                last_bag_s, last_wall = bag_s, done
+                played += 1
+                if progress is not None:
+                    progress(1)
+            passes += 1
+            if played == 0:
+                break
+            if passes == 1:
+                pass_span = (stamps[-1] - stamps[0]) / 1e9
+                unique = sorted(set(stamps))
+                gaps = sorted(b - a for a, b in zip(unique, unique[1:], strict=False))
+                step = gaps[len(gaps) // 2] / 1e9 if gaps else 0.1
+            pass_offset += pass_span + step
+        result.loops = passes
+        if first_ns is not None:
+            result.bag_span_s = last_bag_s
+            result.wall_span_s = last_wall - wall0
+        time.sleep(options.linger)
+        return result
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+def _publish_clock(publisher, bag_ns: int) -> None:
+    from builtin_interfaces.msg import Time
+    from rosgraph_msgs.msg import Clock
+
+    publisher.publish(Clock(clock=Time(sec=bag_ns // 1_000_000_000,
+                                       nanosec=bag_ns % 1_000_000_000)))
+
+
+def _wait_for_subscribers(node, publishers, options: PlayOptions, log) -> None:
+    if not options.wait_for:
+        return
+    by_name = {options.remap.get(t, t): p for t, p in publishers.items()}
+    missing = [t for t in options.wait_for if t not in by_name]
+    if missing:
+        raise SacError(f"--wait-for {', '.join(missing)}: not a topic this playback publishes")
+    deadline = time.monotonic() + options.wait_timeout
+    while True:
+        short = {t: n for t, n in options.wait_for.items()
+                 if by_name[t].get_subscription_count() < n}
+        if not short:
+            return
+        if time.monotonic() > deadline:
+            raise SacError("subscribers not there after "
+                           f"{options.wait_timeout:g} s: " + ", ".join(
+                               f"{t} has {by_name[t].get_subscription_count()} of {n}"
+                               for t, n in short.items()))
+        time.sleep(0.05)

@@ -1,0 +1,218 @@
+"""``sac bag run``: replay a bag through the live pipeline and record the run.
+
+It starts the pipeline's nodes (each in its own process, as ``sac pipeline`` does),
+records every camera's topics in this process (raw subscriptions), plays the source
+bag with ``sac bag play`` in another process once every consumer is discovered, waits
+until the pipeline has drained and every node has published fresh statistics, and then
+checks the frame accounting from the recorded bag:
+
+    source frames = reconstructed frames + drops counted by the nodes (+ unaccounted)
+
+and the replay rate (originals per second as received, against the source's camera
+time x rate).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from sac_ros.bags.bagio import BagWriter, open_bag
+from sac_ros.bags.record import Recorder, camera_topics
+from sac_ros.core.errors import SacError
+
+DRAIN_IDLE_S = 2.0
+FINAL_STATS_S = 1.5
+
+
+@dataclass
+class RunOptions:
+    rate: float = 1.0
+    config: str | None = None
+    input_topic: str = ""
+    model: str = ""
+    params: list[str] = field(default_factory=list)
+    perception: bool = True
+    storage: str = "mcap"
+    overwrite: bool = False
+    startup_timeout: float = 60.0
+    progress: bool = True
+
+
+def _source_facts(bag: str, topics: list[str]) -> dict[str, dict]:
+    reader = open_bag(bag)
+    try:
+        present = {c.topic: c for c in reader.connections}
+        missing = [t for t in topics if t not in present]
+        if missing:
+            raise SacError(f"the bag has no {', '.join(missing)} (it has "
+                           f"{', '.join(sorted(present))}); convert with --topic or play it "
+                           "with sac bag play --remap")
+        facts = {}
+        for topic in topics:
+            conn = present[topic]
+            if conn.msgtype != "sensor_msgs/msg/Image":
+                raise SacError(f"{topic} is {conn.msgtype}, not sensor_msgs/msg/Image")
+            stamps = [t for _, t, _ in reader.messages(connections=[conn])]
+            facts[topic] = {"frames": len(stamps), "first_ns": stamps[0], "last_ns": stamps[-1]}
+        return {"topics": facts, "all": sorted(present)}
+    finally:
+        reader.close()
+
+
+def run_pipeline(source_bag: str, output: str, options: RunOptions,
+                 log=lambda s: print(s, file=sys.stderr)) -> dict:
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    from sac_ros.cli.pipeline_cmd import Children, _parse_params, node_command
+    from sac_ros.pipeline import load_layout, pipeline_nodes
+
+    if not 0.01 <= options.rate <= 100:
+        raise SacError(f"--rate {options.rate:g} is outside 0.01-100")
+    layout = load_layout(options.config)
+    layout.perception = layout.perception and options.perception
+    input_name = options.input_topic or "image_raw"
+    namespaces = ["/" + c if c else "" for c in layout.cameras]
+    inputs = [f"{ns}/{input_name}" for ns in namespaces]
+    source = _source_facts(source_bag, inputs)
+    specs = pipeline_nodes(layout, options.input_topic, options.model)
+    for executable, name, value in _parse_params(options.params):
+        for spec in specs:
+            if spec.executable == executable:
+                spec.overrides[name] = value
+    env = dict(os.environ)
+    if layout.fastdds_large_data:
+        env["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
+        os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
+    record_topics = [t for ns in namespaces for t in camera_topics(ns or "/", input_name)]
+    # Which input consumers the player must see: sensor, recorder, perception (raw_topic).
+    expected = 2 + (1 if layout.perception else 0)
+    children = Children(env)
+    config = str(layout.config)
+    rclpy.init(args=None)
+    node = None
+    executor = None
+    started = time.monotonic()
+    try:
+        with BagWriter(output, options.storage, options.overwrite) as bag:
+            node = rclpy.create_node("sac_bag_run_recorder")
+            recorder = Recorder(node, bag, record_topics, log=log)
+            executor = SingleThreadedExecutor()
+            executor.add_node(node)
+            spin = threading.Thread(target=executor.spin, daemon=True)
+            spin.start()
+            for spec in specs:
+                children.start(f"{spec.namespace} {spec.name}", node_command(spec, config))
+            _wait_ready(node, recorder, namespaces, input_name, children, options)
+            cmd = [sys.executable, "-m", "sac_ros.cli.main", "bag", "play", source_bag,
+                   "--rate", repr(options.rate), "--wait-timeout",
+                   str(options.startup_timeout)]
+            for topic in inputs:
+                cmd += ["--wait-for", f"{topic}={expected}"]
+            wanted = [t for t in record_topics if t in source["all"]]
+            cmd += ["--topics", *wanted]
+            if not options.progress:
+                cmd.append("--no-progress")
+            log(f"sac bag run: playing {source_bag} at {options.rate:g}x into "
+                f"{', '.join(inputs)}")
+            player = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
+            if player.returncode != 0:
+                raise SacError(f"sac bag play failed (exit {player.returncode})")
+            play_summary = player.stdout.strip()
+            _drain(recorder, namespaces, children)
+            recorder.close()
+            if recorder.failure is not None:
+                raise SacError(f"writing the run bag failed: {recorder.failure}")
+            executor.shutdown()
+            executor = None
+    finally:
+        if executor is not None:
+            executor.shutdown()
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+        children.stop()
+    return _summary(output, source, namespaces, input_name, options, play_summary,
+                    time.monotonic() - started)
+
+
+def _wait_ready(node, recorder: Recorder, namespaces, input_name, children, options) -> None:
+    """Every camera: the recorder has subscribed to its input and hears packets and images."""
+    deadline = time.monotonic() + options.startup_timeout
+    while True:
+        ready = all(
+            f"{ns}/{input_name}" in recorder.subscriptions
+            and recorder.matched(f"{ns}/sac/packets") >= 1
+            and recorder.matched(f"{ns}/sac/image") >= 1
+            for ns in namespaces)
+        if ready:
+            return
+        if children.failed():
+            raise SacError(f"node(s) stopped: {', '.join(children.failed())}")
+        if time.monotonic() > deadline:
+            raise SacError(f"pipeline nodes not discovered after {options.startup_timeout:g} s")
+        time.sleep(0.1)
+
+
+def _drain(recorder: Recorder, namespaces, children) -> None:
+    """Wait until no packet or image has arrived for a while, then for fresh statistics."""
+    watched = [f"{ns}/{t}" for ns in namespaces for t in ("sac/packets", "sac/image")]
+    last, changed = None, time.monotonic()
+    while True:
+        state = tuple(recorder.stats.counts.get(t, 0) for t in watched)
+        if state != last:
+            last, changed = state, time.monotonic()
+        if time.monotonic() - changed >= DRAIN_IDLE_S:
+            break
+        if children.failed():
+            raise SacError(f"node(s) stopped: {', '.join(children.failed())}")
+        time.sleep(0.1)
+    time.sleep(FINAL_STATS_S)  # every node publishes its statistics once a second
+
+
+def _summary(output: str, source: dict, namespaces, input_name: str, options: RunOptions,
+             play_summary: str, seconds: float) -> dict:
+    from sac_ros.report.runbag import read_run
+
+    _, accounting, _ = read_run(output, lambda cam, frame: None, input_name)
+    cameras = []
+    for ns in namespaces:
+        key = ns or "/"
+        facts = source["topics"][f"{ns}/{input_name}"]
+        acc = accounting.get(key)
+        if acc is None:
+            raise SacError(f"the recorded run has no packets for camera {key}")
+        record = acc.record(facts["frames"])
+        span = (facts["last_ns"] - facts["first_ns"]) / 1e9
+        nominal = ((facts["frames"] - 1) / span * options.rate) if span > 0 else float("nan")
+        measured = record["input_rate_hz"]
+        record.update(camera=key, nominal_replay_hz=nominal,
+                      rate_error_pct=100.0 * (measured / nominal - 1.0))
+        cameras.append(record)
+    return {"source": source, "output": output, "rate": options.rate,
+            "player": play_summary, "seconds": seconds, "cameras": cameras}
+
+
+def format_run(summary: dict) -> str:
+    lines = [summary["player"], f"recorded the run to {summary['output']} "
+             f"({summary['seconds']:.1f} s)"]
+    for cam in summary["cameras"]:
+        drops = {**cam["sensor_drops"], **{f"ecu {k}": v for k, v in cam["ecu_drops"].items()}}
+        verdict = ("no frame lost" if cam["unaccounted"] == 0 else
+                   f"{cam['unaccounted']} FRAME(S) UNACCOUNTED FOR")
+        lines += [
+            f"camera {cam['camera']}: {cam['source_frames']} frames in the bag, "
+            f"{cam['originals_recorded']} seen on the input topic, sensor received "
+            f"{cam['sensor_received']}, {cam['packets']} packets, {cam['reconstructed']} "
+            f"reconstructed, counted drops {cam['counted_drops']} "
+            f"({', '.join(f'{k} {v}' for k, v in drops.items()) or 'none'}): {verdict}",
+            f"  replay rate {cam['input_rate_hz']:.3f} Hz received vs "
+            f"{cam['nominal_replay_hz']:.3f} Hz nominal ({cam['rate_error_pct']:+.2f}%)",
+        ]
+    return "\n".join(lines)

@@ -1,0 +1,391 @@
+"""``sac reproduce``: the papers' experiment on Cityscapes / KITTI-STEP, end to end.
+
+For every sequence of the dataset (a Cityscapes snippet, a KITTI-STEP sequence):
+
+1. frames resized to the papers' 1024x512 (Cityscapes default) with labels (nearest);
+2. ROI block masks from the ground-truth labels (a snippet's frames use the nearest
+   labelled frame: Cityscapes labels the 20th frame of each 30-frame snippet) or, with
+   ``--mask model``, from a segmenter on every frame (the papers' S1);
+3. ``ClipCoder`` (the core) runs every Table II configuration (uniform H.264 18/23/27,
+   SA-X264 18/23, 18/27, 23/27, uniform H.265 23/28/32, SA-X265 23/28, 23/32, 28/32),
+   plus, per codec, the uniform CRF that matches the papers' SA pair's bytes within 1%
+   (the "equal bytes" comparison);
+4. with a segmenter, Table IV: the network on the decoded frames that have labels, against
+   the labels (ROI / non-ROI mIoU, iIoU = IoU of the ROI) and against its own output on
+   the original frames.
+
+Figures are frame-weighted means over sequences; bytes are totals. Every number is
+printed beside the paper's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image as PILImage
+
+from sac_ros.bags import sources
+from sac_ros.core import metrics
+from sac_ros.core.classes import get_class_map
+from sac_ros.core.codec import CODECS
+from sac_ros.core.errors import SacError
+from sac_ros.core.evaluate import ClipCoder, RunResult, method_name
+from sac_ros.core.mask import block_mask, roi_pixels
+from sac_ros.core.ratematch import match_crf
+from sac_ros.report.tables import (
+    PAPER_TABLE_II,
+    PAPER_TABLE_III,
+    PAPER_TABLE_IV,
+    TABLE_II_ROWS,
+    TABLE_IV_ROWS,
+    fmt,
+    paper_row,
+    text_table,
+)
+
+PAPER_PAIRS = {"h264": (18.0, 27.0), "hevc": (23.0, 32.0)}
+PAPER_UNIFORM = {"h264": 23.0, "hevc": 28.0}
+PAPER_RATIO = {"h264": 250, "hevc": 375}     # "around 1:250 and 1:375" (seed 001, IV.D)
+LABEL_MAPS = {"cityscapes": "cityscapes_label_ids", "kitti_step": "kitti_step"}
+
+
+@dataclass
+class ReproduceOptions:
+    dataset: str                       # cityscapes | kitti_step
+    path: str
+    size: tuple[int, int] | None = None
+    codecs: tuple[str, ...] = ("h264", "hevc")
+    mask: str = "labels"               # labels | model
+    model: str | None = None           # segmenter for Table IV (and --mask model)
+    frames_per_sequence: int | None = None
+    max_sequences: int | None = None
+    tolerance: float = 0.01
+    out: str = "sac_reproduce_out"
+
+
+class _CapturingCoder(ClipCoder):
+    """ClipCoder that also hands out the decoded frames of chosen indexes."""
+
+    def __init__(self, *args, capture: set[int] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.capture = capture or set()
+        self.captured: dict[int, np.ndarray] = {}
+
+    def _measure(self, frame, decoded, mask, full, add, index) -> None:
+        super()._measure(frame, decoded, mask, full, add, index)
+        if index in self.capture:
+            self.captured[index] = decoded.rgb.copy()
+
+
+@dataclass
+class _Accumulator:
+    """Frame-weighted sums of one configuration over sequences."""
+
+    codec: str
+    mode: str
+    c_roi: float
+    c_non: float
+    method: str
+    frames: int = 0
+    total_bytes: int = 0
+    pixels: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
+    weights: dict[str, int] = field(default_factory=dict)
+    crfs: list[float] = field(default_factory=list)
+    seg_gt: np.ndarray = field(default_factory=lambda: np.zeros((2, 2), np.int64))
+    seg_orig: np.ndarray = field(default_factory=lambda: np.zeros((2, 2), np.int64))
+    seg_model: np.ndarray | None = None
+    seg_frames: int = 0
+
+    def add(self, run: RunResult) -> None:
+        record = run.record()
+        self.frames += run.frames
+        self.total_bytes += run.total_bytes
+        self.pixels += run.frames * run.width * run.height
+        self.crfs.append(run.c_roi if self.mode == "uniform" else run.c_non)
+        for key, value in record.items():
+            if isinstance(value, float) and key not in ("c_roi", "c_non"):
+                self.sums[key] = self.sums.get(key, 0.0) + value * run.frames
+                self.weights[key] = self.weights.get(key, 0) + run.frames
+
+    def record(self) -> dict:
+        c_roi, c_non = self.c_roi, self.c_non
+        if c_roi != c_roi:  # the matched uniform row: the mean of the per-sequence CRFs
+            c_roi = c_non = float(np.mean(self.crfs))
+        row = {"method": self.method, "codec": self.codec, "mode": self.mode,
+               "c_roi": c_roi, "c_non": c_non, "frames": self.frames,
+               "total_bytes": self.total_bytes, "matched_crfs": list(self.crfs)}
+        for key, total in self.sums.items():
+            row[key] = total / self.weights[key]
+        row["kb_per_frame"] = self.total_bytes / self.frames / 1000.0 if self.frames else None
+        row["compression_ratio"] = (3.0 * self.pixels / self.total_bytes
+                                    if self.total_bytes else None)
+        if self.seg_frames:
+            row["miou_vs_labels"] = metrics.miou(self.seg_gt)
+            row["iiou_vs_labels"] = metrics.iiou(self.seg_gt, roi_class=1)
+            row["miou_vs_original"] = (metrics.miou(self.seg_model)
+                                       if self.seg_model is not None else None)
+            row["iiou_vs_original"] = metrics.iiou(self.seg_orig, roi_class=1)
+            row["segmented_frames"] = self.seg_frames
+        return row
+
+
+def _resize(pixels: np.ndarray, size, nearest: bool) -> np.ndarray:
+    if size is None or (pixels.shape[1], pixels.shape[0]) == tuple(size):
+        return pixels
+    method = PILImage.Resampling.NEAREST if nearest else PILImage.Resampling.BILINEAR
+    return np.asarray(PILImage.fromarray(pixels).resize(tuple(size), method))
+
+
+def _load_sequences(source: sources.Source, options: ReproduceOptions):
+    """Yield (sequence, frames, labels dict index -> class ids) one sequence at a time."""
+    current, frames, labels = None, [], {}
+    count = 0
+    layout = source.label_layout
+    for seq, frame_file, rgb in sources.iter_source(source):
+        if seq is not current:
+            if current is not None and frames:
+                yield current, frames, labels
+                count += 1
+                if options.max_sequences is not None and count >= options.max_sequences:
+                    return
+            current, frames, labels = seq, [], {}
+        if options.frames_per_sequence is not None and len(frames) >= \
+                options.frames_per_sequence:
+            continue
+        if frame_file.label is not None and layout is not None:
+            ids = sources.read_label(frame_file.label, layout)
+            ids = ids[:, :, 0] if ids.ndim == 3 else ids
+            labels[len(frames)] = _resize(ids, options.size, nearest=True)
+        frames.append(_resize(rgb, options.size, nearest=False))
+    if current is not None and frames:
+        yield current, frames, labels
+
+
+def _nearest(index: int, labelled: list[int]) -> int:
+    return min(labelled, key=lambda i: (abs(i - index), i))
+
+
+def reproduce(options: ReproduceOptions, settings, progress: Callable[[int], None],
+              log: Callable[[str], None]) -> dict:
+    source = sources.find_source(options.path, mixed_sizes_ok=options.size is not None)
+    if source.kind != options.dataset:
+        raise SacError(f"{options.path} is in the {source.kind} layout, not {options.dataset}")
+    for codec in options.codecs:
+        if codec not in PAPER_PAIRS:
+            raise SacError(f"unknown codec '{codec}'; choose h264 or hevc")
+    segmenter = None
+    if options.model:
+        from sac_ros.segmentation.loader import load_segmenter
+
+        segmenter = load_segmenter(model=options.model)
+    if options.mask == "model" and segmenter is None:
+        raise SacError("--mask model needs a segmentation model (--model default or a path)")
+    class_map = get_class_map(LABEL_MAPS[options.dataset])
+    configs = [row for row in TABLE_II_ROWS if row[0] in options.codecs]
+    acc: dict[tuple, _Accumulator] = {}
+    for codec, c_roi, c_non in configs:
+        mode = "uniform" if c_roi == c_non else "dual_crf"
+        acc[(codec, c_roi, c_non)] = _Accumulator(codec, mode, c_roi, c_non,
+                                                  method_name(codec, mode, c_roi, c_non))
+    for codec in options.codecs:
+        label = CODECS[codec][2].upper()
+        roi, non = PAPER_PAIRS[codec]
+        acc[(codec, "matched")] = _Accumulator(
+            codec, "uniform", float("nan"), float("nan"),
+            f"{'H.264' if codec == 'h264' else 'H.265'} (= size of SA-{label} {roi:g}/{non:g})")
+    notes: list[str] = []
+    sequences = []
+    try:
+        for seq, frames, labels in _load_sequences(source, options):
+            if options.mask == "labels" and not labels:
+                notes.append(f"{seq.name}: no labels, skipped (use --mask model)")
+                continue
+            blocks = _masks(frames, labels, class_map, segmenter, options.mask)
+            seg_frames = sorted(labels) if segmenter is not None else []
+            originals_seg = {i: segmenter.predict(frames[i]) for i in seg_frames}
+            coder = _CapturingCoder(frames, blocks, settings, progress, capture=set(seg_frames))
+            seq_bytes = {}
+            for key in configs:
+                codec, c_roi, c_non = key
+                mode = acc[key].mode
+                coder.captured.clear()
+                run = coder.run(codec, mode, float(c_roi), float(c_non), full=True)
+                acc[key].add(run)
+                seq_bytes[key] = run.total_bytes
+                if key in TABLE_IV_ROWS and seg_frames:
+                    _segment(acc[key], coder.captured, originals_seg, labels, class_map,
+                             segmenter)
+            for codec in options.codecs:
+                roi, non = PAPER_PAIRS[codec]
+                pair = seq_bytes[(codec, roi, non)]
+                match = _match(coder, codec, pair, options.tolerance, notes, seq.name)
+                coder.captured.clear()
+                run = coder.run(codec, "uniform", match.crf, full=True)
+                matched = acc[(codec, "matched")]
+                matched.add(run)
+                if seg_frames:
+                    _segment(matched, coder.captured, originals_seg, labels, class_map,
+                             segmenter)
+            sequences.append({"name": seq.name, "frames": len(frames), "labels": len(labels),
+                              "width": frames[0].shape[1], "height": frames[0].shape[0]})
+            log(f"sac reproduce: {seq.name}: {len(frames)} frames, {len(labels)} labelled")
+    finally:
+        if segmenter is not None:
+            segmenter.close()
+    if not sequences:
+        raise SacError("no sequence could be evaluated" + (f" ({notes[0]})" if notes else ""))
+    rows = [a.record() for a in acc.values() if a.frames]
+    result = {"dataset": options.dataset, "path": str(source.path),
+              "mask": options.mask, "segmenter": getattr(segmenter, "name", None),
+              "preset": settings.preset, "gop": settings.gop, "sequences": sequences,
+              "frames": sum(s["frames"] for s in sequences), "rows": rows, "notes": notes}
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = format_reproduction(result)
+    (out / "results.json").write_text(json.dumps(result, indent=2, default=_json) + "\n")
+    (out / "tables.txt").write_text(text + "\n")
+    return result
+
+
+def _json(value):
+    return None if isinstance(value, float) and value != value else float(value)
+
+
+def _match(coder: ClipCoder, codec: str, target: int, tolerance: float, notes: list[str],
+           name: str):
+    """The uniform CRF matching ``target`` bytes; tiny clips may need a looser tolerance."""
+    for tol in (tolerance, 0.05, 0.15):
+        try:
+            match = match_crf(lambda crf: coder.total_bytes(codec, "uniform", crf, crf), target,
+                              tol, guess=PAPER_UNIFORM[codec])
+        except SacError:
+            continue
+        if tol != tolerance:
+            notes.append(f"{name}: {codec} equal-bytes match only within {100 * tol:g}% "
+                         f"({100 * match.error:+.2f}%): the clip is too small for "
+                         f"{100 * tolerance:g}%")
+        return match
+    raise SacError(f"{name}: no uniform {codec} CRF comes within 15% of the SA pair's size")
+
+
+def _masks(frames, labels, class_map, segmenter, mode: str) -> list[np.ndarray]:
+    if mode == "model":
+        return [segmenter.block_roi(f) for f in frames]
+    labelled = sorted(labels)
+    cache: dict[int, np.ndarray] = {}
+    blocks = []
+    for index in range(len(frames)):
+        source = _nearest(index, labelled)
+        if source not in cache:
+            ids = labels[source]
+            if ids.shape != frames[index].shape[:2]:
+                raise SacError(f"label size {ids.shape[1]}x{ids.shape[0]} differs from the frame "
+                               f"size {frames[index].shape[1]}x{frames[index].shape[0]}")
+            cache[source] = block_mask(roi_pixels(ids, class_map))
+        blocks.append(cache[source])
+    return blocks
+
+
+def _segment(acc: _Accumulator, decoded: dict[int, np.ndarray], originals_seg: dict,
+             labels: dict, class_map, segmenter) -> None:
+    classes = max(2, segmenter.class_adapter.num_classes)
+    if acc.seg_model is None:
+        acc.seg_model = np.zeros((classes, classes), np.int64)
+    for index, rgb in decoded.items():
+        prediction = segmenter.predict(rgb)
+        reference = originals_seg[index]
+        gt = roi_pixels(labels[index], class_map).astype(np.uint8)
+        acc.seg_gt += metrics.confusion(gt, prediction.roi.astype(np.uint8), 2)
+        acc.seg_orig += metrics.confusion(reference.roi.astype(np.uint8),
+                                          prediction.roi.astype(np.uint8), 2)
+        acc.seg_model += metrics.confusion(reference.class_map, prediction.class_map, classes)
+        acc.seg_frames += 1
+
+
+def format_reproduction(result: dict) -> str:
+    paper_ii = PAPER_TABLE_II if result["dataset"] == "cityscapes" else PAPER_TABLE_III
+    table_name = "Table II (Cityscapes)" if result["dataset"] == "cityscapes" else \
+        "Table III (KITTI-STEP)"
+    lines = [f"{result['dataset']} {result['path']}: {len(result['sequences'])} sequence(s), "
+             f"{result['frames']} frames, masks from {result['mask']}, preset "
+             f"{result['preset']}, GOP {result['gop']}", "",
+             f"Quality: ours beside seed 001 {table_name} (SA in the stream / region reading)"]
+    header = ["Method", "C_roi", "C_non", "kB/frame", "1:N", "PSNR", "paper", "SSIM", "paper",
+              "SA-PSNR str", "reg", "paper", "SA-SSIM str", "reg", "paper"]
+    rows = []
+    for r in result["rows"]:
+        ref = paper_row(paper_ii, r["codec"], r["c_roi"], r["c_non"]) or (None,) * 4
+        rows.append([r["method"], fmt(r["c_roi"], ".2f" if r["c_roi"] % 1 else "g"),
+                     fmt(r["c_non"], ".2f" if r["c_non"] % 1 else "g"),
+                     fmt(r.get("kb_per_frame"), ".2f"), fmt(r.get("compression_ratio"), ".0f"),
+                     fmt(r.get("psnr"), ".2f"), fmt(ref[0], ".2f"),
+                     fmt(r.get("ssim"), ".4f"), fmt(ref[1], ".2f"),
+                     fmt(r.get("sa_psnr_stream"), ".2f"), fmt(r.get("sa_psnr_region"), ".2f"),
+                     fmt(ref[2], ".2f"), fmt(r.get("sa_ssim_stream"), ".4f"),
+                     fmt(r.get("sa_ssim_region"), ".4f"), fmt(ref[3], ".2f")])
+    lines.append(text_table(header, rows))
+    lines += ["", "Compression ratio of the uniform baselines (paper: about 1:250 for H.264 "
+              "CRF 23, 1:375 for H.265 CRF 28):"]
+    for r in result["rows"]:
+        if r["mode"] == "uniform" and (r["codec"], r["c_roi"]) in (("h264", 23), ("hevc", 28)):
+            lines.append(f"  {r['method']}: 1:{fmt(r.get('compression_ratio'), '.0f')} "
+                         f"(paper 1:{PAPER_RATIO[r['codec']]})")
+    lines += ["", "Equal bytes: the papers' pair against the uniform CRF matched to its size "
+              "(within 1%) and the papers' uniform baseline:"]
+    by_method = {r["method"]: r for r in result["rows"]}
+    for codec, (roi, non) in PAPER_PAIRS.items():
+        pair = next((r for r in result["rows"] if (r["codec"], r["c_roi"], r["c_non"],
+                                                     r["mode"]) == (codec, roi, non,
+                                                                    "dual_crf")), None)
+        matched = next((r for m, r in by_method.items() if m.startswith(
+            "H.264 (= size" if codec == "h264" else "H.265 (= size")), None)
+        if pair is None or matched is None:
+            continue
+        for r in (pair, matched):
+            lines.append(f"  {r['method']:<34} {fmt(r.get('kb_per_frame'), '.2f'):>8} kB  "
+                         f"ROI PSNR {fmt(r.get('roi_psnr'), '.2f')}  non-ROI PSNR "
+                         f"{fmt(r.get('non_roi_psnr'), '.2f')}  PSNR {fmt(r.get('psnr'), '.2f')}"
+                         f"  SA-PSNR str {fmt(r.get('sa_psnr_stream'), '.2f')} / reg "
+                         f"{fmt(r.get('sa_psnr_region'), '.2f')}")
+    seg_rows = [r for r in result["rows"] if "segmented_frames" in r]
+    lines += ["", "Segmentation: ours beside seed 001 Table IV (Cityscapes), %:"]
+    if not seg_rows:
+        lines.append("  not measured: no segmentation model (pass --model default or a path)")
+    else:
+        header = ["Method", "C_roi", "C_non", "SA-PSNR str", "SA-SSIM str", "mIoU vs GT",
+                  "paper mIoU", "iIoU vs GT", "paper iIoU", "mIoU vs orig", "iIoU vs orig",
+                  "frames"]
+        rows = []
+        for r in seg_rows:
+            ref = (paper_row(PAPER_TABLE_IV, r["codec"], r["c_roi"], r["c_non"])
+                   if result["dataset"] == "cityscapes" else None) or (None,) * 4
+            pct = lambda v: fmt(None if v is None else 100 * v, ".2f")  # noqa: E731
+            rows.append([r["method"], fmt(r["c_roi"], ".2f" if r["c_roi"] % 1 else "g"),
+                         fmt(r["c_non"], ".2f" if r["c_non"] % 1 else "g"),
+                         fmt(r.get("sa_psnr_stream"), ".2f"), fmt(r.get("sa_ssim_stream"), ".4f"),
+                         pct(r.get("miou_vs_labels")), fmt(ref[2], ".2f"),
+                         pct(r.get("iiou_vs_labels")), fmt(ref[3], ".2f"),
+                         pct(r.get("miou_vs_original")), pct(r.get("iiou_vs_original")),
+                         str(r["segmented_frames"])])
+        lines.append(text_table(header, rows))
+        lines.append("  (ours: ROI / non-ROI mIoU and the ROI IoU of the segmenter on the labelled "
+                     "frames; the paper's mIoU is over its 4 classes)")
+    for note in result["notes"]:
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
+
+
+def settings_from_config(config: str | None, preset: str | None, fps: float):
+    from sac_ros.config import encoder_settings, load_core_config
+
+    cfg = load_core_config(config)
+    section = dict(cfg["codec"])
+    if preset:
+        section["preset"] = preset
+    return dataclasses.replace(encoder_settings(section, fps=max(1, round(fps))))

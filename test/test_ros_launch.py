@@ -1,0 +1,163 @@
+"""Static checks (no ROS needed): the launch file, the runner and the install agree (issue 4).
+
+launch/pipeline.launch.py cannot be run here (no ``launch`` package), so its source is
+read with ``ast``; the runner's command lines come from ``node_command`` itself.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sac_ros.cli.pipeline_cmd import node_command
+from sac_ros.pipeline import EXECUTABLES, load_layout, pipeline_nodes
+
+REPO = Path(__file__).resolve().parent.parent
+LAUNCH = REPO / "launch" / "pipeline.launch.py"
+
+
+def _is_name(node, name: str) -> bool:
+    return isinstance(node, ast.Name) and node.id == name
+
+
+def _is_attr(node, owner: str, attr: str) -> bool:
+    return isinstance(node, ast.Attribute) and node.attr == attr and _is_name(node.value, owner)
+
+
+def _is_launch_config(node, name: str) -> bool:
+    """``LaunchConfiguration("<name>").perform(context)``."""
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "perform" and isinstance(node.func.value, ast.Call)
+            and _is_name(node.func.value.func, "LaunchConfiguration")
+            and [a.value for a in node.func.value.args if isinstance(a, ast.Constant)] == [name])
+
+
+def _calls(tree, name: str) -> list[ast.Call]:
+    return [n for n in ast.walk(tree) if isinstance(n, ast.Call) and _is_name(n.func, name)]
+
+
+@pytest.fixture(scope="module")
+def launch_tree():
+    return ast.parse(LAUNCH.read_text(), str(LAUNCH))
+
+
+def test_launch_file_builds_its_nodes_from_pipeline_nodes(launch_tree):
+    imports = {(n.module, a.name) for n in ast.walk(launch_tree)
+               if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert {("sac_ros.pipeline", "load_layout"), ("sac_ros.pipeline", "pipeline_nodes")} <= imports
+
+    # config = LaunchConfiguration("config").perform(context); layout = load_layout(config)
+    assigns = {n.targets[0].id: n.value for n in ast.walk(launch_tree)
+               if isinstance(n, ast.Assign) and len(n.targets) == 1
+               and isinstance(n.targets[0], ast.Name)}
+    assert _is_launch_config(assigns["config"], "config")
+    layout = assigns["layout"]
+    assert isinstance(layout, ast.Call) and _is_name(layout.func, "load_layout")
+    assert len(layout.args) == 1 and _is_name(layout.args[0], "config")
+
+    # for spec in pipeline_nodes(layout, input_topic=..., model=...): Node(...)
+    loops = [n for n in ast.walk(launch_tree) if isinstance(n, ast.For)
+             and isinstance(n.iter, ast.Call) and _is_name(n.iter.func, "pipeline_nodes")]
+    assert len(loops) == 1, "exactly one loop over pipeline_nodes(...)"
+    loop = loops[0]
+    assert _is_name(loop.target, "spec")
+    call = loop.iter
+    assert len(call.args) == 1 and _is_name(call.args[0], "layout")
+    keywords = {k.arg: k.value for k in call.keywords}
+    assert set(keywords) == {"input_topic", "model"}  # no video source under launch
+    assert _is_launch_config(keywords["input_topic"], "input_topic")
+    assert _is_launch_config(keywords["model"], "model")
+
+    nodes = _calls(loop, "Node")
+    assert len(nodes) == 1
+    assert _calls(launch_tree, "Node") == nodes  # no node is started outside the loop
+    kw = {k.arg: k.value for k in nodes[0].keywords}
+    assert isinstance(kw["package"], ast.Constant) and kw["package"].value == "sac_ros"
+    assert _is_attr(kw["executable"], "spec", "executable")
+    assert _is_attr(kw["name"], "spec", "name")
+    assert _is_attr(kw["namespace"], "spec", "namespace")
+    params = kw["parameters"]
+    assert isinstance(params, ast.List) and len(params.elts) == 2
+    assert _is_name(params.elts[0], "config")
+    assert _is_attr(params.elts[1], "spec", "overrides")
+
+    # Every LaunchConfiguration used is declared.
+    declared = {c.args[0].value for c in _calls(launch_tree, "DeclareLaunchArgument")}
+    used = {c.args[0].value for c in _calls(launch_tree, "LaunchConfiguration")}
+    assert used <= declared == {"config", "input_topic", "model"}
+
+
+def _console_scripts() -> dict[str, str]:
+    tree = ast.parse((REPO / "setup.py").read_text())
+    setup = next(c for c in _calls(tree, "setup"))
+    entry_points = ast.literal_eval(next(k.value for k in setup.keywords
+                                         if k.arg == "entry_points"))
+    return dict(re.fullmatch(r"\s*(\S+)\s*=\s*(\S+)\s*", line).groups()
+                for line in entry_points["console_scripts"])
+
+
+def _cmake_programs() -> tuple[list[str], str]:
+    text = (REPO / "CMakeLists.txt").read_text()
+    match = re.search(r"install\(\s*PROGRAMS\s+(.*?)\s+DESTINATION\s+(\S+?)\s*\)", text, re.S)
+    assert match, "CMakeLists.txt installs no PROGRAMS"
+    return match.group(1).split(), match.group(2)
+
+
+@pytest.mark.parametrize("executable", sorted(EXECUTABLES))
+def test_executable_is_installed_everywhere(executable):
+    module = EXECUTABLES[executable]
+    # The module has a top-level main() (read, not imported: no ROS needed).
+    source = Path(importlib.util.find_spec(module).origin)
+    functions = {n.name for n in ast.parse(source.read_text()).body
+                 if isinstance(n, ast.FunctionDef)}
+    assert "main" in functions, f"{module} has no main()"
+    # pip / colcon entry point
+    assert _console_scripts().get(executable) == f"{module}:main"
+    # bin/<name>, the ros2 run wrapper installed by CMake
+    wrapper = REPO / "bin" / executable
+    assert wrapper.is_file() and os.access(wrapper, os.X_OK), wrapper
+    text = wrapper.read_text()
+    assert text.startswith("#!/usr/bin/env python3")
+    tree = ast.parse(text)
+    assert any(isinstance(n, ast.ImportFrom) and n.module == module
+               and [a.name for a in n.names] == ["main"] for n in tree.body), text
+    assert "sys.exit(main())" in text
+    programs, destination = _cmake_programs()
+    assert f"bin/{executable}" in programs
+    assert destination == "lib/${PROJECT_NAME}"
+
+
+def test_runner_command_lines_match_the_launch_nodes(tmp_path):
+    config = yaml.safe_load((REPO / "config" / "pipeline.yaml").read_text())
+    config["sac_pipeline"]["ros__parameters"]["cameras"] = ["front", "rear/left"]
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config))
+    layout = load_layout(path)
+    specs = pipeline_nodes(layout, input_topic="camera/image_rect", model="/models/m.onnx",
+                           video_source=True)
+    assert {(s.executable, s.namespace) for s in specs} == {
+        (e, ns) for e in EXECUTABLES for ns in ("/front", "/rear/left")}
+    for spec in specs:
+        cmd = node_command(spec, str(layout.config))
+        assert cmd[:3] == [sys.executable, "-m", EXECUTABLES[spec.executable]], cmd
+        ros_args = cmd[cmd.index("--ros-args") + 1:]
+        pairs = list(zip(ros_args[::2], ros_args[1::2], strict=True))
+        remaps = dict(value.split(":=", 1) for flag, value in pairs if flag == "-r")
+        assert remaps == {"__node": spec.name, "__ns": spec.namespace}
+        # launch: parameters=[config, spec.overrides]; the runner: the same file, then -p.
+        assert [value for flag, value in pairs if flag == "--params-file"] == [str(path)]
+        overrides = [value for flag, value in pairs if flag == "-p"]
+        assert dict(v.split(":=", 1) for v in overrides) == {
+            k: str(v) for k, v in spec.overrides.items()}
+        flags = [flag for flag, _ in pairs]
+        assert all(flags.index("--params-file") < i for i, f in enumerate(flags) if f == "-p")
+    sensor = next(s for s in specs if s.executable == "sac_sensor")
+    assert sensor.overrides == {"input_topic": "camera/image_rect", "mask_source": "model",
+                                "model": "/models/m.onnx"}

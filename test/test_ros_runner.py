@@ -1,0 +1,83 @@
+"""``sac pipeline`` (the launch-free runner) with two cameras, as a real subprocess (issue 4)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import ros_helpers as rh
+import yaml
+from conftest import sac_command
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+FRAMES = 10
+
+
+def processes_with_env(key: str, value: str) -> list[int]:
+    """Pids of live processes whose environment holds key=value (ours only are readable)."""
+    needle = f"{key}={value}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue  # gone, or not ours
+    return found
+
+
+def test_two_cameras_through_the_runner(tmp_path):
+    source = tmp_path / "frames"
+    source.mkdir()
+    for i in range(FRAMES):
+        Image.fromarray(rh.frame(i)).save(source / f"{i:04d}.png")
+    config = yaml.safe_load((REPO / "config" / "pipeline.yaml").read_text())
+    config["sac_pipeline"]["ros__parameters"].update(cameras=["cam_a", "cam_b"],
+                                                     perception=False)
+    config["/**/sac_sensor"]["ros__parameters"].update(gop=5, fps=10)
+    config["/**/sac_video_source"]["ros__parameters"]["fps"] = 10.0  # a folder plays at 30
+    config_path = tmp_path / "pipeline.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+
+    domain, _ = rh.unique_ids()
+    log_dir = str(tmp_path / "ros_log")  # also marks every process of this run
+    env = {**os.environ, "ROS_DOMAIN_ID": str(domain),
+           "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "ROS_LOG_DIR": log_dir}
+    env.pop("FASTDDS_BUILTIN_TRANSPORTS", None)
+    out = tmp_path / "out.json"
+    runner = subprocess.Popen(
+        [*sac_command(), "pipeline", "--config", str(config_path), "--source", str(source),
+         "--frames", str(FRAMES), "--json", str(out), "--no-perception"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)  # its own process group: the runner and its nodes
+    try:
+        try:
+            stdout, stderr = runner.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            runner.send_signal(signal.SIGINT)  # the runner stops its nodes
+            stdout, stderr = runner.communicate(timeout=20)
+            raise AssertionError(f"sac pipeline did not finish:\n{stderr[-3000:]}") from None
+        assert runner.returncode == 0, stderr[-3000:]
+        assert processes_with_env("ROS_LOG_DIR", log_dir) == [], "node processes left behind"
+    finally:
+        try:
+            os.killpg(runner.pid, signal.SIGKILL)  # whatever is left of this run
+        except ProcessLookupError:
+            pass
+        runner.wait()
+
+    rows = {row["camera"]: row for row in json.loads(out.read_text())}
+    assert set(rows) == {"/cam_a", "/cam_b"}, rows
+    for camera, row in rows.items():
+        assert row["frames_in"] == FRAMES, (camera, row)
+        assert 0 < row["frames_out"] <= FRAMES, (camera, row)
+        assert row["packets"] == FRAMES, (camera, row)
+        assert row["roi_psnr"] > 30.0, (camera, row)
+        assert 5.0 < row["input_fps"] < 15.0, (camera, row)  # the config's 10 fps
+        assert f"camera {camera}: frames in {FRAMES}" in stdout

@@ -1,0 +1,133 @@
+"""The sensor node in its own process: run-time parameters, bad input, bad start-up (issue 4)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import ros_helpers as rh
+from ros_helpers import HEIGHT, WIDTH, drops_of, frame
+from sensor_msgs.msg import Image
+
+from sac_ros.msg import SacPacket, SacStats
+
+GOP = 5
+
+
+class Sensor:
+    def __init__(self, ros, **params):
+        self.ros = ros
+        self.node = ros.start("sac_sensor", {"gop": GOP, "fps": 10, "roi_crf": 20.0,
+                                             "non_roi_crf": 34.0, **params})
+        self.images = ros.publisher(Image, "image_raw")
+        self.packets = ros.subscribe(SacPacket, "sac/packets")
+        self.stats = ros.subscribe(SacStats, "sac/sensor_stats", 100)
+        ros.wait_discovery(publishers=[(self.images, 1)], heard_from=[self.stats])
+        self.count = 0
+
+    def send_good(self) -> SacPacket:
+        """A good frame; waits for its packet and returns it."""
+        stamp = self.ros.send(self.images, self.ros.image(frame(self.count)), self.packets)
+        self.count += 1
+        return self.packets.by_stamp()[stamp]
+
+    def send_bad(self, msg: Image, dropped: int) -> None:
+        """A bad frame; waits until the sensor has counted ``dropped`` drops in all."""
+        self.ros.send(self.images, msg)
+        self.ros.wait_stats(self.stats, lambda m: m.dropped >= dropped,
+                            f"the sensor to count drop {dropped}")
+
+
+def crfs(packet: SacPacket) -> tuple[float, float]:
+    return packet.roi.crf, packet.non_roi[0].crf
+
+
+def test_crf_change_at_run_time_applies_at_next_key_frame(ros):
+    sensor = Sensor(ros)
+    packets = [sensor.send_good() for _ in range(3)]  # seq 0 (key), 1, 2
+
+    results = ros.set_parameters("sac_sensor", roi_crf=26.5, non_roi_crf=41.0)
+    assert [r.successful for r in results] == [True, True], results
+    assert ros.get_parameters("sac_sensor", "roi_crf", "non_roi_crf") == [26.5, 41.0]
+    packets += [sensor.send_good() for _ in range(9)]  # seq 3-11: key frames at 5 and 10
+
+    # Out of range: rejected with a reason, the old value kept.
+    results = ros.set_parameters("sac_sensor", roi_crf=60.0)
+    assert len(results) == 1 and not results[0].successful
+    assert "roi_crf" in results[0].reason or "range" in results[0].reason, results[0].reason
+    assert ros.get_parameters("sac_sensor", "roi_crf") == [26.5]
+    packets += [sensor.send_good() for _ in range(6)]  # seq 12-17: key frame at 15
+
+    assert [p.seq for p in packets] == list(range(18))
+    assert [p.roi.key_frame for p in packets] == [s % GOP == 0 for s in range(18)]
+    assert all(p.non_roi[0].key_frame == p.roi.key_frame for p in packets)
+    assert [crfs(p) for p in packets[:5]] == [(20.0, 34.0)] * 5  # old CRFs until seq 5
+    assert [crfs(p) for p in packets[5:]] == [(26.5, 41.0)] * 13
+    assert sensor.node.running
+
+
+def _image(ros, encoding: str, width: int, height: int, step: int, size: int) -> Image:
+    msg = ros.image(frame(0))
+    msg.encoding, msg.width, msg.height, msg.step = encoding, width, height, step
+    msg.data = bytes(size)
+    return msg
+
+
+BAD_IMAGES = {  # problem -> (encoding, width, height, step, data bytes)
+    "unsupported image encoding": ("32FC1", WIDTH, HEIGHT, WIDTH * 4, WIDTH * HEIGHT * 4),
+    "is empty": ("rgb8", 0, 0, 0, 0),
+    "image data has": ("rgb8", WIDTH, HEIGHT, WIDTH * 3, WIDTH * HEIGHT * 3 // 2),
+}
+
+
+def test_bad_images_are_counted_and_logged_once_per_problem(ros):
+    sensor = Sensor(ros)
+    sensor.send_good()
+    dropped = 0
+    for encoding, width, height, step, size in BAD_IMAGES.values():
+        for _ in range(2):  # the same problem twice: one log line
+            dropped += 1
+            sensor.send_bad(_image(ros, encoding, width, height, step, size), dropped)
+        packet = sensor.send_good()  # and the node still encodes
+        assert (packet.width, packet.height) == (WIDTH, HEIGHT)
+
+    stats = ros.wait_stats(sensor.stats, lambda m: m.received == 10 and m.processed == 4,
+                           "final sensor stats")
+    assert drops_of(stats) == {"bad_image": 6}
+    assert stats.dropped == 6
+    assert sensor.node.stop() == 0
+    log = sensor.node.stderr()
+    assert "Traceback" not in log
+    errors = [line for line in log.splitlines() if "[ERROR]" in line]
+    assert len(errors) == len(BAD_IMAGES), errors
+    for problem in BAD_IMAGES:
+        assert sum(problem in line for line in errors) == 1, (problem, errors)
+
+
+START_UP_ERRORS = [  # executable, parameters, what the one-line error must name
+    ("sac_sensor", ["-p", "mask_source:=model", "-p", "model:={missing}"], "{missing}"),
+    ("sac_sensor", ["-p", "gop:=0"], "gop"),
+    ("sac_sensor", ["-p", "codec:=vp9"], "vp9"),
+    ("sac_sensor", ["-p", "roi_crf:=60.0"], "roi_crf"),
+    ("sac_ecu", ["-p", "qos_depth:=0"], "qos_depth"),
+]
+
+
+@pytest.mark.parametrize(("executable", "args", "fragment"), START_UP_ERRORS,
+                         ids=["missing-model", "gop-0", "codec-vp9", "roi-crf-60", "ecu-depth-0"])
+def test_bad_start_up_exits_with_one_line_error(tmp_path, executable, args, fragment):
+    missing = str(tmp_path / "no_such_model.onnx")
+    args = [a.format(missing=missing) for a in args]
+    domain, namespace = rh.unique_ids()
+    env = {**rh.os.environ, "ROS_DOMAIN_ID": str(domain),
+           "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "ROS_LOG_DIR": str(tmp_path / "log")}
+    result = subprocess.run(
+        [sys.executable, "-m", rh.EXECUTABLES[executable], "--ros-args", "-r",
+         f"__ns:={namespace}", *args], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode not in (0, None), result
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"{executable}: error: "), lines[0]
+    assert fragment.format(missing=missing) in lines[0], lines[0]

@@ -1,0 +1,99 @@
+"""The shipped default model on the held-out frames, and the CLI around it (real ORT)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from sac_ros.config import load_segmentation_config
+from sac_ros.core.io import load_clip
+from sac_ros.core.mask import block_mask
+from sac_ros.segmentation import load_segmenter
+
+
+def one_line_error(result, command, fragment):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"sac {command}: error: ") and fragment in lines[0], lines[0]
+
+
+def test_default_model_meets_the_heldout_target(run_sac, tmp_path):
+    """Acceptance: block-level iIoU >= 0.90 on the held-out part of the evaluation set."""
+    result = run_sac("eval-seg", "--model", "default", "--split", "heldout", "--runs", "1",
+                     "--json", tmp_path / "seg.json", timeout=300)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads((tmp_path / "seg.json").read_text())
+    assert figures["frames"] >= 10
+    assert figures["block_iiou"] >= 0.90, figures
+    assert figures["pixel_iiou"] >= 0.80, figures
+    assert 0.0 < figures["latency_ms_median"] < 5000
+    assert "block  iIoU" in result.stdout and "latency" in result.stdout
+    assert f"{figures['block_iiou']:.4f}" in result.stdout
+
+
+def test_eval_seg_bad_input(run_sac, tmp_path):
+    one_line_error(run_sac("eval-seg", "--model", tmp_path / "none.onnx"), "eval-seg",
+                   "does not exist")
+    one_line_error(run_sac("eval-seg", "--input-size", "1000x500"), "eval-seg",
+                   "multiples of 32")
+
+
+def test_default_model_as_mask_source_on_sample_footage():
+    clip = load_clip("sample", 0, 2)
+    segmenter = load_segmenter(load_segmentation_config(), "default")
+    source = segmenter.mask_source()
+    for index, frame in enumerate(clip.frames):
+        blocks = block_mask(source.roi_pixels(index, frame))
+        assert blocks.shape == (34, 60)
+        # the road below the horizon is ROI, the sky at the top is not
+        assert blocks[-8:, 10:50].mean() > 0.9
+        assert blocks[:6].mean() < 0.1
+        np.testing.assert_array_equal(blocks, segmenter.block_roi(frame))
+
+
+def test_sac_eval_takes_the_model_as_mask_source(run_sac, tiny_config, tmp_path):
+    result = run_sac("eval", "sample", "--frames", "2", "--codecs", "h264", "--config",
+                     tiny_config, "--model", "default", "--out", tmp_path / "out",
+                     "--no-progress", timeout=600)
+    assert result.returncode == 0, result.stderr
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert data["mask"].startswith("segmenter sac_roi_default.onnx")
+    one_line_error(run_sac("eval", "sample", "--frames", "2", "--model", "default",
+                           "--labels", tmp_path), "eval", "not both")
+    one_line_error(run_sac("eval", "sample", "--frames", "2", "--model",
+                           tmp_path / "absent.engine"), "eval", "does not exist")
+
+
+@pytest.mark.skipif("not __import__('importlib').util.find_spec('tensorrt')",
+                    reason="needs tensorrt, pycuda and an NVIDIA GPU (none on this machine)")
+def test_tensorrt_engine_matches_onnxruntime(run_sac, tmp_path):
+    """On a GPU machine: build an FP16 engine from the default model and validate it."""
+    pytest.importorskip("pycuda.driver", reason="needs pycuda")
+    result = run_sac("export", "default", "--engine", tmp_path / "default.engine",
+                     "--min-shape", "512x256", "--opt-shape", "1024x512", "--max-shape",
+                     "1280x736", "--frames", "4", "--json", tmp_path / "trt.json", timeout=900)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "trt.json").read_text())["engine"]
+    assert report["block_agreement"] > 0.99 and report["class_agreement"] > 0.99
+    assert report["model_fps"] > 0
+    # a frame larger than the profile is resized into it by default ...
+    cfg = dict(load_segmentation_config(), on_size_mismatch="error")
+    segmenter = load_segmenter(cfg, tmp_path / "default.engine")
+    big = np.zeros((1440, 2560, 3), np.uint8)
+    from sac_ros.core.errors import SacError
+
+    with pytest.raises(SacError, match="outside the model's input profile"):
+        segmenter.block_roi(big)
+    resized = load_segmenter(load_segmentation_config(), tmp_path / "default.engine")
+    assert resized.block_roi(big).shape == (90, 160)
+    # ... and an engine claiming another TensorRT version is refused before loading
+    sidecar = tmp_path / "default.engine.json"
+    info = json.loads(sidecar.read_text())
+    info["tensorrt_version"] = "0.0.1"
+    sidecar.write_text(json.dumps(info))
+    with pytest.raises(SacError, match="built with TensorRT 0.0.1.*sac export"):
+        load_segmenter(load_segmentation_config(), tmp_path / "default.engine")
