@@ -26,6 +26,9 @@ setup(
         "matplotlib",
         "onnxruntime",
         "onnx",
+        "rosbags>=0.10",  # ROS 2 bags (MCAP / sqlite3) without rosbag2: sac bag, sac report
+        "mcap",  # independent MCAP reader, used by the bag tests
+        "mcap-ros2-support",
     ],
     # the default segmentation model and the hand-labelled evaluation set ship in the package
     package_data={"sac_ros.segmentation": ["models/*.onnx", "data/evalset/*.json"]},

@@ -173,8 +173,11 @@ def rate_gop(section: dict[str, Any], fps: float) -> int:
 
 def rate_controller(section: dict[str, Any], target_bps: float, fps: float, gop: int,
                     mode: str, width: int | None = None, height: int | None = None,
-                    block_size: int = 16) -> RateController:
-    """A ``RateController`` for one camera from the (validated) ``ratecontrol`` section."""
+                    block_size: int = 16, roi_share: float | None = None) -> RateController:
+    """A ``RateController`` for one camera from the (validated) ``ratecontrol`` section.
+
+    ``roi_share``: the first mask's ROI block fraction, for the first GOP's VBV split.
+    """
     spread = section["spread"].get(mode, 0.0)
     low, high = section["roi_crf_range"]
     return RateController(
@@ -183,7 +186,7 @@ def rate_controller(section: dict[str, Any], target_bps: float, fps: float, gop:
         vbv_buffer_s=section["vbv_buffer_s"], margin=section["margin"], roi_crf_min=low,
         roi_crf_max=high, non_roi_crf_max=section["non_roi_crf_max"],
         halving_crf=section["halving_crf"], max_step=section["max_step"], width=width,
-        height=height, block_size=block_size)
+        height=height, block_size=block_size, roi_share=roi_share)
 
 
 # ------------------------------------------------------------------ segmentation

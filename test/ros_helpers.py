@@ -85,11 +85,13 @@ def roi_pixels_of(packet: SacPacket) -> np.ndarray:
 
 
 def image_pixels(msg: Image) -> np.ndarray:
+    """The pixels of an rgb8 Image message without row padding."""
     assert msg.encoding == "rgb8" and msg.step == msg.width * 3, (msg.encoding, msg.step)
     return np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.width, 3)
 
 
 def psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:
+    """RGB PSNR (peak 255) over the pixels where ``where`` is True."""
     err = np.square(a.astype(np.float64) - b.astype(np.float64)).mean(axis=2)[where]
     mse = float(err.mean())
     return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
@@ -120,7 +122,6 @@ class NodeProcess:
 
     def __init__(self, label: str, cmd: list[str], env: dict, log_dir: Path):
         self.label = label
-        self.cmd = cmd
         self.stdout_path = log_dir / f"{label}.stdout"
         self.stderr_path = log_dir / f"{label}.stderr"
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
@@ -202,10 +203,13 @@ class RosHarness:
                     "RCUTILS_COLORIZED_OUTPUT": "0", "RCUTILS_LOGGING_BUFFERED_STREAM": "0"}
         self.env.pop("FASTDDS_BUILTIN_TRANSPORTS", None)  # default transports (see the notes)
         self.children: list[NodeProcess] = []
-        self.expected_exit: set[str] = set()
         self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=self.domain_id,
-                   signal_handler_options=SignalHandlerOptions.NO)
+        try:
+            rclpy.init(context=self.context, domain_id=self.domain_id,
+                       signal_handler_options=SignalHandlerOptions.NO)
+        except Exception:
+            self._restore_env()
+            raise
         self.node = rclpy.create_node("sac_test_driver", namespace=self.namespace,
                                       context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
@@ -220,21 +224,19 @@ class RosHarness:
             pass
 
     # ---------------------------------------------------------------- processes
-    def start(self, executable: str, params: dict | None = None, label: str | None = None,
-              extra_args: list[str] | None = None) -> NodeProcess:
+    def start(self, executable: str, params: dict | None = None) -> NodeProcess:
         """Start a node executable (sac_sensor, sac_ecu, ...) in this harness's namespace."""
         cmd = [sys.executable, "-m", EXECUTABLES[executable], "--ros-args",
                "-r", f"__ns:={self.namespace}"]
         for key, value in (params or {}).items():
             cmd += ["-p", f"{key}:={format_param(value)}"]
-        cmd += extra_args or []
-        child = NodeProcess(label or executable, cmd, self.env, self.log_dir)
+        child = NodeProcess(executable, cmd, self.env, self.log_dir)
         self.children.append(child)
         return child
 
     def check_children(self) -> None:
         for child in self.children:
-            if not child.running and child.label not in self.expected_exit:
+            if not child.running:
                 raise AssertionError(f"node process died: {child.describe()}")
 
     def close(self) -> None:
@@ -248,11 +250,14 @@ class RosHarness:
             self.node.destroy_node()
             self.context.try_shutdown()
             self._spinner.join(timeout=5.0)
-            for key, value in self._saved_env.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+            self._restore_env()
+
+    def _restore_env(self) -> None:
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
     # ---------------------------------------------------------------- endpoints
     def topic(self, name: str) -> str:
@@ -323,7 +328,7 @@ class RosHarness:
 
     def wait_stats(self, stats: Collector, condition: Callable[[SacStats], bool], what: str,
                    after_ns: int = 0, timeout: float = STATS_TIMEOUT) -> SacStats:
-        """The first stats message published after ``after_ns`` that meets ``condition``."""
+        """The latest stats message published after ``after_ns`` that meets ``condition``."""
         def find():
             for msg in reversed(stats.messages):
                 if stamp_ns(msg.header) > after_ns and condition(msg):

@@ -14,7 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from bags_fixtures import make_cityscapes, make_kitti, make_video, one_line_error, sac
+from bags_fixtures import (
+    make_cityscapes,
+    make_kitti,
+    make_video,
+    one_line_error,
+    sac,
+    sac_inprocess,
+)
 from PIL import Image
 
 from sac_ros.bags.bagio import BagWriter, open_bag
@@ -202,15 +209,16 @@ def test_typestore_hashes_match_rosidl():
 
 # ------------------------------------------------------------------ bad input
 
-def test_existing_output_is_refused_then_replaced(cityscapes, tmp_path):
+def test_existing_output_is_refused_then_replaced(cityscapes, tmp_path, capsys):
     root, _ = cityscapes
     out = tmp_path / "out"
     out.mkdir()
     (out / "metadata.yaml").write_text("old")
-    one_line_error(sac("bag", "convert", root, out, "--no-progress"), "bag", "already exists")
+    one_line_error(sac_inprocess(capsys, "bag", "convert", root, out, "--no-progress"), "bag",
+                   "already exists")
     assert (out / "metadata.yaml").read_text() == "old"
-    result = sac("bag", "convert", root, out, "--overwrite", "--max-frames", "2",
-                 "--no-progress")
+    result = sac_inprocess(capsys, "bag", "convert", root, out, "--overwrite", "--max-frames",
+                           "2", "--no-progress")
     assert result.returncode == 0, result.stderr
     with open_bag(out) as reader:
         assert reader.message_count == 2
@@ -218,7 +226,7 @@ def test_existing_output_is_refused_then_replaced(cityscapes, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["neither", "cs_gap", "kitti_gap", "mixed", "label_size"])
-def test_bad_datasets(tmp_path, case):
+def test_bad_datasets(tmp_path, case, capsys):
     if case == "neither":
         (tmp_path / "data" / "pics").mkdir(parents=True)
         Image.new("RGB", (32, 32)).save(tmp_path / "data" / "pics" / "a.png")
@@ -241,12 +249,14 @@ def test_bad_datasets(tmp_path, case):
         label = next((tmp_path / "data" / "gtFine").rglob("*.png"))
         Image.new("L", (10, 10)).save(label)
         fragment = "label ulm_000000_000000_gtFine_labelIds.png is 10x10 but its frame is 80x48"
-    result = sac("bag", "convert", tmp_path / "data", tmp_path / "out", "--no-progress")
+    args = ("bag", "convert", tmp_path / "data", tmp_path / "out", "--no-progress")
+    # One case through the installed console script, the others in-process (faster).
+    result = sac(*args) if case == "neither" else sac_inprocess(capsys, *args)
     one_line_error(result, "bag", fragment)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
-def test_failure_mid_write_leaves_nothing(tmp_path):
+def test_failure_mid_write_leaves_nothing(tmp_path, capsys):
     """A frame that cannot be decoded half-way: the partial bag is closed and removed."""
     data = make_cityscapes(tmp_path / "data", [("train", "ulm", 0, 0, 4, set())])
     data["frames"][2][0].write_bytes(b"\x89PNG\r\n\x1a\n broken")
@@ -254,15 +264,15 @@ def test_failure_mid_write_leaves_nothing(tmp_path):
         convert(str(tmp_path / "data"), tmp_path / "out", ConvertOptions())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
     # The same through the CLI, and a video that is not one.
-    one_line_error(sac("bag", "convert", tmp_path / "data", tmp_path / "out", "--no-progress"),
-                   "bag", "cannot read image")
+    one_line_error(sac_inprocess(capsys, "bag", "convert", tmp_path / "data", tmp_path / "out",
+                                 "--no-progress"), "bag", "cannot read image")
     (tmp_path / "bad.mp4").write_bytes(b"not a video")
-    one_line_error(sac("bag", "convert", tmp_path / "bad.mp4", tmp_path / "out"), "bag",
-                   "cannot read video")
+    one_line_error(sac_inprocess(capsys, "bag", "convert", tmp_path / "bad.mp4",
+                                 tmp_path / "out"), "bag", "cannot read video")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.mp4", "data"]
 
 
-def test_bag_with_unknown_type_reads_definitions_from_the_bag(tmp_path):
+def test_bag_with_unknown_type_reads_definitions_from_the_bag(tmp_path, capsys):
     """A type neither Kilted nor sac_ros: `info` and our reader use the bag's definition;
     `play` refuses it clearly (rclpy cannot publish it); `report` says what is missing."""
     from rosbags.typesys import Stores, get_types_from_msg, get_typestore
@@ -285,13 +295,28 @@ def test_bag_with_unknown_type_reads_definitions_from_the_bag(tmp_path):
         (conn, _, raw), = list(reader.messages())
         msg = reader.deserialize(raw, conn.msgtype)
     assert (msg.speed, list(msg.tags), msg.header.frame_id) == (12.5, ["a", "b"], "base")
-    info = sac("bag", "info", out, "--json")
+    info = sac_inprocess(capsys, "bag", "info", out, "--json")
     assert info.returncode == 0, info.stderr
     assert json.loads(info.stdout)["topics"] == [
         {"topic": "/odo", "type": "acme_msgs/msg/Odo", "messages": 1, "definition": "bag"}]
-    one_line_error(sac("bag", "play", out, "--no-progress"), "bag",
+    one_line_error(sac_inprocess(capsys, "bag", "play", out, "--no-progress"), "bag",
                    "cannot publish /odo: acme_msgs/msg/Odo is not installed for rclpy")
-    one_line_error(sac("report", out, "--out", tmp_path / "rep", "--no-progress"), "report",
-                   "no sac_ros/msg/SacPacket topic")
-    one_line_error(sac("bag", "info", tmp_path), "bag", "is not a ROS 2 bag")
+    one_line_error(sac_inprocess(capsys, "report", out, "--out", tmp_path / "rep",
+                                 "--no-progress"), "report", "no sac_ros/msg/SacPacket topic")
+    one_line_error(sac_inprocess(capsys, "bag", "info", tmp_path), "bag", "is not a ROS 2 bag")
     shutil.rmtree(out)
+
+
+def test_conversion_and_report_import_without_ros():
+    """Conversion, reading and the report are ROS-free: importing them loads no rclpy."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import sac_ros.bags.convert, sac_ros.bags.info, sac_ros.report.report, "
+            "sac_ros.report.reproduce, sac_ros.cli.main; "
+            "ros = ('rclpy', 'sensor_msgs', 'sac_ros.msg'); "
+            "bad = [m for m in sys.modules if m.startswith(ros)]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -85,7 +85,7 @@ def test_late_joining_ecu_starts_at_a_key_frame(ros, encoded):
     first = ecu.outputs.messages[0]
     assert packets[ecu.sent[rh.stamp_ns(first.header)]].key_frame
     decoded = rh.image_pixels(first)
-    assert rh.psnr(decoded, frames[10], np.ones(decoded.shape[:2], bool)) > 30.0
+    assert rh.psnr(decoded, frames[10], rh.roi_pixels_of(packets[10])) > 30.0
     stats = ecu.final_stats(received=10)
     # Joining late is not loss: nothing counted as lost, the non-key packets waited.
     assert drops_of(stats) == {"waiting_for_key_frame": 3}
@@ -103,8 +103,8 @@ def test_lost_packet_recovers_at_next_key_frame(ros, encoded):
     assert ecu.output_seqs() == [*range(0, 7), *range(10, 15)]
     by_seq = {seq: rh.image_pixels(m) for seq, m in zip(ecu.output_seqs(),
                                                         ecu.outputs.messages, strict=True)}
-    full = np.ones((HEIGHT, WIDTH), bool)
-    assert rh.psnr(by_seq[10], frames[10], full) > 30.0  # resumed with the right picture
+    # Resumed with the right picture (the previous frame would score about 26 dB).
+    assert rh.psnr(by_seq[10], frames[10], rh.roi_pixels_of(packets[10])) > 30.0
     stats = ecu.final_stats(received=14)
     assert drops_of(stats) == {"lost": 1, "waiting_for_key_frame": 2}
     assert stats.processed == 12
@@ -157,7 +157,7 @@ def test_malformed_packets_are_counted_and_survived(ros, encoded):
     assert ecu.node.running
     assert ecu.output_seqs() == [0, 1, 2, 3, 4, 15, 16, 17]
     decoded = rh.image_pixels(ecu.outputs.messages[5])
-    assert rh.psnr(decoded, frames[15], np.ones((HEIGHT, WIDTH), bool)) > 30.0
+    assert rh.psnr(decoded, frames[15], rh.roi_pixels_of(packets[15])) > 30.0
     stats = ecu.final_stats(received=18)
     assert drops_of(stats) == {"malformed": 3, "decode_error": 1, "waiting_for_key_frame": 6}
     assert stats.processed == 8

@@ -40,7 +40,9 @@ def test_two_cameras_through_the_runner(tmp_path):
     config = yaml.safe_load((REPO / "config" / "pipeline.yaml").read_text())
     config["sac_pipeline"]["ros__parameters"].update(cameras=["cam_a", "cam_b"],
                                                      perception=False)
-    config["/**/sac_sensor"]["ros__parameters"].update(gop=5, fps=10)
+    # GOP 2: should the sensor's packet writer match an ECU late (discovery), frames still
+    # come out from the next key frame on.
+    config["/**/sac_sensor"]["ros__parameters"].update(gop=2, fps=10)
     config["/**/sac_video_source"]["ros__parameters"]["fps"] = 10.0  # a folder plays at 30
     config_path = tmp_path / "pipeline.yaml"
     config_path.write_text(yaml.safe_dump(config))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -55,8 +56,11 @@ def test_crf_change_at_run_time_applies_at_next_key_frame(ros):
     # Out of range: rejected with a reason, the old value kept.
     results = ros.set_parameters("sac_sensor", roi_crf=60.0)
     assert len(results) == 1 and not results[0].successful
-    assert "roi_crf" in results[0].reason or "range" in results[0].reason, results[0].reason
+    assert "roi_crf" in results[0].reason, results[0].reason
     assert ros.get_parameters("sac_sensor", "roi_crf") == [26.5]
+    results = ros.set_parameters("sac_sensor", gop=3)  # fixed at start-up
+    assert len(results) == 1 and not results[0].successful and results[0].reason
+    assert ros.get_parameters("sac_sensor", "gop") == [GOP]
     packets += [sensor.send_good() for _ in range(6)]  # seq 12-17: key frame at 15
 
     assert [p.seq for p in packets] == list(range(18))
@@ -74,34 +78,34 @@ def _image(ros, encoding: str, width: int, height: int, step: int, size: int) ->
     return msg
 
 
-BAD_IMAGES = {  # problem -> (encoding, width, height, step, data bytes)
-    "unsupported image encoding": ("32FC1", WIDTH, HEIGHT, WIDTH * 4, WIDTH * HEIGHT * 4),
-    "is empty": ("rgb8", 0, 0, 0, 0),
-    "image data has": ("rgb8", WIDTH, HEIGHT, WIDTH * 3, WIDTH * HEIGHT * 3 // 2),
-}
+BAD_IMAGES = [  # (problem, encoding, width, height, step, data bytes)
+    ("unsupported image encoding", "32FC1", WIDTH, HEIGHT, WIDTH * 4, WIDTH * HEIGHT * 4),
+    ("is empty", "rgb8", 0, 0, 0, 0),
+    ("image data has", "rgb8", WIDTH, HEIGHT, WIDTH * 3, WIDTH * HEIGHT * 3 // 2),
+    ("image data has", "rgb8", WIDTH, HEIGHT, WIDTH * 3, 100),  # same problem, new numbers
+]
+PROBLEMS = sorted({problem for problem, *_ in BAD_IMAGES})
 
 
 def test_bad_images_are_counted_and_logged_once_per_problem(ros):
     sensor = Sensor(ros)
     sensor.send_good()
-    dropped = 0
-    for encoding, width, height, step, size in BAD_IMAGES.values():
-        for _ in range(2):  # the same problem twice: one log line
-            dropped += 1
-            sensor.send_bad(_image(ros, encoding, width, height, step, size), dropped)
-        packet = sensor.send_good()  # and the node still encodes
+    for dropped, (_, *layout) in enumerate(BAD_IMAGES, start=1):
+        sensor.send_bad(_image(ros, *layout), dropped)
+        packet = sensor.send_good()  # the node still encodes
         assert (packet.width, packet.height) == (WIDTH, HEIGHT)
 
-    stats = ros.wait_stats(sensor.stats, lambda m: m.received == 10 and m.processed == 4,
-                           "final sensor stats")
-    assert drops_of(stats) == {"bad_image": 6}
-    assert stats.dropped == 6
+    bad, good = len(BAD_IMAGES), len(BAD_IMAGES) + 1
+    stats = ros.wait_stats(sensor.stats, lambda m: m.received == bad + good and
+                           m.processed == good, "final sensor stats")
+    assert drops_of(stats) == {"bad_image": bad}
+    assert stats.dropped == bad
     assert sensor.node.stop() == 0
     log = sensor.node.stderr()
     assert "Traceback" not in log
     errors = [line for line in log.splitlines() if "[ERROR]" in line]
-    assert len(errors) == len(BAD_IMAGES), errors
-    for problem in BAD_IMAGES:
+    assert len(errors) == len(PROBLEMS), errors  # one per problem, not one per frame
+    for problem in PROBLEMS:
         assert sum(problem in line for line in errors) == 1, (problem, errors)
 
 
@@ -111,16 +115,18 @@ START_UP_ERRORS = [  # executable, parameters, what the one-line error must name
     ("sac_sensor", ["-p", "codec:=vp9"], "vp9"),
     ("sac_sensor", ["-p", "roi_crf:=60.0"], "roi_crf"),
     ("sac_ecu", ["-p", "qos_depth:=0"], "qos_depth"),
+    ("sac_video_source", ["-p", "fps:=-1.0"], "fps"),
 ]
 
 
 @pytest.mark.parametrize(("executable", "args", "fragment"), START_UP_ERRORS,
-                         ids=["missing-model", "gop-0", "codec-vp9", "roi-crf-60", "ecu-depth-0"])
+                         ids=["missing-model", "gop-0", "codec-vp9", "roi-crf-60", "ecu-depth-0",
+                              "source-fps"])
 def test_bad_start_up_exits_with_one_line_error(tmp_path, executable, args, fragment):
     missing = str(tmp_path / "no_such_model.onnx")
     args = [a.format(missing=missing) for a in args]
     domain, namespace = rh.unique_ids()
-    env = {**rh.os.environ, "ROS_DOMAIN_ID": str(domain),
+    env = {**os.environ, "ROS_DOMAIN_ID": str(domain),
            "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "ROS_LOG_DIR": str(tmp_path / "log")}
     result = subprocess.run(
         [sys.executable, "-m", rh.EXECUTABLES[executable], "--ros-args", "-r",

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sac_ros.bags.bagio import open_bag
+from sac_ros.bags.timing import theil_sen
 from sac_ros.bags.types import message_class
 from sac_ros.core.errors import SacError
 
@@ -45,16 +46,30 @@ class PlayResult:
     wall_span_s: float = 0.0           # wall time between them
     loops: int = 0
     max_late_ms: float = 0.0           # worst lateness of a publish against its schedule
+    publishes: list[tuple[float, float]] = field(default_factory=list, repr=False)
 
     @property
     def achieved_rate(self) -> float:
-        """Bag seconds played per wall second (1.0 = real time)."""
+        """Bag seconds played per wall second, first to last publish (1.0 = real time)."""
         return self.bag_span_s / self.wall_span_s if self.wall_span_s > 0 else float("nan")
+
+    @property
+    def publish_rate(self) -> float:
+        """Bag seconds per wall second as the Theil-Sen slope over every publish."""
+        return theil_sen([w for w, _ in self.publishes], [b for _, b in self.publishes])
+
+    def record(self, requested: float) -> dict:
+        return {"published": self.published, "skipped": self.skipped,
+                "clock_messages": self.clock_messages, "loops": self.loops,
+                "bag_span_s": self.bag_span_s, "wall_span_s": self.wall_span_s,
+                "max_late_ms": self.max_late_ms, "achieved_rate": self.achieved_rate,
+                "publish_rate": self.publish_rate, "requested_rate": requested}
 
     def summary(self, requested: float) -> str:
         lines = [f"played {sum(self.published.values())} messages in {self.wall_span_s:.3f} s "
-                 f"({self.loops} pass(es)); rate {self.achieved_rate:.4f}x "
-                 f"(requested {requested:g}x), worst lateness {self.max_late_ms:.1f} ms"]
+                 f"({self.loops} pass(es)); rate {self.publish_rate:.4f}x over all publishes, "
+                 f"{self.achieved_rate:.4f}x first to last (requested {requested:g}x), "
+                 f"worst lateness {self.max_late_ms:.1f} ms"]
         lines += [f"  {topic}: {count}" for topic, count in self.published.items()]
         lines += [f"  skipped {topic}: {why}" for topic, why in self.skipped.items()]
         if self.clock_messages:
@@ -178,7 +193,10 @@ def _play(reader, options: PlayOptions, progress, log) -> PlayResult:
                 while True:
                     now = time.monotonic()
                     if clock_pub is not None and next_clock <= min(now, target):
-                        bag_now = first_ns + round((next_clock - wall0) * options.rate * 1e9)
+                        # Bag time of this pass (it jumps back when a loop restarts, as
+                        # rosbag2's does).
+                        elapsed = (next_clock - wall0) * options.rate - pass_offset
+                        bag_now = first_ns + round(max(0.0, elapsed) * 1e9)
                         _publish_clock(clock_pub, bag_now)
                         result.clock_messages += 1
                         next_clock += clock_period
@@ -192,6 +210,7 @@ def _play(reader, options: PlayOptions, progress, log) -> PlayResult:
                 result.max_late_ms = max(result.max_late_ms, (done - target) * 1e3)
                 result.published[names[conn.topic]] += 1
                 last_bag_s, last_wall = bag_s, done
+                result.publishes.append((done - wall0, bag_s))
                 played += 1
                 if progress is not None:
                     progress(1)

@@ -14,18 +14,23 @@ time x rate).
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sac_ros.bags.bagio import BagWriter, open_bag
 from sac_ros.bags.record import Recorder, camera_topics
 from sac_ros.core.errors import SacError
 
 DRAIN_IDLE_S = 2.0
+SETTLE_S = 0.5           # after discovery, before the first frame (reliable handshakes)
 FINAL_STATS_S = 1.5
 
 
@@ -111,19 +116,23 @@ def run_pipeline(source_bag: str, output: str, options: RunOptions,
             _wait_ready(node, recorder, namespaces, input_name, children, options)
             cmd = [sys.executable, "-m", "sac_ros.cli.main", "bag", "play", source_bag,
                    "--rate", repr(options.rate), "--wait-timeout",
-                   str(options.startup_timeout)]
+                   str(options.startup_timeout), "--delay", str(SETTLE_S)]
             for topic in inputs:
                 cmd += ["--wait-for", f"{topic}={expected}"]
             wanted = [t for t in record_topics if t in source["all"]]
             cmd += ["--topics", *wanted]
             if not options.progress:
                 cmd.append("--no-progress")
+            play_json = Path(tempfile.mkdtemp(prefix="sac_bag_run_")) / "play.json"
+            cmd += ["--json", str(play_json)]
             log(f"sac bag run: playing {source_bag} at {options.rate:g}x into "
                 f"{', '.join(inputs)}")
             player = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
             if player.returncode != 0:
                 raise SacError(f"sac bag play failed (exit {player.returncode})")
             play_summary = player.stdout.strip()
+            play_record = json.loads(play_json.read_text())
+            shutil.rmtree(play_json.parent, ignore_errors=True)
             _drain(recorder, namespaces, children)
             recorder.close()
             if recorder.failure is not None:
@@ -138,8 +147,11 @@ def run_pipeline(source_bag: str, output: str, options: RunOptions,
         if rclpy.ok():
             rclpy.shutdown()
         children.stop()
-    return _summary(output, source, namespaces, input_name, options, play_summary,
-                    time.monotonic() - started)
+    summary = _summary(output, source, namespaces, input_name, options, play_summary,
+                       time.monotonic() - started)
+    summary["player_rate"] = play_record["publish_rate"]
+    summary["player_rate_error_pct"] = 100.0 * (play_record["publish_rate"] / options.rate - 1)
+    return summary
 
 
 def _wait_ready(node, recorder: Recorder, namespaces, input_name, children, options) -> None:
@@ -191,9 +203,8 @@ def _summary(output: str, source: dict, namespaces, input_name: str, options: Ru
         record = acc.record(facts["frames"])
         span = (facts["last_ns"] - facts["first_ns"]) / 1e9
         nominal = ((facts["frames"] - 1) / span * options.rate) if span > 0 else float("nan")
-        measured = record["input_rate_hz"]
         record.update(camera=key, nominal_replay_hz=nominal,
-                      rate_error_pct=100.0 * (measured / nominal - 1.0))
+                      rate_error_pct=100.0 * (record["replay_speed"] / options.rate - 1.0))
         cameras.append(record)
     return {"source": source, "output": output, "rate": options.rate,
             "player": play_summary, "seconds": seconds, "cameras": cameras}
@@ -201,7 +212,8 @@ def _summary(output: str, source: dict, namespaces, input_name: str, options: Ru
 
 def format_run(summary: dict) -> str:
     lines = [summary["player"], f"recorded the run to {summary['output']} "
-             f"({summary['seconds']:.1f} s)"]
+             f"({summary['seconds']:.1f} s); player rate {summary['player_rate']:.4f}x "
+             f"({summary['player_rate_error_pct']:+.2f}% of the requested {summary['rate']:g}x)"]
     for cam in summary["cameras"]:
         drops = {**cam["sensor_drops"], **{f"ecu {k}": v for k, v in cam["ecu_drops"].items()}}
         verdict = ("no frame lost" if cam["unaccounted"] == 0 else
@@ -212,7 +224,8 @@ def format_run(summary: dict) -> str:
             f"{cam['sensor_received']}, {cam['packets']} packets, {cam['reconstructed']} "
             f"reconstructed, counted drops {cam['counted_drops']} "
             f"({', '.join(f'{k} {v}' for k, v in drops.items()) or 'none'}): {verdict}",
-            f"  replay rate {cam['input_rate_hz']:.3f} Hz received vs "
-            f"{cam['nominal_replay_hz']:.3f} Hz nominal ({cam['rate_error_pct']:+.2f}%)",
+            f"  replay speed {cam['replay_speed']:.4f}x as received (requested "
+            f"{summary['rate']:g}x: {cam['rate_error_pct']:+.2f}%), "
+            f"{cam['input_rate_hz']:.3f} Hz vs {cam['nominal_replay_hz']:.3f} Hz nominal",
         ]
     return "\n".join(lines)

@@ -165,8 +165,7 @@ def run_play(args) -> int:
     print(result.summary(args.rate))
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({**result.__dict__, "achieved_rate": result.achieved_rate,
-                       "requested_rate": args.rate}, handle, indent=2)
+            json.dump(result.record(args.rate), handle, indent=2)
     return 0
 
 

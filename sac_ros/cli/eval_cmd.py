@@ -50,6 +50,9 @@ def add_parser(sub) -> None:
                    help="label format: Cityscapes *_labelIds.png or KITTI-STEP panoptic (R = id)")
     p.add_argument("--model", help="segmenter as the mask source: 'default' (the shipped ONNX "
                    "model) or a .onnx/.engine/.pt path; settings from config/segmentation.yaml")
+    p.add_argument("--roi-qp-offsets", type=float, nargs="+", metavar="QP",
+                   help="roi_qp non-ROI QP offsets for the BD-rate curves, for every codec "
+                   "(default: eval.roi_qp_offsets; the first one gets the equal-bytes row)")
     p.add_argument("--target-mbps", type=float, nargs="+", metavar="MBPS",
                    help="run the rate controller at these targets (Mbit/s) instead of the "
                    "sweep: bitrate per 1-s window and ROI quality against capped uniform "
@@ -112,6 +115,8 @@ def run(args) -> int:
     ev = cfg["eval"]
     if args.target_mbps and min(args.target_mbps) <= 0:
         raise SacError("--target-mbps must be positive")
+    if any(not 0 < o <= 51 for o in args.roi_qp_offsets or []):
+        raise SacError("--roi-qp-offsets must be in (0, 51]")
     default_frames = cfg["ratecontrol"]["frames"] if args.target_mbps else ev.get("frames", 60)
     frames = args.frames if args.frames is not None else int(default_frames)
     start = args.start if args.start is not None else int(ev.get("start", 0))
@@ -133,7 +138,9 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     n = len(clip.frames)
-    offsets = {codec: [float(o) for o in ev["roi_qp_offsets"].get(codec, [])] for codec in codecs}
+    offsets = {codec: [float(o) for o in (args.roi_qp_offsets
+                                          or ev["roi_qp_offsets"].get(codec, []))]
+               for codec in codecs}
     runs_per_codec = (len(ev["crf_sweep"][codecs[0]]) * (1 + len(ev["delta_crfs"])
                                                          + len(offsets[codecs[0]])) + 5)
     bar = tqdm(total=n * runs_per_codec * len(codecs), unit="frame", desc="sac eval",

@@ -59,7 +59,8 @@ def run_rate_control(args, cfg, clip, settings, blocks, mask_description, out: P
             vbv = Vbv(cap_kbps, max(1, int(cap_kbps * float(section["vbv_buffer_s"]))))
             for mode in section["modes"]:
                 controller = rate_controller(section, target, fps, gop, mode, clip.width,
-                                             clip.height, int(cfg["mask"]["block_size"]))
+                                             clip.height, int(cfg["mask"]["block_size"]),
+                                             roi_share=float(blocks[0].mean()))
                 result = coder.run(codec, mode, 0, controller=controller)
                 stats = _window_stats(result.frame_bytes, fps, gop, target)
                 # Uniform coding under the same VBV cap, at the same bytes (+-1%).

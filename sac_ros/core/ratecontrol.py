@@ -14,13 +14,15 @@ two streams), then picks the CRFs of the next GOP:
   floor, and lets the ROI go too rather than break the cap.
 - Within a GOP a VBV cap on the encoder(s) (x264/x265 capped CRF: ``vbv-maxrate``
   = the cap, ``vbv-bufsize`` = ``vbv_buffer_s`` of it) is the hard ceiling: no window
-  of T seconds carries more than ``cap * (T + vbv_buffer_s)`` bits and the long-run
-  rate never exceeds the cap. In dual_crf the non-ROI stream's VBV share is its
+  of T seconds carries more than ``cap * (T + vbv_buffer_s)`` bits, so the long-run
+  rate never exceeds the cap (the encoder keeps the bucket's level across its reopens).
+  In dual_crf the two streams' caps add up to the cap: the non-ROI stream gets its
   predicted share, so a surge there is clipped on the non-ROI side.
 
 Rate model: bytes of a region over a GOP = ``a * blocks * 2 ** (-crf / halving)``,
 where ``a`` (bytes per block at CRF 0) is re-fitted after every GOP and ``halving``
-is the CRF step that halves the bytes (about 5 for x264 and x265 on road footage).
+is the CRF step that halves the bytes (4.7-5.7 for x264 and x265 on road footage).
+A GOP that ran into its VBV cap is counted as having needed more than it got.
 ROS-free: the sensor node and ``sac eval --target-mbps`` drive the same object.
 """
 
@@ -40,7 +42,7 @@ DEFAULT_CAP_RATIO = 1.1
 # A GOP that spent this share of its VBV allowance was clipped by the VBV: its bytes
 # understate the content, so the fit assumes it needed CENSORED_BOOST times more.
 CENSORED_LEVEL = 0.97
-CENSORED_BOOST = 1.3
+CENSORED_BOOST = 1.15
 HISTORY_GOPS = 512  # per-GOP records kept (bounded: the nodes run for days)
 LOG = logging.getLogger("sac_ros.ratecontrol")
 
@@ -79,10 +81,6 @@ def _number(value: float, what: str, low: float = 0.0, high: float = math.inf,
     return number
 
 
-def _positive(value: float, what: str) -> float:
-    return _number(value, what)
-
-
 class RateController:
     """Per-camera rate controller; see the module docstring for the policy.
 
@@ -95,22 +93,23 @@ class RateController:
                  spread: float = 9.0, cap_bps: float | None = None, vbv_buffer_s: float = 0.3,
                  margin: float = 0.03, roi_crf_min: float = 10.0, roi_crf_max: float = 36.0,
                  non_roi_crf_max: float = 51.0, halving_crf: float = 5.0,
-                 prior_bpp: float = 0.12, prior_crf: float = 23.0, max_step: float = 8.0,
-                 width: int | None = None, height: int | None = None, block_size: int = 16):
+                 prior_bpp: float = 0.25, prior_crf: float = 23.0, max_step: float = 8.0,
+                 width: int | None = None, height: int | None = None, block_size: int = 16,
+                 roi_share: float | None = None):
         if mode not in RATE_MODES:
             raise SacError(f"unknown rate-control mode '{mode}'; choose one of "
                            f"{', '.join(RATE_MODES)}")
-        self.target_bps = _positive(target_bps, "target bitrate")
-        self.fps = _positive(fps, "fps")
+        self.target_bps = _number(target_bps, "target bitrate")
+        self.fps = _number(fps, "fps")
         if isinstance(gop, bool) or not isinstance(gop, int) or gop < 1:
             raise SacError(f"gop must be a whole number of frames >= 1, got {gop!r}")
         self.gop, self.mode = int(gop), mode
         self.cap_bps = (DEFAULT_CAP_RATIO * self.target_bps if cap_bps is None
-                        else _positive(cap_bps, "cap bitrate"))
+                        else _number(cap_bps, "cap bitrate"))
         if self.cap_bps < self.target_bps:
             raise SacError(f"the cap ({self.cap_bps / 1e6:g} Mbit/s) is below the target "
                            f"({self.target_bps / 1e6:g} Mbit/s)")
-        self.vbv_buffer_s = _positive(vbv_buffer_s, "vbv_buffer_s")
+        self.vbv_buffer_s = _number(vbv_buffer_s, "vbv_buffer_s")
         self.margin = _number(margin, "margin", 0.0, 0.45, low_open=False)
         self.roi_crf_min = check_crf(roi_crf_min, "roi_crf_min")
         self.roi_crf_max = check_crf(roi_crf_max, "roi_crf_max")
@@ -121,15 +120,25 @@ class RateController:
         self.spread = 0.0 if mode == "uniform" else spread
         if self.non_roi_crf_max < self.roi_crf_max:
             raise SacError("non_roi_crf_max must not be below roi_crf_max")
-        self.halving = _positive(halving_crf, "halving_crf")
-        self.max_step = _positive(max_step, "max_step")
-        # Prior complexity (bytes per block per GOP at CRF 0) until the first GOP is seen.
-        block_bytes = _positive(prior_bpp, "prior_bpp") * block_size * block_size / 8.0
+        self.halving = _number(halving_crf, "halving_crf")
+        self.max_step = _number(max_step, "max_step")
+        # Prior complexity (bytes per block per GOP at CRF 0) until the first GOP is seen:
+        # pessimistic on purpose (road footage measured 0.13 bit/pixel at CRF 23), since a
+        # first GOP that ran into the VBV cap would say little about the content.
+        block_bytes = _number(prior_bpp, "prior_bpp") * block_size * block_size / 8.0
         self._a = [block_bytes * self.gop * 2 ** (prior_crf / self.halving)] * 2
-        self._blocks = [1.0, 0.0]  # ROI / non-ROI blocks per frame, from the packets
+        # ROI / non-ROI blocks per frame, from the packets; until then from ``roi_share``
+        # (the first mask's ROI fraction; half if not known), so that the first dual_crf
+        # caps give each stream its part.
+        total = 2.0
         if width and height:
-            self._blocks = [float(-(-width // block_size) * -(-height // block_size)), 0.0]
+            total = float(-(-width // block_size) * -(-height // block_size))
+        share = 0.5 if roi_share is None else _number(roi_share, "roi_share", 0.0, 1.0,
+                                                      low_open=False)
+        self._blocks = [total, 0.0] if mode == "uniform" else [total * share,
+                                                                total * (1.0 - share)]
         self._gop_bytes = [0, 0]
+        self._key_bytes = [0, 0]  # dual_crf: each stream's last key frame
         self._gop_blocks = [0, 0]
         self._gop_frames = 0
         self._gop_crfs: tuple[float, float] | None = None
@@ -201,18 +210,24 @@ class RateController:
         roi, non = round(roi, 3), round(non, 3)
         predicted = self.predict_bytes(roi, non)
         cap_kbps = self.cap_bps / 1000.0
+        buffer_kbit = cap_kbps * self.vbv_buffer_s
         if self.mode == "dual_crf":
-            non_share = self._region_bytes(1, non) / max(predicted, 1.0)
-            non_share = min(max(non_share, 0.02), 0.98)
-            roi_vbv = self._vbv(cap_kbps * (1.0 - non_share))
-            non_vbv = self._vbv(cap_kbps * non_share)
+            # The two caps add up to the cap. Rates split as predicted (a non-ROI surge is
+            # clipped on the non-ROI side); buffers as the last key frames did, since the
+            # buffer is there to absorb key frames and the non-ROI one is relatively big.
+            rate_share = self._region_bytes(1, non) / max(predicted, 1.0)
+            key_share = (self._key_bytes[1] / sum(self._key_bytes) if sum(self._key_bytes)
+                         else rate_share)
+            rate_share, key_share = (min(max(x, 0.02), 0.98) for x in (rate_share, key_share))
+            roi_vbv = self._vbv(cap_kbps * (1.0 - rate_share), buffer_kbit * (1.0 - key_share))
+            non_vbv = self._vbv(cap_kbps * rate_share, buffer_kbit * key_share)
         else:
-            roi_vbv, non_vbv = self._vbv(cap_kbps), None
+            roi_vbv, non_vbv = self._vbv(cap_kbps, buffer_kbit), None
         return RateDecision(roi, non, roi_vbv, non_vbv, self._bps(predicted))
 
-    def _vbv(self, maxrate_kbps: float) -> Vbv:
-        maxrate = max(1, int(maxrate_kbps))
-        return Vbv(maxrate, max(1, int(maxrate * self.vbv_buffer_s)))
+    @staticmethod
+    def _vbv(maxrate_kbps: float, bufsize_kbit: float) -> Vbv:
+        return Vbv(max(1, int(maxrate_kbps)), max(1, int(bufsize_kbit)))
 
     # ------------------------------------------------------------ feedback
     def observe(self, packet: SacPacket) -> RateDecision | None:
@@ -221,6 +236,8 @@ class RateController:
             raise SacError(f"rate controller is for {self.mode} but the packet is {packet.mode}")
         if packet.key_frame:
             self._gop_bytes, self._gop_blocks, self._gop_frames = [0, 0], [0, 0], 0
+            if packet.non_roi is not None:
+                self._key_bytes = [len(packet.roi.data), len(packet.non_roi.data)]
             non_crf = packet.non_roi.crf if packet.non_roi is not None else (
                 packet.roi.crf + packet.qp_offset)
             self._gop_crfs = (packet.roi.crf, non_crf)
@@ -230,11 +247,9 @@ class RateController:
         total_blocks = packet.block_rows * packet.block_cols
         self._gop_blocks[0] += roi_blocks
         self._gop_blocks[1] += total_blocks - roi_blocks
+        self._gop_bytes[0] += len(packet.roi.data)  # one stream: all of it, in [0]
         if packet.non_roi is not None:
-            self._gop_bytes[0] += len(packet.roi.data)
             self._gop_bytes[1] += len(packet.non_roi.data)
-        else:
-            self._gop_bytes[0] += len(packet.roi.data)
         self._gop_frames += 1
         if self._gop_frames < self.gop:
             return None
@@ -273,20 +288,18 @@ class RateController:
         blocks = [self._gop_blocks[0] / frames, self._gop_blocks[1] / frames]
         if self.mode == "uniform":
             blocks = [blocks[0] + blocks[1], 0.0]  # one region: the whole frame
-        scale = [2 ** (roi_crf / self.halving), 2 ** (non_crf / self.halving)]
+        self._blocks = blocks
         if self.mode == "dual_crf":
             # Two streams: each region's bytes are measured directly.
-            for region in (0, 1):
+            for region, crf in ((0, roi_crf), (1, non_crf)):
                 if blocks[region] >= 1:
-                    self._a[region] = spent[region] * scale[region] / blocks[region]
+                    self._a[region] = spent[region] * 2 ** (crf / self.halving) / blocks[region]
         else:
             # One stream: keep the ROI / non-ROI complexity ratio, scale both to the total.
-            self._blocks = blocks
             predicted = self.predict_bytes(roi_crf, non_crf)
             if predicted > 0:
                 factor = sum(spent) / predicted
                 self._a = [a * factor for a in self._a]
-        self._blocks = blocks
         self.gops_observed += 1
         self._check_floor()
 

@@ -91,14 +91,17 @@ def main(args=None) -> int:
     import sys
 
     import rclpy
+    from rclpy.duration import Duration
+    from rclpy.exceptions import ParameterException
 
     rclpy.init(args=args)
     try:
         node = VideoSourceNode()
         node.run()
-        time.sleep(0.5)  # let reliable transports deliver the last frames
+        # Let reliable transports deliver the last frames before the publisher goes.
+        node.publisher.wait_for_all_acked(Duration(seconds=5.0))
         node.destroy_node()
-    except SacError as exc:
+    except (SacError, ParameterException) as exc:
         print(f"sac_video_source: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sac_ros.bags.bagio import check_types, deserialize, open_bag
+from sac_ros.bags.timing import theil_sen
 from sac_ros.bags.types import IMAGE, PACKET, PERCEPTION_STATS, SAC_STATS
 from sac_ros.core.errors import SacError
 from sac_ros.core.imageconv import buffer_to_rgb
@@ -115,6 +116,7 @@ class Accounting:
     last_recv_ns: int | None = None
     first_stamp_ns: int | None = None
     last_stamp_ns: int | None = None
+    arrivals: list[tuple[int, int]] = field(default_factory=list)   # (stamp, receive) ns
 
     def record(self, source_frames: int | None = None) -> dict:
         frames = self.originals if source_frames is None else source_frames
@@ -131,15 +133,20 @@ class Accounting:
                                            else self.live_vs_offline_max_diff == 0),
             "live_vs_offline_max_diff": self.live_vs_offline_max_diff,
             "input_rate_hz": self.input_rate_hz, "nominal_rate_hz": self.nominal_rate_hz,
+            "replay_speed": self.replay_speed,
             "perception_node": self.perception,
         }
 
     @property
+    def replay_speed(self) -> float:
+        """Camera seconds per received second: the Theil-Sen slope of stamps against
+        receive times, so a few late deliveries (a busy recorder) do not skew it."""
+        return theil_sen([r for _, r in self.arrivals], [s for s, _ in self.arrivals])
+
+    @property
     def input_rate_hz(self) -> float:
         """Originals per second as received (recorder clock)."""
-        if self.originals < 2 or self.last_recv_ns == self.first_recv_ns:
-            return float("nan")
-        return (self.originals - 1) / ((self.last_recv_ns - self.first_recv_ns) / 1e9)
+        return self.nominal_rate_hz * self.replay_speed
 
     @property
     def nominal_rate_hz(self) -> float:
@@ -257,6 +264,7 @@ class _CameraState:
             acc.last_recv_ns = recv_ns
             acc.first_stamp_ns = stamp if acc.first_stamp_ns is None else acc.first_stamp_ns
             acc.last_stamp_ns = stamp
+            acc.arrivals.append((stamp, recv_ns))
             self.originals[stamp] = (image_rgb(msg).copy(), recv_ns)
             self._complete(stamp, recv_ns)
         elif role == "labels":

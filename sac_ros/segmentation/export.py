@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,9 +66,11 @@ def export_onnx(source: str | Path, onnx_path: str | Path,
     dynamic = {INPUT_NAME: {2: "height", 3: "width"}}
     dynamic.update({name: {2: f"{name}_h", 3: f"{name}_w"} for name in outputs})
     try:
-        torch.onnx.export(model, (dummy,), str(onnx_path), input_names=[INPUT_NAME],
-                          output_names=outputs, dynamic_axes=dynamic, opset_version=ONNX_OPSET,
-                          dynamo=False)
+        with warnings.catch_warnings():  # the TorchScript exporter's deprecation notices
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(model, (dummy,), str(onnx_path), input_names=[INPUT_NAME],
+                              output_names=outputs, dynamic_axes=dynamic,
+                              opset_version=ONNX_OPSET, dynamo=False)
     except Exception as exc:  # the exporter raises many types
         raise SacError(f"ONNX export of {source} failed: {' '.join(str(exc).split())[:400]}"
                        ) from None

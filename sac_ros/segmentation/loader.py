@@ -81,8 +81,7 @@ def load_segmenter(cfg: dict[str, Any] | None = None, model: str | Path | None =
                          input_size=input_size if input_size is not None else cfg["input_size"],
                          roi_threshold=cfg["roi_threshold"],
                          block_threshold=cfg["block_threshold"], normalize=normalize,
-                         on_size_mismatch=cfg["on_size_mismatch"],
-                         stride=int(meta.get("sac_stride", 32)))
+                         on_size_mismatch=cfg["on_size_mismatch"])
     except BaseException:
         engine.close()
         raise

@@ -21,6 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sac_ros.segmentation.network_meta import NETWORK_STRIDE
+
+STRIDE = NETWORK_STRIDE  # input H and W must be multiples of this
 BLOCK_STRIDE = 16
 CLASS_STRIDE = 8
 INPUT_NAME = "rgb"

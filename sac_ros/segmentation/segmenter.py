@@ -103,12 +103,16 @@ class Prediction:
     def __init__(self, segmenter: Segmenter, geometry: _Geometry, outputs: dict[str, np.ndarray]):
         self._seg = segmenter
         self._geo = geometry
-        self._outputs = outputs
+        # own float32 copies: a backend may reuse its output buffers (TensorRT's pinned
+        # memory) for the next frame, and FP16 outputs need converting anyway (these are
+        # the small low-resolution maps, not frame-sized)
+        self._outputs = {name: np.array(value, dtype=np.float32)
+                         for name, value in outputs.items()}
 
     @cached_property
     def _class_logits(self) -> np.ndarray:
-        logits = np.asarray(self._outputs[self._seg.class_output], dtype=np.float32)
-        return logits[0]  # C x h x w, or h x w for models that output ids
+        # C x h x w logits, or h x w for models that output class ids
+        return self._outputs[self._seg.class_output][0]
 
     @cached_property
     def class_map(self) -> np.ndarray:
@@ -157,7 +161,7 @@ class Prediction:
         """(rows, cols) float32 from the block head, or None when the model has none."""
         if self._seg.block_output is None:
             return None
-        cells = _sigmoid(np.asarray(self._outputs[self._seg.block_output], np.float32)[0, 0])
+        cells = _sigmoid(self._outputs[self._seg.block_output][0, 0])
         geo = self._geo
         rows, cols = block_grid(geo.height, geo.width)
         if geo.padded:
@@ -182,13 +186,14 @@ class Segmenter:
     def __init__(self, backend: Backend, class_adapter: ClassMapAdapter,
                  input_size: str | tuple[int, int] = "native", roi_threshold: float = 0.5,
                  block_threshold: float = 0.5, normalize: tuple | None = None,
-                 on_size_mismatch: str = "resize", stride: int = 32):
+                 on_size_mismatch: str = "resize", stride: int | None = None):
         self.backend = backend
         self.class_adapter = class_adapter
         self.roi_threshold = float(roi_threshold)
         self.block_threshold = float(block_threshold)
         self.on_size_mismatch = on_size_mismatch
-        self.stride = int(stride)
+        # native input: pad to the model's stride (sac metadata), else to 32
+        self.stride = int(stride or backend.metadata.get("sac_stride", 32))
         if input_size != "native":
             width, height = (int(v) for v in input_size)
             if width % self.stride or height % self.stride or width <= 0 or height <= 0:
