@@ -19,6 +19,8 @@ import time
 from sac_ros.core.errors import SacError
 from sac_ros.pipeline import EXECUTABLES, NodeSpec, load_layout, pipeline_nodes
 
+DISCOVERY_SETTLE_S = 2.5
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("pipeline", help="run the ROS 2 pipeline without ros2 launch",
@@ -167,6 +169,9 @@ def _run_with_source(args, layout, specs, children: Children, config: str) -> li
             if time.monotonic() > deadline:
                 raise SacError(f"nodes not discovered after {args.startup_timeout:g} s")
             time.sleep(0.1)
+        # The graph shows endpoints before every writer has matched every reader: sensor ->
+        # ECU matching was seen to lag by 1-2 s, which would lose the first GOP.
+        time.sleep(DISCOVERY_SETTLE_S)
         source_params = {"input": args.source, "max_frames": args.frames,
                          "wait_for_subscribers": expected_subs}
         if args.fps:  # otherwise the config's rate (whose 0 means the source's own)
