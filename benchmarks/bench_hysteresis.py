@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
-"""Temporal mask hysteresis: block flicker, bytes and ROI quality against the hold N.
+"""Temporal mask hysteresis: block flicker, bytes and quality against the hold N.
 
 Per-frame masks come from the shipped segmenter on the sample footage (its ROI edge
 moves a little from frame to frame), or with ``--jitter PX`` from the config's road
 polygon with each vertex moved by up to PX pixels per frame (a stand-in for a
-segmenter's boundary noise). Every hold N codes the same frames at fixed CRFs with
-dual_crf and roi_qp. ROI PSNR is measured over each frame's own (un-held) ROI, so the
-extra blocks a hold adds earn it nothing there.
+segmenter's boundary noise). Every hold N codes the same frames over a CRF sweep with
+dual_crf (c / c + 9) and roi_qp (c, offset from config). Quality is measured on each
+frame's own (un-held) mask for every N, so the regions compared are the same; the
+ROI BD-rate and non-ROI BD-PSNR are against N = 0 (no hysteresis), i.e. at equal bytes.
 
-    .venv/bin/python benchmarks/bench_hysteresis.py [--frames 100] [--holds 0 1 2 3 5 8]
+    .venv/bin/python benchmarks/bench_hysteresis.py [--frames 100] [--holds 0 1 2 3 5]
 """
 
 from __future__ import annotations
@@ -52,9 +53,8 @@ def code(clip, raw, held, settings, mode, roi_crf, non_roi_crf) -> dict:
             total += packet.num_bytes
             decoded = decoder.decode(packet)
             own_px = expand_blocks(own, clip.height, clip.width)
-            coded_px = expand_blocks(coded, clip.height, clip.width)
             roi.append(metrics.psnr(frame, decoded.rgb, own_px))
-            non.append(metrics.psnr(frame, decoded.rgb, ~coded_px))
+            non.append(metrics.psnr(frame, decoded.rgb, ~own_px))
     finally:
         encoder.close()
         decoder.close()
@@ -62,10 +62,14 @@ def code(clip, raw, held, settings, mode, roi_crf, non_roi_crf) -> dict:
             "non": float(np.nanmean(non))}
 
 
+def curve(clip, raw, held, settings, mode, crfs, delta) -> list[dict]:
+    return [code(clip, raw, held, settings, mode, crf, crf + delta) for crf in crfs]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--frames", type=int, default=100)
-    parser.add_argument("--holds", type=int, nargs="+", default=[0, 1, 2, 3, 5, 8])
+    parser.add_argument("--holds", type=int, nargs="+", default=[0, 1, 2, 3, 5])
     parser.add_argument("--codec", default="h264")
     parser.add_argument("--jitter", type=float, default=0.0,
                         help="use the jittered road polygon (px) instead of the segmenter")
@@ -74,23 +78,29 @@ def main() -> None:
     clip = load_clip("sample", 0, args.frames)
     settings = encoder_settings(cfg["codec"], codec=args.codec, fps=round(clip.fps))
     raw, description = raw_masks(clip, cfg, args.jitter)
-    pair = cfg["eval"]["paper_pairs"][settings.codec]
-    offset = cfg["eval"]["roi_qp_offsets"][settings.codec][0]
-    base = cfg["eval"]["uniform_reference"][settings.codec]
-    runs = (("dual_crf", pair[0], pair[1]), ("roi_qp", base, base + offset))
+    crfs = cfg["eval"]["crf_sweep"][settings.codec]
+    runs = (("dual_crf", 9.0), ("roi_qp", float(cfg["eval"]["roi_qp_offsets"][settings.codec][0])))
     print(f"{clip.width}x{clip.height}, {len(clip.frames)} frames, {settings.codec} "
           f"{settings.preset}, GOP {settings.gop}; masks: {description}")
-    print(f"fixed CRFs: dual_crf {pair[0]:g}/{pair[1]:g}, roi_qp {base:g} {offset:+g}")
+    print(f"CRF sweep {crfs}: dual_crf c / c+9, roi_qp c {runs[1][1]:+g}; kB/frame at CRF "
+          f"{crfs[1]}; BD against hold 0 on the frames' own masks")
     print(f"{'hold':>4} {'flips/frame':>11} {'ROI blocks':>10}  " + "  ".join(
-        f"{mode + ' kB/f':>14} {'ROI dB':>7} {'non dB':>7}" for mode, _, _ in runs))
+        f"{mode + ' kB/f':>14} {'ROI BD-rate':>11} {'non-ROI dB':>10}" for mode, _ in runs))
+    anchors = {}
     for hold in args.holds:
         held = hold_blocks(raw, hold)
         flips = np.mean([(a != b).sum() for a, b in zip(held[:-1], held[1:], strict=True)])
         share = np.mean([h.mean() for h in held])
         cells = []
-        for mode, roi_crf, non_crf in runs:
-            result = code(clip, raw, held, settings, mode, roi_crf, non_crf)
-            cells.append(f"{result['kb']:14.2f} {result['roi']:7.2f} {result['non']:7.2f}")
+        for mode, delta in runs:
+            points = curve(clip, raw, held, settings, mode, crfs, delta)
+            anchor = anchors.setdefault(mode, points)
+            rates = ([p["kb"] for p in anchor], [p["kb"] for p in points])
+            bd = metrics.bd_rate(rates[0], [p["roi"] for p in anchor],
+                                 rates[1], [p["roi"] for p in points])
+            non = metrics.bd_quality(rates[0], [p["non"] for p in anchor],
+                                     rates[1], [p["non"] for p in points])
+            cells.append(f"{points[1]['kb']:14.2f} {bd:+10.1f}% {non:+10.2f}")
         print(f"{hold:>4} {flips:>11.1f} {share:>10.1%}  " + "  ".join(cells), flush=True)
 
 

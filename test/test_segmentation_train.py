@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -95,9 +96,10 @@ def kitti_root(tmp_path_factory):
 
 
 def quick(dataset, root, out, **overrides):
+    # one thread: these tensors are tiny, and thread hand-offs dominate on a busy 2-core box
     values = dict(dataset=dataset, data_root=str(root), out=out, epochs=1, steps_per_epoch=20,
                   batch_size=4, crop=(128, 64), scale=(0.8, 1.0), width=0.5, progress=False,
-                  seed=0, lr=3e-3)
+                  seed=0, lr=3e-3, threads=1)
     values.update(overrides)
     return TrainSettings(**values)
 
@@ -207,8 +209,9 @@ def test_export_to_onnx_matches_torch_and_loads_everywhere(tmp_path):
 def sac(*args, cwd):
     script = Path(sys.executable).parent / "sac"
     command = [str(script)] if script.is_file() else [sys.executable, "-m", "sac_ros.cli.main"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # tiny tensors: one thread is fastest
     return subprocess.run([*command, *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env=env)
 
 
 def test_cli_train_then_export(cityscapes_root, tmp_path):

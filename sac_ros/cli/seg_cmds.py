@@ -68,6 +68,8 @@ def _add_train(sub) -> None:
     p.add_argument("--width", type=float, help="SacRoiNet channel multiplier")
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: the config's; "
+                   "1 is often fastest on a busy machine)")
     p.add_argument("--resume", help="checkpoint to continue from (e.g. OUT/last.pt)")
     p.add_argument("--onnx", help="also export the final model to this ONNX file")
     p.add_argument("--config", help="segmentation YAML (default: config/segmentation.yaml)")
@@ -84,7 +86,8 @@ def run_train(args) -> int:
         args.dataset)
     for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size),
                         ("--steps-per-epoch", args.steps_per_epoch),
-                        ("--val-limit", args.val_limit), ("--val-every", args.val_every)):
+                        ("--val-limit", args.val_limit), ("--val-every", args.val_every),
+                        ("--threads", args.threads)):
         if value is not None and value < 1:
             raise SacError(f"{flag} must be at least 1")
     settings = TrainSettings(
@@ -96,7 +99,8 @@ def run_train(args) -> int:
         lr=args.lr if args.lr is not None else recipe["lr"], betas=tuple(recipe["betas"]),
         weight_decay=recipe["weight_decay"],
         width=args.width if args.width is not None else recipe["width"],
-        seed=args.seed if args.seed is not None else recipe["seed"], threads=cfg["threads"],
+        seed=args.seed if args.seed is not None else recipe["seed"],
+        threads=args.threads if args.threads is not None else cfg["threads"],
         val_limit=args.val_limit, val_every=args.val_every, input_size=cfg["input_size"],
         resume=Path(args.resume) if args.resume else None, progress=not args.no_progress,
         non_roi_ids=_non_roi_ids(source_map) if source_map else None)
@@ -155,6 +159,10 @@ def run_export(args) -> int:
                        "TensorRT engine")
     if not 0 < args.min_class_agreement <= 1:
         raise SacError("--min-class-agreement must be in (0, 1]")
+    if args.engine:  # fail before any work when TensorRT cannot run here
+        from sac_ros.segmentation.backends.trt_backend import import_tensorrt
+
+        import_tensorrt()
     frames = export.sample_frames(args.frames, args.frames_dir)
     report: dict = {"source": str(source)}
     onnx_path = source

@@ -13,7 +13,7 @@ from sensor_msgs.msg import Image
 
 from sac_ros.core.errors import SacError
 from sac_ros.core.imageconv import buffer_to_rgb
-from sac_ros.core.sac import EncodedStream, SacPacket
+from sac_ros.core.sac import MODES, EncodedStream, SacPacket
 from sac_ros.msg import EncodedStream as EncodedStreamMsg
 from sac_ros.msg import SacPacket as SacPacketMsg
 from sac_ros.msg import SacStats
@@ -91,7 +91,7 @@ def packet_to_msg(packet: SacPacket, header) -> SacPacketMsg:
 
 def msg_to_packet(msg: SacPacketMsg) -> SacPacket:
     """Validate a packet message and turn it into the core dataclass (SacError if malformed)."""
-    if msg.mode not in ("dual_crf", "uniform"):
+    if msg.mode not in MODES:
         raise SacError(f"unknown mode '{msg.mode}'")
     if msg.width == 0 or msg.height == 0 or msg.block_size == 0 or msg.block_size % 2:
         raise SacError(f"bad geometry {msg.width}x{msg.height}, block {msg.block_size}")

@@ -167,7 +167,7 @@ def train(settings: TrainSettings) -> dict[str, Any]:
           f"{settings.batch_size} crops {settings.crop[0]}x{settings.crop[1]}", file=sys.stderr)
 
     state: dict[str, Any] = {}
-    best = -1.0
+    best = max((h["val"]["block_iiou"] for h in history if "val" in h), default=-1.0)
     for epoch in range(start_epoch, settings.epochs + 1):
         model.train()
         started = time.perf_counter()
