@@ -36,7 +36,6 @@ from sac_ros.nodes.common import (
     stamp_ns,
 )
 
-INPUT_DEPTH = 30  # camera frames the input subscription holds
 DEFAULT_POLYGON = [0.0, 1.0, 0.0, 0.60, 0.44, 0.555, 0.54, 0.555, 1.0, 0.72, 1.0, 1.0]
 
 
@@ -70,6 +69,10 @@ class SensorNode(Node):
         self.publish_mask = d("publish_mask", False, "Also publish the block mask as mono8.")
         reliability = d("qos_reliability", "reliable", "QoS reliability of all topics.",
                         choices=("reliable", "best_effort"), read_only=True)
+        input_depth = d("input_depth", 30, "Camera frames the input subscription holds. "
+                        "Deeper: every frame the node misses is counted (superseded); "
+                        "shallower: lower latency when the CPU is saturated, but DDS may "
+                        "overwrite frames uncounted.", low=1, high=1000, read_only=True)
         depth = d("qos_depth", 30, "Packet publisher queue depth (keep >= one GOP).", low=1,
                   high=1000, read_only=True)
         self.settings = EncoderSettings("h264" if self.codec == "h264" else "hevc", preset, gop,
@@ -93,7 +96,7 @@ class SensorNode(Node):
         # skips as 'superseded'; a depth of 2 let DDS overwrite frames uncounted while the
         # executor was busy (found replaying bags with perception on 2 cores).
         self.create_subscription(Image, self.input_topic, self._on_image,
-                                 qos(reliability, INPUT_DEPTH))
+                                 qos(reliability, input_depth))
         self.add_on_set_parameters_callback(self._on_parameters)
         self.create_timer(1.0, self._publish_stats)
         self._worker = LatestWorker("sac_sensor_encode", self._process,
