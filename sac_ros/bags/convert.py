@@ -93,16 +93,6 @@ class ConvertResult:
         return "\n".join(lines)
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise SacError(f"size '{text}' must look like 1024x512") from None
-    if not (16 <= width <= 16384 and 16 <= height <= 16384):
-        raise SacError(f"size {width}x{height} is outside 16-16384 pixels")
-    return width, height
-
-
 class MessageFactory:
     """rosbags message objects for one bag (built from the shared typestore)."""
 

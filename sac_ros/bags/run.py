@@ -74,7 +74,7 @@ def run_pipeline(source_bag: str, output: str, options: RunOptions,
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
-    from sac_ros.cli.pipeline_cmd import Children, _parse_params, node_command
+    from sac_ros.cli.pipeline_cmd import Children, node_command, parse_params
     from sac_ros.pipeline import load_layout, pipeline_nodes
 
     if not 0.01 <= options.rate <= 100:
@@ -86,7 +86,7 @@ def run_pipeline(source_bag: str, output: str, options: RunOptions,
     inputs = [f"{ns}/{input_name}" for ns in namespaces]
     source = _source_facts(source_bag, inputs)
     specs = pipeline_nodes(layout, options.input_topic, options.model)
-    for executable, name, value in _parse_params(options.params):
+    for executable, name, value in parse_params(options.params):
         for spec in specs:
             if spec.executable == executable:
                 spec.overrides[name] = value

@@ -60,7 +60,8 @@ def _convert_parser(sub) -> None:
 def run_convert(args) -> int:
     from tqdm import tqdm
 
-    from sac_ros.bags.convert import ConvertOptions, convert, parse_size
+    from sac_ros.bags.convert import ConvertOptions, convert
+    from sac_ros.core.io import parse_size
 
     if args.start_time < 0:
         raise SacError("--start-time must not be negative")

@@ -17,6 +17,7 @@ import sys
 import time
 
 from sac_ros.core.errors import SacError
+from sac_ros.core.io import parse_size
 from sac_ros.pipeline import EXECUTABLES, NodeSpec, load_layout, pipeline_nodes
 
 DISCOVERY_SETTLE_S = 2.5
@@ -49,7 +50,7 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _parse_params(items: list[str]) -> list[tuple[str, str, str]]:
+def parse_params(items: list[str]) -> list[tuple[str, str, str]]:
     parsed = []
     for item in items:
         target, sep, value = item.partition("=")
@@ -110,7 +111,7 @@ def run(args) -> int:
         env["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
         os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"  # this process's listener too
     specs = pipeline_nodes(layout, args.input_topic, args.model, video_source=bool(args.source))
-    for executable, name, value in _parse_params(args.param):
+    for executable, name, value in parse_params(args.param):
         for spec in specs:
             if spec.executable == executable:
                 spec.overrides[name] = value
@@ -177,10 +178,7 @@ def _run_with_source(args, layout, specs, children: Children, config: str) -> li
         if args.fps:  # otherwise the config's rate (whose 0 means the source's own)
             source_params["fps"] = args.fps
         if args.size:
-            try:
-                width, height = (int(v) for v in args.size.lower().split("x"))
-            except ValueError:
-                raise SacError(f"--size '{args.size}' must look like 1024x512") from None
+            width, height = parse_size(args.size)
             source_params.update(width=width, height=height)
         sources = [children.start(f"{spec.namespace} source",
                                   node_command(spec, config, source_params))

@@ -88,7 +88,7 @@ def run_report(args) -> int:
 def run_reproduce(args) -> int:
     from tqdm import tqdm
 
-    from sac_ros.bags.convert import parse_size
+    from sac_ros.core.io import parse_size
     from sac_ros.report.reproduce import (
         ReproduceOptions,
         format_reproduction,

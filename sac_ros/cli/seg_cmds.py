@@ -10,6 +10,7 @@ import numpy as np
 
 from sac_ros.config import load_segmentation_config
 from sac_ros.core.errors import SacError
+from sac_ros.core.io import parse_size
 
 
 def add_parsers(sub) -> None:
@@ -19,14 +20,8 @@ def add_parsers(sub) -> None:
 
 
 def _size(text: str) -> tuple[int, int]:
-    """``WxH`` -> (width, height)."""
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise SacError(f"size '{text}' must be WIDTHxHEIGHT, e.g. 1024x512") from None
-    if width <= 0 or height <= 0 or width % 32 or height % 32:
-        raise SacError(f"size {text}: width and height must be positive multiples of 32")
-    return width, height
+    """``WxH`` -> (width, height); network sizes are multiples of 32."""
+    return parse_size(text, multiple=32)
 
 
 def _input_size(text: str | None):

@@ -38,6 +38,19 @@ class Clip:
         return self.frames[0].shape[1]
 
 
+def parse_size(text: str, multiple: int = 1) -> tuple[int, int]:
+    """``WIDTHxHEIGHT`` -> (width, height), 16-16384 pixels, each a multiple of ``multiple``."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SacError(f"size '{text}' must look like 1024x512") from None
+    if not (16 <= width <= 16384 and 16 <= height <= 16384):
+        raise SacError(f"size {width}x{height} is outside 16-16384 pixels")
+    if width % multiple or height % multiple:
+        raise SacError(f"size {text}: width and height must be positive multiples of {multiple}")
+    return width, height
+
+
 def sample_video(name: str = "project_video01") -> Path:
     """Path of a bundled sample clip (the MIT-licensed Udacity dashcam footage)."""
     spec = importlib.util.find_spec(SAMPLE_PACKAGE)

@@ -147,11 +147,14 @@ class SensorNode(Node):
                 self.encoder.close()
             self.encoder = SacEncoder(width, height, self.roi_crf, self.non_roi_crf,
                                       self.settings, self.mode)
+            # The static polygon's block mask depends only on the frame size.
+            self._static_blocks = block_mask(self.mask.roi_pixels(0, rgb),
+                                             self.encoder.layout.block_size)
         start = time.perf_counter()
         if self.segmenter is not None:
             blocks = self.segmenter.block_roi(rgb)
         else:
-            blocks = block_mask(self.mask.roi_pixels(0, rgb), self.encoder.layout.block_size)
+            blocks = self._static_blocks
         segmentation_ms = (time.perf_counter() - start) * 1e3
         packet = self.encoder.encode(rgb, blocks)
         packet.segmentation_ms = segmentation_ms

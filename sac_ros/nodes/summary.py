@@ -76,6 +76,8 @@ class SummaryCollector(Node):
         self._originals: dict[str, OrderedDict] = {ns: OrderedDict() for ns in namespaces}
         self._masks: dict[str, OrderedDict] = {ns: OrderedDict() for ns in namespaces}
         self.input_topic = input_topic
+        self._last_state: tuple | None = None
+        self._last_change = time.monotonic()
         for ns in namespaces:
             prefix = ns.rstrip("/")
             self.create_subscription(Image, f"{prefix}/{input_topic}",
@@ -141,6 +143,6 @@ class SummaryCollector(Node):
         """True once every camera's output stopped changing for ``idle_s`` seconds."""
         state = tuple((c.frames_in, c.frames_out) for c in self.cameras.values())
         now = time.monotonic()
-        if state != getattr(self, "_last_state", None):
+        if state != self._last_state:
             self._last_state, self._last_change = state, now
         return now - self._last_change >= idle_s
