@@ -106,6 +106,8 @@ def run(args) -> int:
         layout.perception = False
     if args.frames < 0:
         raise SacError("--frames must be >= 0")
+    if args.size:  # checked before any node starts
+        args.size = parse_size(args.size)
     env = dict(os.environ)
     if layout.fastdds_large_data:
         env["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
@@ -178,8 +180,7 @@ def _run_with_source(args, layout, specs, children: Children, config: str) -> li
         if args.fps:  # otherwise the config's rate (whose 0 means the source's own)
             source_params["fps"] = args.fps
         if args.size:
-            width, height = parse_size(args.size)
-            source_params.update(width=width, height=height)
+            source_params.update(width=args.size[0], height=args.size[1])
         sources = [children.start(f"{spec.namespace} source",
                                   node_command(spec, config, source_params))
             for spec in specs if spec.executable == "sac_video_source"]
