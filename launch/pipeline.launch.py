@@ -14,15 +14,15 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironment
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from sac_ros.pipeline import load_layout, pipeline_nodes
+from sac_ros.pipeline import TRANSPORTS_VAR, load_layout, pipeline_nodes
 
 
 def _nodes(context):
     config = LaunchConfiguration("config").perform(context)
     layout = load_layout(config)
     actions = []
-    if layout.fastdds_large_data:
-        actions.append(SetEnvironmentVariable("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA"))
+    if layout.fastdds_transports:
+        actions.append(SetEnvironmentVariable(TRANSPORTS_VAR, layout.fastdds_transports))
     for spec in pipeline_nodes(layout,
                                input_topic=LaunchConfiguration("input_topic").perform(context),
                                model=LaunchConfiguration("model").perform(context)):

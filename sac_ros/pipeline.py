@@ -5,6 +5,7 @@ ROS-free: it only reads config/pipeline.yaml (a ROS 2 parameter file).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,9 @@ EXECUTABLES = {
     "sac_video_source": "sac_ros.nodes.video_source",
 }
 PIPELINE_KEY = "sac_pipeline"
+TRANSPORTS_VAR = "FASTDDS_BUILTIN_TRANSPORTS"
+FASTDDS_TRANSPORT_MODES = ("DEFAULT", "DEFAULTv6", "SHM", "UDPv4", "UDPv6", "LARGE_DATA",
+                           "LARGE_DATAv6", "NONE")
 
 
 @dataclass
@@ -41,7 +45,14 @@ class PipelineLayout:
     config: Path
     cameras: list[str]
     perception: bool
-    fastdds_large_data: bool
+    fastdds_transports: str  # FASTDDS_BUILTIN_TRANSPORTS for the nodes; "" = Fast DDS default
+
+    def environment(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """The environment the nodes start with: ``base`` plus the configured transports."""
+        env = dict(os.environ if base is None else base)
+        if self.fastdds_transports:
+            env[TRANSPORTS_VAR] = self.fastdds_transports
+        return env
 
 
 def default_pipeline_config() -> Path:
@@ -54,7 +65,7 @@ def load_layout(config: str | Path | None = None) -> PipelineLayout:
     section = (data.get(PIPELINE_KEY) or {}).get("ros__parameters")
     if not isinstance(section, dict):
         raise SacError(f"{path}: missing '{PIPELINE_KEY}: ros__parameters:' section")
-    unknown = set(section) - {"cameras", "perception", "fastdds_large_data"}
+    unknown = set(section) - {"cameras", "perception", "fastdds_builtin_transports"}
     if unknown:
         raise SacError(f"{path}: unknown {PIPELINE_KEY} key(s): {', '.join(sorted(unknown))}")
     cameras = section.get("cameras", [""])
@@ -67,8 +78,14 @@ def load_layout(config: str | Path | None = None) -> PipelineLayout:
     for camera in cameras:
         if camera and not all(part.isidentifier() for part in camera.split("/")):
             raise SacError(f"{path}: '{camera}' is not a valid ROS namespace")
+    transports = section.get("fastdds_builtin_transports", "")
+    if not isinstance(transports, str) or (
+            transports and transports.split("?")[0] not in FASTDDS_TRANSPORT_MODES):
+        raise SacError(f"{path}: {PIPELINE_KEY}.fastdds_builtin_transports '{transports}' must "
+                       f"be empty or one of {', '.join(FASTDDS_TRANSPORT_MODES)} (with optional "
+                       "?options)")
     return PipelineLayout(path.resolve(), cameras, bool(section.get("perception", True)),
-                          bool(section.get("fastdds_large_data", False)))
+                          transports)
 
 
 def pipeline_nodes(layout: PipelineLayout, input_topic: str = "", model: str = "",

@@ -103,6 +103,27 @@ def test_masked_mean():
     assert math.isnan(metrics.masked_mean(values, np.zeros_like(mask)))
 
 
+@pytest.mark.parametrize("height, width", [(64, 96), (37, 50), (16, 32)])
+def test_block_region_mse_equals_pixel_masked_mse(height, width):
+    from sac_ros.core.mask import expand_blocks
+
+    rng = np.random.default_rng(height)
+    reference = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    test = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    blocks = rng.random((-(-height // 16), -(-width // 16))) < 0.5
+    blocks.flat[0], blocks.flat[-1] = True, False  # both regions present
+    pixels = expand_blocks(blocks, height, width, 16)
+    roi, non_roi = metrics.block_region_mse(reference, test, blocks)
+    assert roi == pytest.approx(metrics.mse(reference, test, pixels), rel=1e-6)
+    assert non_roi == pytest.approx(metrics.mse(reference, test, ~pixels), rel=1e-6)
+    # Extreme errors do not overflow the integer sums.
+    black, white = np.zeros_like(reference), np.full_like(reference, 255)
+    assert metrics.block_region_mse(black, white, blocks) == (255.0 ** 2, 255.0 ** 2)
+    assert math.isnan(metrics.block_region_mse(black, white, np.zeros_like(blocks))[0])
+    with pytest.raises(ValueError):
+        metrics.block_region_mse(reference, test, blocks[1:])
+
+
 # ------------------------------------------------------------------ SA metrics
 
 def test_sa_metric_weights():

@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from sac_ros.cli.pipeline_cmd import node_command
-from sac_ros.pipeline import EXECUTABLES, load_layout, pipeline_nodes
+from sac_ros.core.errors import SacError
+from sac_ros.pipeline import EXECUTABLES, TRANSPORTS_VAR, load_layout, pipeline_nodes
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH = REPO / "launch" / "pipeline.launch.py"
@@ -88,6 +89,12 @@ def test_launch_file_builds_its_nodes_from_pipeline_nodes(launch_tree):
     assert _is_name(params.elts[0], "config")
     assert _is_attr(params.elts[1], "spec", "overrides")
 
+    # The nodes get the config's Fast DDS transports, as the runner's children do.
+    env_calls = _calls(launch_tree, "SetEnvironmentVariable")
+    assert len(env_calls) == 1
+    assert _is_name(env_calls[0].args[0], "TRANSPORTS_VAR")
+    assert _is_attr(env_calls[0].args[1], "layout", "fastdds_transports")
+
     # Every LaunchConfiguration used is declared.
     declared = {c.args[0].value for c in _calls(launch_tree, "DeclareLaunchArgument")}
     used = {c.args[0].value for c in _calls(launch_tree, "LaunchConfiguration")}
@@ -132,6 +139,31 @@ def test_executable_is_installed_everywhere(executable):
     programs, destination = _cmake_programs()
     assert f"bin/{executable}" in programs
     assert destination == "lib/${PROJECT_NAME}"
+
+
+def _layout_with(tmp_path, **values):
+    config = yaml.safe_load((REPO / "config" / "pipeline.yaml").read_text())
+    config["sac_pipeline"]["ros__parameters"].update(values)
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return load_layout(path)
+
+
+def test_transports_reach_the_node_environment(tmp_path):
+    shipped = load_layout()
+    assert shipped.fastdds_transports.startswith("LARGE_DATA")
+    env = shipped.environment({"PATH": "/bin"})
+    assert env == {"PATH": "/bin", TRANSPORTS_VAR: shipped.fastdds_transports}
+    # Empty: whatever the environment says (Fast DDS's default when unset).
+    layout = _layout_with(tmp_path, fastdds_builtin_transports="")
+    assert layout.environment({TRANSPORTS_VAR: "UDPv4"}) == {TRANSPORTS_VAR: "UDPv4"}
+    assert _layout_with(tmp_path, fastdds_builtin_transports="SHM").fastdds_transports == "SHM"
+
+
+@pytest.mark.parametrize("value", ["BIG_DATA", "large_data", 3])
+def test_bad_transports_are_refused(tmp_path, value):
+    with pytest.raises(SacError, match="fastdds_builtin_transports"):
+        _layout_with(tmp_path, fastdds_builtin_transports=value)
 
 
 def test_runner_command_lines_match_the_launch_nodes(tmp_path):

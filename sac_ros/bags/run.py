@@ -90,10 +90,8 @@ def run_pipeline(source_bag: str, output: str, options: RunOptions,
         for spec in specs:
             if spec.executable == executable:
                 spec.overrides[name] = value
-    env = dict(os.environ)
-    if layout.fastdds_large_data:
-        env["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
-        os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
+    env = layout.environment()
+    os.environ.update(env)  # the player and recorder use the same transports
     record_topics = [t for ns in namespaces for t in camera_topics(ns or "/", input_name)]
     # Which input consumers the player must see: sensor, recorder, perception (raw_topic).
     expected = 2 + (1 if layout.perception else 0)

@@ -34,8 +34,8 @@ def add_parser(sub) -> None:
                    "(default | PATH); default: the config's mask source")
     p.add_argument("--source", help="publish this video / folder / sample[:clip] per camera "
                    "and print a summary when it ends")
-    p.add_argument("--frames", type=int, default=0, help="with --source: frames to publish "
-                   "(0 = the whole source)")
+    p.add_argument("--frames", type=int, default=0, help="with --source: frames to publish, "
+                   "looping a shorter source (0 = the whole source once)")
     p.add_argument("--size", help="with --source: resize frames to WIDTHxHEIGHT")
     p.add_argument("--fps", type=float, default=0.0,
                    help="with --source: publish rate (default: the config's sac_video_source "
@@ -45,6 +45,9 @@ def add_parser(sub) -> None:
                         "(repeatable)")
     p.add_argument("--no-perception", action="store_true", help="do not start perception nodes")
     p.add_argument("--json", help="with --source: write the summary as JSON here")
+    p.add_argument("--quality-every", type=int, default=1, metavar="N",
+                   help="with --source: measure PSNR on every N-th frame (default 1: all); "
+                        "the listener shares the CPU with the nodes it measures")
     p.add_argument("--startup-timeout", type=float, default=60.0,
                    help="seconds to wait for all nodes to be discovered")
     p.set_defaults(func=run)
@@ -60,6 +63,15 @@ def parse_params(items: list[str]) -> list[tuple[str, str, str]]:
                            f"{', '.join(EXECUTABLES)}")
         parsed.append((executable, name, value))
     return parsed
+
+
+def source_size(source: str) -> tuple[int, int]:
+    """(width, height) of a video / folder / sample source, from its first frame."""
+    from sac_ros.core.io import iter_frames, resolve_input
+
+    for rgb, _ in iter_frames(resolve_input(source), 0, 1):
+        return rgb.shape[1], rgb.shape[0]
+    raise SacError(f"{source} has no frames")
 
 
 def node_command(spec: NodeSpec, config: str, extra: dict | None = None) -> list[str]:
@@ -106,13 +118,18 @@ def run(args) -> int:
         layout.perception = False
     if args.frames < 0:
         raise SacError("--frames must be >= 0")
+    if args.quality_every < 1:
+        raise SacError("--quality-every must be >= 1")
     if args.size:  # checked before any node starts
         args.size = parse_size(args.size)
-    env = dict(os.environ)
-    if layout.fastdds_large_data:
-        env["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
-        os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"  # this process's listener too
+    env = layout.environment()
+    os.environ.update(env)  # this process's listener uses the same transports
     specs = pipeline_nodes(layout, args.input_topic, args.model, video_source=bool(args.source))
+    if args.source:  # the sensors prepare for the frames they will get (a -p can override)
+        width, height = args.size or source_size(args.source)
+        for spec in specs:
+            if spec.executable == "sac_sensor":
+                spec.overrides["frame_size"] = f"[{width},{height}]"
     for executable, name, value in parse_params(args.param):
         for spec in specs:
             if spec.executable == executable:
@@ -144,15 +161,15 @@ def run(args) -> int:
 
 def _run_with_source(args, layout, specs, children: Children, config: str) -> list[dict]:
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
 
+    from sac_ros.nodes.common import make_executor
     from sac_ros.nodes.summary import SummaryCollector
 
     namespaces = [f"/{c}" if c else "/" for c in layout.cameras]
     input_topic = args.input_topic or "image_raw"
     rclpy.init()
-    collector = SummaryCollector(namespaces, input_topic)
-    executor = MultiThreadedExecutor(num_threads=2)
+    collector = SummaryCollector(namespaces, input_topic, args.quality_every)
+    executor = make_executor()
     executor.add_node(collector)
     spin = __import__("threading").Thread(target=executor.spin, daemon=True)
     spin.start()
@@ -175,7 +192,9 @@ def _run_with_source(args, layout, specs, children: Children, config: str) -> li
         # The graph shows endpoints before every writer has matched every reader: sensor ->
         # ECU matching was seen to lag by 1-2 s, which would lose the first GOP.
         time.sleep(DISCOVERY_SETTLE_S)
+        # --frames N publishes N frames, looping a shorter source.
         source_params = {"input": args.source, "max_frames": args.frames,
+                         "loop": args.frames > 0,
                          "wait_for_subscribers": expected_subs}
         if args.fps:  # otherwise the config's rate (whose 0 means the source's own)
             source_params["fps"] = args.fps
@@ -193,8 +212,10 @@ def _run_with_source(args, layout, specs, children: Children, config: str) -> li
         while not collector.settled(idle_s=3.0):  # let the pipeline drain
             time.sleep(0.2)
         time.sleep(1.2)  # one more stats period from every node
+        collector.finish_quality()
         return [cam.row() for cam in collector.cameras.values()]
     finally:
+        collector.finish_quality()
         executor.shutdown()
         collector.destroy_node()
         rclpy.shutdown()
@@ -211,8 +232,11 @@ def _print_summary(rows: list[dict]) -> None:
               f"frames out {row['frames_out']} (drops: {drops})")
         print(f"  rate   {_fmt(row['kb_per_frame'], '.2f')} kB/frame, "
               f"{_fmt(row['mbit_per_s'], '.2f')} Mbit/s at {_fmt(row['input_fps'], '.1f')} fps")
+        skipped = (f", {row['quality_skipped']} skipped while the CPU was busy"
+                   if row.get("quality_skipped") else "")
         print(f"  PSNR   ROI {_fmt(row['roi_psnr'], '.2f')} dB, "
-              f"non-ROI {_fmt(row['non_roi_psnr'], '.2f')} dB")
+              f"non-ROI {_fmt(row['non_roi_psnr'], '.2f')} dB over "
+              f"{row.get('quality_frames', 0)} frames{skipped}")
         print(f"  latency camera stamp -> reconstructed image: "
               f"p50 {_fmt(row['latency_p50_ms'], '.1f')} ms, "
               f"p99 {_fmt(row['latency_p99_ms'], '.1f')} ms")

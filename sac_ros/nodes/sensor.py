@@ -73,6 +73,10 @@ class SensorNode(Node):
                         "Deeper: every frame the node misses is counted (superseded); "
                         "shallower: lower latency when the CPU is saturated, but DDS may "
                         "overwrite frames uncounted.", low=1, high=1000, read_only=True)
+        frame_size = d("frame_size", [0, 0], "Expected camera frame size [width, height]: the "
+                       "segmenter and encoders are prepared for it at start-up so that the first "
+                       "frames are not late; [0, 0] = prepare on the first frame. Frames of "
+                       "another size still work.", read_only=True)
         depth = d("qos_depth", 30, "Packet publisher queue depth (keep >= one GOP).", low=1,
                   high=1000, read_only=True)
         self.settings = EncoderSettings("h264" if self.codec == "h264" else "hevc", preset, gop,
@@ -86,6 +90,10 @@ class SensorNode(Node):
         if self.mask_source == "model":
             self.segmenter = open_segmenter(model, backend, non_roi)
         self.encoder: SacEncoder | None = None
+        if len(frame_size) != 2 or min(frame_size) < 0 or max(frame_size) > 16384:
+            raise SacError(f"frame_size {list(frame_size)} must be [width, height] in 0-16384")
+        if min(frame_size) > 0:
+            self._prepare(int(frame_size[0]), int(frame_size[1]), warm_up=True)
         self.stats = NodeStats()
         self._bad_problems: set[str] = set()
         self.packet_pub = self.create_publisher(SacPacketMsg, self.packet_topic,
@@ -143,13 +151,7 @@ class SensorNode(Node):
         height, width = rgb.shape[:2]
         if self.encoder is None or (self.encoder.layout.width,
                                     self.encoder.layout.height) != (width, height):
-            if self.encoder is not None:
-                self.encoder.close()
-            self.encoder = SacEncoder(width, height, self.roi_crf, self.non_roi_crf,
-                                      self.settings, self.mode)
-            # The static polygon's block mask depends only on the frame size.
-            self._static_blocks = block_mask(self.mask.roi_pixels(0, rgb),
-                                             self.encoder.layout.block_size)
+            self._prepare(width, height)
         start = time.perf_counter()
         if self.segmenter is not None:
             blocks = self.segmenter.block_roi(rgb)
@@ -164,6 +166,24 @@ class SensorNode(Node):
         if self.publish_mask:
             mono = expand_blocks(blocks, height, width).astype(np.uint8) * 255
             self.mask_pub.publish(rgb_to_image(mono, msg.header))
+
+    def _prepare(self, width: int, height: int, warm_up: bool = False) -> None:
+        """Encoders and the static mask for one frame size; optionally warm the segmenter."""
+        if self.encoder is not None:
+            self.encoder.close()
+        self.encoder = SacEncoder(width, height, self.roi_crf, self.non_roi_crf, self.settings,
+                                  self.mode)
+        grey = np.full((height, width, 3), 128, np.uint8)
+        # The static polygon's block mask depends only on the frame size.
+        self._static_blocks = block_mask(self.mask.roi_pixels(0, grey),
+                                         self.encoder.layout.block_size)
+        if warm_up and self.segmenter is not None:
+            # The first inferences at a new shape allocate and plan: 50-100 ms on CPU.
+            start = time.perf_counter()
+            for _ in range(2):
+                self.segmenter.block_roi(grey)
+            self.get_logger().info(f"segmenter warmed up for {width}x{height} in "
+                                   f"{(time.perf_counter() - start) * 1e3:.0f} ms")
 
     def _publish_stats(self) -> None:
         header = Header(stamp=self.get_clock().now().to_msg())

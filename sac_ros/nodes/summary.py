@@ -1,15 +1,18 @@
 """A listener that measures a running pipeline end to end, for `sac pipeline --source`.
 
 Per camera it pairs original and reconstructed frames by stamp, and reports frames
-in/out, kB/frame, Mbit/s, ROI / non-ROI PSNR (from the packets' block masks),
-camera-stamp -> reconstructed latency, and the perception node's running iIoU.
+in/out, kB/frame, Mbit/s, ROI / non-ROI PSNR (from the packets' block masks, on
+every frame or every ``quality_every``-th), camera-stamp -> reconstructed latency,
+and the perception node's running iIoU. It shares the CPU with the pipeline it
+measures, so it keeps its own work small: views of the message buffers and
+integer per-block error sums.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,11 +20,12 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 
 from sac_ros.core import metrics
-from sac_ros.core.mask import expand_blocks, unpack_blocks
+from sac_ros.core.mask import unpack_blocks
 from sac_ros.msg import PerceptionStats, SacPacket, SacStats
 from sac_ros.nodes.common import image_to_rgb, qos, stamp_ns
 
 KEEP_FRAMES = 120  # originals kept for pairing; the pipeline lags far less than this
+QUALITY_BACKLOG = 30  # frames waiting for PSNR; beyond, the oldest is counted as skipped
 
 
 @dataclass
@@ -34,6 +38,7 @@ class CameraSummary:
     latency_ms: list[float] = field(default_factory=list)
     roi_psnr: list[float] = field(default_factory=list)
     non_roi_psnr: list[float] = field(default_factory=list)
+    quality_skipped: int = 0
     first_stamp_ns: int | None = None
     last_stamp_ns: int | None = None
     sensor_stats: SacStats | None = None
@@ -60,7 +65,12 @@ class CameraSummary:
             "roi_psnr": float(np.mean(self.roi_psnr)) if self.roi_psnr else float("nan"),
             "non_roi_psnr": (float(np.mean(self.non_roi_psnr)) if self.non_roi_psnr
                              else float("nan")),
+            "quality_frames": len(self.roi_psnr), "quality_skipped": self.quality_skipped,
             "latency_p50_ms": pct(50), "latency_p99_ms": pct(99),
+            # Camera stamp -> packet published (sensor) and -> image published (ECU), as the
+            # nodes measured them over their last stats window.
+            "sensor_latency_ms": _node_latency(self.sensor_stats),
+            "ecu_latency_ms": _node_latency(self.ecu_stats),
             "iiou": float(self.perception.iiou) if self.perception else float("nan"),
             "miou": float(self.perception.miou) if self.perception else float("nan"),
             "perception_frames": int(self.perception.frames_compared) if self.perception else 0,
@@ -68,9 +78,23 @@ class CameraSummary:
         }
 
 
+def _node_latency(stats: SacStats | None) -> list[float]:
+    if stats is None or not stats.processed:
+        return [float("nan"), float("nan")]
+    return [float(stats.latency_p50_ms), float(stats.latency_p99_ms)]
+
+
 class SummaryCollector(Node):
-    def __init__(self, namespaces: list[str], input_topic: str = "image_raw"):
+    def __init__(self, namespaces: list[str], input_topic: str = "image_raw",
+                 quality_every: int = 1):
         super().__init__("sac_pipeline_summary")
+        self.quality_every = max(1, int(quality_every))
+        self._quality_queue: deque = deque(maxlen=QUALITY_BACKLOG)
+        self._quality_cond = threading.Condition()
+        self._quality_running = True
+        self._quality_thread = threading.Thread(target=self._quality_loop, daemon=True,
+                                                name="sac_summary_quality")
+        self._quality_thread.start()
         self.cameras = {ns: CameraSummary(ns) for ns in namespaces}
         self._lock = threading.Lock()
         self._originals: dict[str, OrderedDict] = {ns: OrderedDict() for ns in namespaces}
@@ -105,7 +129,9 @@ class SummaryCollector(Node):
             cam.first_stamp_ns = cam.first_stamp_ns if cam.first_stamp_ns is not None else stamp
             cam.last_stamp_ns = stamp
             originals = self._originals[ns]
-            originals[stamp] = image_to_rgb(msg).copy()
+            if cam.frames_in % self.quality_every == 0:
+                # A view of the message's buffer: each message owns its own.
+                originals[stamp] = image_to_rgb(msg)
             while len(originals) > KEEP_FRAMES:
                 originals.popitem(last=False)
 
@@ -131,13 +157,33 @@ class SummaryCollector(Node):
             mask = self._masks[ns].get(stamp)
         if original is None or mask is None:
             return
-        data, rows, cols, size = mask
-        pixels = expand_blocks(unpack_blocks(data, rows, cols), msg.height, msg.width, size)
-        decoded = image_to_rgb(msg)
-        sq = np.square(original.astype(np.float32) - decoded.astype(np.float32)).mean(axis=2)
-        with self._lock:
-            cam.roi_psnr.append(metrics.psnr_from_mse(metrics.masked_mean(sq, pixels)))
-            cam.non_roi_psnr.append(metrics.psnr_from_mse(metrics.masked_mean(sq, ~pixels)))
+        with self._quality_cond:
+            if len(self._quality_queue) == QUALITY_BACKLOG:
+                cam.quality_skipped += 1  # the oldest waiting frame goes unmeasured
+            self._quality_queue.append((cam, original, msg, mask))
+            self._quality_cond.notify()
+
+    def _quality_loop(self) -> None:
+        """PSNR off the executor thread, so that measuring never delays the latency stamps."""
+        while True:
+            with self._quality_cond:
+                while not self._quality_queue and self._quality_running:
+                    self._quality_cond.wait(0.5)
+                if not self._quality_queue:
+                    return
+                cam, original, msg, (data, rows, cols, size) = self._quality_queue.popleft()
+            roi_mse, non_roi_mse = metrics.block_region_mse(
+                original, image_to_rgb(msg), unpack_blocks(data, rows, cols), size)
+            with self._lock:
+                cam.roi_psnr.append(metrics.psnr_from_mse(roi_mse))
+                cam.non_roi_psnr.append(metrics.psnr_from_mse(non_roi_mse))
+
+    def finish_quality(self, timeout: float = 30.0) -> None:
+        """Measure the frames still waiting, then stop the quality thread."""
+        with self._quality_cond:
+            self._quality_running = False
+            self._quality_cond.notify_all()
+        self._quality_thread.join(timeout)
 
     def settled(self, idle_s: float = 2.0) -> bool:
         """True once every camera's output stopped changing for ``idle_s`` seconds."""

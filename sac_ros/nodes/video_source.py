@@ -1,7 +1,10 @@
 """sac_video_source: a camera stand-in that publishes a video or image folder as Images.
 
 Frames are published at the source's frame rate (or ``fps``), stamped with the
-node clock. With ``wait_for_subscribers`` > 0 it waits until that many
+node clock when sent. A bounded or looped run decodes one pass of the source
+before publishing starts (up to ``preload_mb``), so that the stand-in's own
+decoding does not compete for the CPU with the nodes it feeds, as a real
+camera's would not. With ``wait_for_subscribers`` > 0 it waits until that many
 subscribers are matched (discovery), so no frame is published into the void.
 """
 
@@ -41,6 +44,10 @@ class VideoSourceNode(Node):
                           "publishing.", low=0, high=100, read_only=True)
         self.wait_timeout = d("wait_timeout", 30.0, "Give up waiting after this many seconds.",
                               low=0.0, high=3600.0, read_only=True)
+        self.preload_mb = d("preload_mb", 2048, "Decode and resize up to this many MB of "
+                            "frames before publishing starts, so that decoding the source does "
+                            "not share the CPU with the pipeline it feeds (needs max_frames; "
+                            "0 = decode while publishing).", low=0, high=65536, read_only=True)
         reliability = d("qos_reliability", "reliable", "QoS reliability.",
                         choices=("reliable", "best_effort"), read_only=True)
         self.path = resolve_input(self.source)
@@ -48,12 +55,17 @@ class VideoSourceNode(Node):
         self.publisher = self.create_publisher(Image, topic, qos(reliability, 10))
         self.published = 0
 
-    def _frames(self):
+    def _images(self):
+        """Image messages in publishing order; the stamp is set when each is sent."""
+        total = 0
         while True:
             count = 0
             for rgb, _ in iter_frames(self.path):
+                if self.max_frames and total >= self.max_frames:
+                    return
                 count += 1
-                yield rgb
+                total += 1
+                yield rgb_to_image(self._resize(rgb), Header(frame_id=self.frame_id))
             if not self.loop or count == 0:
                 return
 
@@ -65,24 +77,57 @@ class VideoSourceNode(Node):
         frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
         return frame.reformat(width=width, height=height).to_ndarray()
 
+    def _preloaded(self):
+        """One pass of the source decoded up front when it fits in preload_mb, else None.
+
+        Without ``loop`` only ``max_frames`` of it are needed; a looped run cycles it.
+        """
+        if not self.preload_mb or not (self.max_frames or self.loop):
+            return None
+        images, total = [], 0
+        for rgb, _ in iter_frames(self.path):
+            if self.max_frames and len(images) >= self.max_frames:
+                break
+            image = rgb_to_image(self._resize(rgb), Header(frame_id=self.frame_id))
+            total += len(image.data)
+            if total > self.preload_mb * 1e6:
+                self.get_logger().info(f"the source exceeds preload_mb={self.preload_mb}: "
+                                       "decoding while publishing")
+                return None
+            images.append(image)
+        return images
+
+    def _cycle(self, images):
+        """The preloaded frames in publishing order: max_frames of them, looping if asked."""
+        count = 0
+        while images:
+            for image in images:
+                if self.max_frames and count >= self.max_frames:
+                    return
+                count += 1
+                yield image
+            if not self.loop:
+                return
+
     def run(self) -> None:
+        images = self._preloaded()
         deadline = time.monotonic() + self.wait_timeout
         while self.publisher.get_subscription_count() < self.wait_for:
             if time.monotonic() > deadline:
                 raise SacError(f"no {self.wait_for} subscriber(s) after {self.wait_timeout:g} s")
             time.sleep(0.05)
         period = 1.0 / self.fps
-        self.get_logger().info(f"publishing {self.path} at {self.fps:g} fps")
+        self.get_logger().info(f"publishing {self.path} at {self.fps:g} fps"
+                               + (f" ({len(images)} frames preloaded"
+                                  f"{', looped' if self.loop else ''})" if images else ""))
         next_time = time.monotonic()
-        for rgb in self._frames():
-            if self.max_frames and self.published >= self.max_frames:
-                break
+        for image in self._cycle(images) if images is not None else self._images():
             delay = next_time - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
             next_time += period
-            header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self.frame_id)
-            self.publisher.publish(rgb_to_image(self._resize(rgb), header))
+            image.header.stamp = self.get_clock().now().to_msg()  # a looped frame: new stamp
+            self.publisher.publish(image)
             self.published += 1
         self.get_logger().info(f"published {self.published} frames")
 
