@@ -35,7 +35,7 @@ def processes_with_env(key: str, value: str) -> list[int]:
 def test_two_cameras_through_the_runner(tmp_path):
     source = tmp_path / "frames"
     source.mkdir()
-    for i in range(FRAMES):
+    for i in range(FRAMES - 5):  # --frames FRAMES loops the folder
         Image.fromarray(rh.frame(i)).save(source / f"{i:04d}.png")
     config = yaml.safe_load((REPO / "config" / "pipeline.yaml").read_text())
     config["sac_pipeline"]["ros__parameters"].update(cameras=["cam_a", "cam_b"],
@@ -81,5 +81,6 @@ def test_two_cameras_through_the_runner(tmp_path):
         assert 0 < row["frames_out"] <= FRAMES, (camera, row)
         assert row["packets"] == FRAMES, (camera, row)
         assert row["roi_psnr"] > 30.0, (camera, row)
+        assert row["quality_frames"] + row["quality_skipped"] == row["frames_out"], row
         assert 5.0 < row["input_fps"] < 15.0, (camera, row)  # the config's 10 fps
         assert f"camera {camera}: frames in {FRAMES}" in stdout

@@ -54,6 +54,9 @@ class SensorNode(Node):
                     read_only=True)
         fps = d("fps", 30, "Nominal camera rate, for the encoders' rate model.", low=1,
                 high=240, read_only=True)
+        aq_mode = d("aq_mode", -1, "Adaptive quantisation mode (x264 0-3, x265 0-4); -1 = the "
+                    "preset's own (ultrafast: off; roi_qp turns it on).", low=-1, high=4,
+                    read_only=True)
         self.roi_crf = d("roi_crf", 23.0, "CRF of the ROI stream; changes apply at the next "
                          "key frame.", low=0.0, high=51.0)
         self.non_roi_crf = d("non_roi_crf", 32.0, "CRF of the non-ROI stream; changes apply at "
@@ -80,7 +83,7 @@ class SensorNode(Node):
         depth = d("qos_depth", 30, "Packet publisher queue depth (keep >= one GOP).", low=1,
                   high=1000, read_only=True)
         self.settings = EncoderSettings("h264" if self.codec == "h264" else "hevc", preset, gop,
-                                        threads, fps)
+                                        threads, fps, None if aq_mode < 0 else aq_mode)
         if len(polygon) < 6 or len(polygon) % 2:
             raise SacError("roi_polygon needs at least three x, y pairs")
         self.mask = PolygonMaskSource(np.asarray(polygon, float).reshape(-1, 2).tolist())
