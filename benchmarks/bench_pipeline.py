@@ -72,7 +72,8 @@ def main() -> None:
         out_fps = row["input_fps"] * row["frames_out"] / max(row["frames_in"], 1)
         print(f"{label:<34} {row['frames_in']:>4} {row['frames_out']:>4} {drops:>5} "
               f"{out_fps:>7.1f} {row['latency_p50_ms']:>7.1f} {row['latency_p99_ms']:>7.1f} "
-              f"{row['ecu_latency_ms'][1]:>7.1f} {row['kb_per_frame']:>6.2f} {row['roi_psnr']:>6.2f} "
+              f"{row['ecu_latency_ms'][1]:>7.1f} {row['kb_per_frame']:>6.2f} "
+              f"{row['roi_psnr']:>6.2f} "
               f"{row.get('perception_fps', float('nan')):>8.1f}")
 
 

@@ -2,9 +2,8 @@
 
 Each ``RosHarness`` gets its own ROS_DOMAIN_ID (1-100, from the pid and a counter),
 its own camera namespace (so a domain id shared with a concurrent run cannot
-cross-talk), localhost-only discovery, the Fast DDS transports of the shipped
-pipeline config, and one in-test rclpy node in its own context, spun on a
-background thread. Node processes are started with
+cross-talk), localhost-only discovery, and one in-test rclpy node in its own
+context, spun on a background thread. Node processes are started with
 ``python -m <module> --ros-args ...`` and always stopped (SIGINT, then SIGKILL).
 
 Importing this module skips the importing test module when rclpy or the built
@@ -43,7 +42,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
                 f"(sac_ros.msg): {exc}", allow_module_level=True)
 
 from sac_ros.core.mask import PolygonMaskSource, block_mask, expand_blocks, unpack_blocks
-from sac_ros.pipeline import EXECUTABLES, TRANSPORTS_VAR, load_layout
+from sac_ros.pipeline import EXECUTABLES
 
 # Small frames, not a multiple of the 16 px block (partial edge blocks are exercised).
 WIDTH, HEIGHT = 250, 142
@@ -54,7 +53,7 @@ STATS_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
 
 _SEQUENCE = itertools.count()
-_ENV_KEYS = ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_LOG_DIR", TRANSPORTS_VAR)
+_ENV_KEYS = ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_LOG_DIR")
 
 
 def unique_ids() -> tuple[int, str]:
@@ -197,13 +196,14 @@ class RosHarness:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         settings = {"ROS_DOMAIN_ID": str(self.domain_id),
                     "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-                    "ROS_LOG_DIR": str(self.log_dir / "ros"),
-                    # The Fast DDS transports the shipped config/pipeline.yaml starts nodes with.
-                    TRANSPORTS_VAR: load_layout().fastdds_transports or "DEFAULT"}
+                    "ROS_LOG_DIR": str(self.log_dir / "ros")}
         self._saved_env = {k: os.environ.get(k) for k in _ENV_KEYS}
         os.environ.update(settings)  # read by rcl_init of the in-test context
         self.env = {**os.environ, **settings, "PYTHONUNBUFFERED": "1",
                     "RCUTILS_COLORIZED_OUTPUT": "0", "RCUTILS_LOGGING_BUFFERED_STREAM": "0"}
+        # Under LOCALHOST, rmw_fastrtps sends over loopback UDP whatever this says; the
+        # shipped LARGE_DATA transport is exercised by test_ros_runner.
+        self.env.pop("FASTDDS_BUILTIN_TRANSPORTS", None)
         self.children: list[NodeProcess] = []
         self.context = rclpy.Context()
         try:

@@ -81,7 +81,8 @@ def write_run_bag(path, frames=12, skip=(4, 5), lose=(9,), height=48, width=80):
             received=frames, processed=frames - len(skip) - len(lose),
             dropped=len(skip), drop_reasons=["superseded"],
             drop_counts=np.array([len(skip)], np.uint64), kbytes_per_frame=0.0,
-            mbits_per_second=0.0, latency_p50_ms=0.0, latency_p99_ms=0.0, fps=0.0)
+            mbits_per_second=0.0, latency_p50_ms=0.0, latency_p99_ms=0.0, fps=0.0,
+            output_readers=2, input_writers=-1)
         bag.write_message("/cam/sac/sensor_stats", SAC_STATS, base + frames * 100_000_000, stats)
     encoder.close()
     decoder.close()

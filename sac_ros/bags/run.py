@@ -111,7 +111,8 @@ def run_pipeline(source_bag: str, output: str, options: RunOptions,
             spin.start()
             for spec in specs:
                 children.start(f"{spec.namespace} {spec.name}", node_command(spec, config))
-            _wait_ready(node, recorder, namespaces, input_name, children, options)
+            _wait_ready(node, recorder, namespaces, input_name, children, options,
+                        layout.perception)
             cmd = [sys.executable, "-m", "sac_ros.cli.main", "bag", "play", source_bag,
                    "--rate", repr(options.rate), "--wait-timeout",
                    str(options.startup_timeout), "--delay", str(SETTLE_S)]
@@ -152,21 +153,28 @@ def run_pipeline(source_bag: str, output: str, options: RunOptions,
     return summary
 
 
-def _wait_ready(node, recorder: Recorder, namespaces, input_name, children, options) -> None:
+def _wait_ready(node, recorder: Recorder, namespaces, input_name, children, options,
+                perception: bool) -> None:
     """Every camera: the recorder has subscribed to its input and hears packets and images."""
+    from sac_ros.nodes.common import ReadinessProbe
+
     deadline = time.monotonic() + options.startup_timeout
+    # Packets: the ECU and the recorder; images: the recorder [and perception].
+    probe = ReadinessProbe(node, namespaces, 2, 1 + (1 if perception else 0))
     while True:
         ready = all(
             f"{ns}/{input_name}" in recorder.subscriptions
             and recorder.matched(f"{ns}/sac/packets") >= 1
             and recorder.matched(f"{ns}/sac/image") >= 1
             for ns in namespaces)
-        if ready:
+        if ready and probe.ready():
+            probe.destroy()
             return
         if children.failed():
             raise SacError(f"node(s) stopped: {', '.join(children.failed())}")
         if time.monotonic() > deadline:
-            raise SacError(f"pipeline nodes not discovered after {options.startup_timeout:g} s")
+            raise SacError(f"pipeline nodes not discovered after {options.startup_timeout:g} s "
+                           f"(output readers: {probe.missing() or 'all'})")
         time.sleep(0.1)
 
 

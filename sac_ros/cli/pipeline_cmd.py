@@ -20,7 +20,7 @@ from sac_ros.core.errors import SacError
 from sac_ros.core.io import parse_size
 from sac_ros.pipeline import EXECUTABLES, NodeSpec, load_layout, pipeline_nodes
 
-DISCOVERY_SETTLE_S = 2.5
+MATCH_SETTLE_S = 0.5  # after the writers report their readers, before the first frame
 
 
 def add_parser(sub) -> None:
@@ -162,7 +162,7 @@ def run(args) -> int:
 def _run_with_source(args, layout, specs, children: Children, config: str) -> list[dict]:
     import rclpy
 
-    from sac_ros.nodes.common import make_executor
+    from sac_ros.nodes.common import ReadinessProbe, make_executor
     from sac_ros.nodes.summary import SummaryCollector
 
     namespaces = [f"/{c}" if c else "/" for c in layout.cameras]
@@ -189,9 +189,22 @@ def _run_with_source(args, layout, specs, children: Children, config: str) -> li
             if time.monotonic() > deadline:
                 raise SacError(f"nodes not discovered after {args.startup_timeout:g} s")
             time.sleep(0.1)
-        # The graph shows endpoints before every writer has matched every reader: sensor ->
-        # ECU matching was seen to lag by 1-2 s, which would lose the first GOP.
-        time.sleep(DISCOVERY_SETTLE_S)
+        # The graph shows endpoints before every writer has matched every reader (sensor ->
+        # ECU was seen to lag by 1-2 s, losing the first GOP): wait for the nodes to report
+        # their outputs matched (packets: ECU + this collector; images: collector [+ perception]).
+        probe = ReadinessProbe(collector, namespaces, 2, 1 + (1 if layout.perception else 0),
+                               collector.output_subscriptions)
+        try:
+            while not probe.ready():
+                if children.failed():
+                    raise SacError(f"node(s) stopped: {', '.join(children.failed())}")
+                if time.monotonic() > deadline:
+                    raise SacError(f"node outputs not matched after {args.startup_timeout:g} s: "
+                                   f"{probe.missing()}")
+                time.sleep(0.1)
+        finally:
+            probe.destroy()
+        time.sleep(MATCH_SETTLE_S)
         # --frames N publishes N frames, looping a shorter source.
         source_params = {"input": args.source, "max_frames": args.frames,
                          "loop": args.frames > 0,

@@ -142,14 +142,16 @@ class NodeStats:
         if latency_ms is not None:
             self._latency_ms.append(latency_ms)
 
-    def to_msg(self, node_name: str, header) -> SacStats:
+    def to_msg(self, node_name: str, header, output_readers: int = 0,
+               input_writers: int = -1) -> SacStats:
         # Worker threads update the counters while the stats timer reads them: read copies
         # (dict() and list() copy these in C, under the GIL, without a Python-level loop).
         drops = dict(self.drops)
         samples = list(self._bytes)
         latencies = list(self._latency_ms)
         msg = SacStats(header=header, node=node_name, received=self.received,
-                       processed=self.processed, dropped=sum(drops.values()))
+                       processed=self.processed, dropped=sum(drops.values()),
+                       output_readers=output_readers, input_writers=input_writers)
         msg.drop_reasons = list(drops)
         msg.drop_counts = [int(v) for v in drops.values()]
         if samples:
@@ -163,6 +165,12 @@ class NodeStats:
             msg.latency_p50_ms = float(np.percentile(latencies, 50))
             msg.latency_p99_ms = float(np.percentile(latencies, 99))
         return msg
+
+
+def matched_writers(subscription) -> int:
+    """Writers matched to a subscription (reader side), or -1 where rclpy cannot tell."""
+    count = getattr(subscription, "get_publisher_count", None)  # not in Humble's rclpy
+    return int(count()) if count else -1
 
 
 def make_executor():
@@ -285,3 +293,51 @@ def open_segmenter(model: str, backend: str, non_roi_ids: list[int] | None = Non
     except SacError as exc:
         raise SacError(f"{exc} (parameter model='{model}'; 'default' is the shipped "
                        f"{DEFAULT_MODEL})") from None
+
+
+class ReadinessProbe:
+    """Watches each camera's sensor and ECU statistics until their outputs are matched.
+
+    The ROS graph lists endpoints before every writer has matched every reader, and
+    frames sent before that are lost to the late reader (volatile durability). The
+    nodes report how many readers their output writer has matched, and the ECU how
+    many writers its packet reader has; a run starts its frames once both sides of
+    every hop have matched (``extra`` adds the caller's own subscriptions).
+    """
+
+    def __init__(self, node: Node, namespaces: list[str], packet_readers: int,
+                 image_readers: int, extra: list | None = None):
+        self.wanted = {"sensor_stats": packet_readers, "ecu_stats": image_readers}
+        self.latest: dict[tuple[str, str], SacStats] = {}
+        self.extra = list(extra or [])
+        self._subs = [
+            node.create_subscription(
+                SacStats, f"{ns.rstrip('/')}/sac/{kind}",
+                lambda m, key=(ns, kind): self.latest.__setitem__(key, m), 10)
+            for ns in namespaces for kind in self.wanted]
+        self._namespaces, self._node = namespaces, node
+
+    def _short(self) -> list[str]:
+        short = []
+        for ns in self._namespaces:
+            for kind, wanted in self.wanted.items():
+                stats = self.latest.get((ns, kind))
+                if stats is None:
+                    short.append(f"{ns} {kind}: none yet")
+                elif stats.output_readers < wanted:
+                    short.append(f"{ns} {kind}: {stats.output_readers}/{wanted} readers")
+                elif kind == "ecu_stats" and stats.input_writers == 0:
+                    short.append(f"{ns} ECU: no packet writer")
+        short += [f"{sub.topic_name}: no writer" for sub in self.extra
+                  if matched_writers(sub) == 0]
+        return short
+
+    def ready(self) -> bool:
+        return not self._short()
+
+    def missing(self) -> str:
+        return "; ".join(self._short())
+
+    def destroy(self) -> None:
+        for sub in self._subs:
+            self._node.destroy_subscription(sub)

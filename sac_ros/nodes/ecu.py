@@ -19,6 +19,7 @@ from sac_ros.msg import SacStats
 from sac_ros.nodes.common import (
     NodeStats,
     declare,
+    matched_writers,
     msg_to_packet,
     qos,
     rgb_to_image,
@@ -43,8 +44,8 @@ class EcuNode(Node):
         self._last_seq: int | None = None
         self.image_pub = self.create_publisher(Image, output_topic, qos(reliability, 5))
         self.stats_pub = self.create_publisher(SacStats, "sac/ecu_stats", 10)
-        self.create_subscription(SacPacketMsg, packet_topic, self._on_packet,
-                                 qos(reliability, depth))
+        self.packet_sub = self.create_subscription(SacPacketMsg, packet_topic, self._on_packet,
+                                                   qos(reliability, depth))
         self.create_timer(1.0, self._publish_stats)
         self.get_logger().info(f"{packet_topic} -> {output_topic}")
 
@@ -78,7 +79,9 @@ class EcuNode(Node):
 
     def _publish_stats(self) -> None:
         header = Header(stamp=self.get_clock().now().to_msg())
-        self.stats_pub.publish(self.stats.to_msg(self.get_fully_qualified_name(), header))
+        self.stats_pub.publish(self.stats.to_msg(self.get_fully_qualified_name(), header,
+                                                 self.image_pub.get_subscription_count(),
+                                                 matched_writers(self.packet_sub)))
 
     def close(self) -> None:
         self.decoder.close()

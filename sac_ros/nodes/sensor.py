@@ -190,7 +190,8 @@ class SensorNode(Node):
 
     def _publish_stats(self) -> None:
         header = Header(stamp=self.get_clock().now().to_msg())
-        self.stats_pub.publish(self.stats.to_msg(self.get_fully_qualified_name(), header))
+        self.stats_pub.publish(self.stats.to_msg(self.get_fully_qualified_name(), header,
+                                                 self.packet_pub.get_subscription_count()))
 
     def close(self) -> None:
         self._worker.stop()

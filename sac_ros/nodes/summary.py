@@ -102,15 +102,19 @@ class SummaryCollector(Node):
         self.input_topic = input_topic
         self._last_state: tuple | None = None
         self._last_change = time.monotonic()
+        self.output_subscriptions: list = []
         for ns in namespaces:
             prefix = ns.rstrip("/")
+            # Packets and images: their writers exist before the run (see ReadinessProbe).
+            self.output_subscriptions += [
+                self.create_subscription(SacPacket, f"{prefix}/sac/packets",
+                                         lambda m, ns=ns: self._on_packet(ns, m),
+                                         qos("reliable", 30)),
+                self.create_subscription(Image, f"{prefix}/sac/image",
+                                         lambda m, ns=ns: self._on_output(ns, m),
+                                         qos("reliable", 30))]
             self.create_subscription(Image, f"{prefix}/{input_topic}",
                                      lambda m, ns=ns: self._on_raw(ns, m), qos("reliable", 30))
-            self.create_subscription(SacPacket, f"{prefix}/sac/packets",
-                                     lambda m, ns=ns: self._on_packet(ns, m),
-                                     qos("reliable", 30))
-            self.create_subscription(Image, f"{prefix}/sac/image",
-                                     lambda m, ns=ns: self._on_output(ns, m), qos("reliable", 30))
             for topic, kind, attr in (("sac/sensor_stats", SacStats, "sensor_stats"),
                                       ("sac/ecu_stats", SacStats, "ecu_stats"),
                                       ("sac/perception_stats", PerceptionStats, "perception")):

@@ -42,6 +42,10 @@ class VideoSourceNode(Node):
                         read_only=True)
         self.wait_for = d("wait_for_subscribers", 0, "Wait for this many subscribers before "
                           "publishing.", low=0, high=100, read_only=True)
+        self.start_delay = d("start_delay", 1.0, "After the subscribers are matched, wait this "
+                             "long before the first frame: a reader can match a new writer "
+                             "later than the writer matches it, and frames sent before are "
+                             "lost to it.", low=0.0, high=60.0, read_only=True)
         self.wait_timeout = d("wait_timeout", 30.0, "Give up waiting after this many seconds.",
                               low=0.0, high=3600.0, read_only=True)
         self.preload_mb = d("preload_mb", 2048, "Decode and resize up to this many MB of "
@@ -116,6 +120,8 @@ class VideoSourceNode(Node):
             if time.monotonic() > deadline:
                 raise SacError(f"no {self.wait_for} subscriber(s) after {self.wait_timeout:g} s")
             time.sleep(0.05)
+        if self.wait_for:
+            time.sleep(self.start_delay)
         period = 1.0 / self.fps
         self.get_logger().info(f"publishing {self.path} at {self.fps:g} fps"
                                + (f" ({len(images)} frames preloaded"
