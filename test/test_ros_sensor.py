@@ -71,6 +71,28 @@ def test_crf_change_at_run_time_applies_at_next_key_frame(ros):
     assert sensor.node.running
 
 
+def test_target_bitrate_drives_the_crfs_between_gops(ros):
+    # Far below what CRF 20 / 34 costs on these frames at 10 fps: the controller must
+    # raise the CRFs GOP by GOP, non-ROI first, and the rate must come down to the budget.
+    target = 60_000.0
+    sensor = Sensor(ros, target_bitrate=target)
+    packets = [sensor.send_good() for _ in range(6 * GOP)]
+    assert [p.roi.key_frame for p in packets] == [s % GOP == 0 for s in range(6 * GOP)]
+    gops = [packets[i:i + GOP] for i in range(0, len(packets), GOP)]
+    for gop in gops:  # CRFs change only at key frames
+        assert len({crfs(p) for p in gop}) == 1, [crfs(p) for p in gop]
+    assert crfs(gops[-1][0])[1] > crfs(gops[1][0])[1] or crfs(gops[1][0])[1] == 51.0
+    assert all(crfs(g[0])[1] >= crfs(g[0])[0] for g in gops)  # the ROI keeps the better CRF
+    last_bps = sum(len(p.roi.data) + len(p.non_roi[0].data) for p in gops[-1]) * 8 / GOP * 10
+    first_bps = sum(len(p.roi.data) + len(p.non_roi[0].data) for p in gops[0]) * 8 / GOP * 10
+    assert last_bps < first_bps and last_bps <= 1.5 * target, (first_bps, last_bps)
+    # The controller owns the CRFs: a manual change is refused with a reason.
+    results = ros.set_parameters("sac_sensor", roi_crf=30.0)
+    assert len(results) == 1 and not results[0].successful
+    assert "target_bitrate" in results[0].reason
+    assert sensor.node.running
+
+
 def _image(ros, encoding: str, width: int, height: int, step: int, size: int) -> Image:
     msg = ros.image(frame(0))
     msg.encoding, msg.width, msg.height, msg.step = encoding, width, height, step

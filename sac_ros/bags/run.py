@@ -74,7 +74,7 @@ def run_pipeline(source_bag: str, output: str, options: RunOptions,
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
-    from sac_ros.cli.pipeline_cmd import Children, node_command, parse_params
+    from sac_ros.cli.pipeline_cmd import Children, parse_params
     from sac_ros.pipeline import load_layout, pipeline_nodes
 
     if not 0.01 <= options.rate <= 100:
@@ -109,8 +109,7 @@ def run_pipeline(source_bag: str, output: str, options: RunOptions,
             executor.add_node(node)
             spin = threading.Thread(target=executor.spin, daemon=True)
             spin.start()
-            for spec in specs:
-                children.start(f"{spec.namespace} {spec.name}", node_command(spec, config))
+            children.start_nodes(specs, config)
             _wait_ready(node, recorder, namespaces, input_name, children, options,
                         layout.perception)
             cmd = [sys.executable, "-m", "sac_ros.cli.main", "bag", "play", source_bag,

@@ -16,6 +16,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
+from sac_ros.config import load_core_config, rate_controller
 from sac_ros.core.codec import PRESETS, EncoderSettings
 from sac_ros.core.errors import SacError
 from sac_ros.core.mask import PolygonMaskSource, block_mask, expand_blocks
@@ -61,6 +62,11 @@ class SensorNode(Node):
                          "key frame.", low=0.0, high=51.0)
         self.non_roi_crf = d("non_roi_crf", 32.0, "CRF of the non-ROI stream; changes apply at "
                              "the next key frame.", low=0.0, high=51.0)
+        self.target_bitrate = d("target_bitrate", 0.0, "Bit-rate budget of this camera in "
+                                "bit/s, e.g. 4.0e6: the CRFs then follow config/sac.yaml's "
+                                "ratecontrol section from GOP to GOP (roi_crf / non_roi_crf only "
+                                "start it; non-ROI quality is shed first). 0 = fixed CRFs.",
+                                low=0.0, high=1e10, read_only=True)
         self.mask_source = d("mask_source", "polygon", "Where the ROI comes from.",
                              choices=("polygon", "model"), read_only=True)
         polygon = d("roi_polygon", DEFAULT_POLYGON, "Static ROI polygon, flat [x0, y0, x1, y1, "
@@ -93,6 +99,9 @@ class SensorNode(Node):
         if self.mask_source == "model":
             self.segmenter = open_segmenter(model, backend, non_roi)
         self.encoder: SacEncoder | None = None
+        self.rate = None
+        self._rate_section = load_core_config()["ratecontrol"] if self.target_bitrate else None
+        self._rate_warned: str | None = None
         if len(frame_size) != 2 or min(frame_size) < 0 or max(frame_size) > 16384:
             raise SacError(f"frame_size {list(frame_size)} must be [width, height] in 0-16384")
         if min(frame_size) > 0:
@@ -112,14 +121,18 @@ class SensorNode(Node):
         self.create_timer(1.0, self._publish_stats)
         self._worker = LatestWorker("sac_sensor_encode", self._process,
                                     lambda: self.stats.drop("superseded"), self._on_error)
+        rate = (f"rate control to {self.target_bitrate / 1e6:g} Mbit/s" if self.target_bitrate
+                else f"ROI CRF {self.roi_crf:g} / non-ROI {self.non_roi_crf:g}")
         self.get_logger().info(
-            f"{self.mode} {self.settings.codec} {preset} ROI CRF {self.roi_crf:g} / non-ROI "
-            f"{self.non_roi_crf:g}, mask from {self.mask_source}; {self.input_topic} -> "
-            f"{self.packet_topic}")
+            f"{self.mode} {self.settings.codec} {preset} {rate}, mask from {self.mask_source}; "
+            f"{self.input_topic} -> {self.packet_topic}")
 
     # ------------------------------------------------------------- parameters
     def _on_parameters(self, params) -> SetParametersResult:
         updates = {p.name: p.value for p in params}
+        if self.target_bitrate and ("roi_crf" in updates or "non_roi_crf" in updates):
+            return SetParametersResult(successful=False, reason="the rate controller sets the "
+                                       "CRFs while target_bitrate > 0")
         roi = float(updates.get("roi_crf", self.roi_crf))
         non = float(updates.get("non_roi_crf", self.non_roi_crf))
         for name, value in (("roi_crf", roi), ("non_roi_crf", non)):
@@ -163,6 +176,8 @@ class SensorNode(Node):
         segmentation_ms = (time.perf_counter() - start) * 1e3
         packet = self.encoder.encode(rgb, blocks)
         packet.segmentation_ms = segmentation_ms
+        if self.rate is not None:
+            self._control_rate(packet)
         self.packet_pub.publish(packet_to_msg(packet, msg.header))
         latency = (self.get_clock().now().nanoseconds - stamp_ns(msg.header)) / 1e6
         self.stats.done(packet.num_bytes, latency)
@@ -170,12 +185,26 @@ class SensorNode(Node):
             mono = expand_blocks(blocks, height, width).astype(np.uint8) * 255
             self.mask_pub.publish(rgb_to_image(mono, msg.header))
 
+    def _control_rate(self, packet) -> None:
+        decision = self.rate.observe(packet)
+        if decision is not None:
+            decision.apply_to(self.encoder)  # from the next key frame
+            self.roi_crf, self.non_roi_crf = decision.roi_crf, decision.non_roi_crf
+        if self.rate.warning and self.rate.warning != self._rate_warned:
+            self._rate_warned = self.rate.warning
+            self.get_logger().warning(self.rate.warning)
+
     def _prepare(self, width: int, height: int, warm_up: bool = False) -> None:
         """Encoders and the static mask for one frame size; optionally warm the segmenter."""
         if self.encoder is not None:
             self.encoder.close()
         self.encoder = SacEncoder(width, height, self.roi_crf, self.non_roi_crf, self.settings,
                                   self.mode)
+        if self._rate_section is not None:
+            self.rate = rate_controller(self._rate_section, self.target_bitrate,
+                                        self.settings.fps, self.settings.gop, self.mode, width,
+                                        height, self.encoder.layout.block_size)
+            self.rate.decision.apply_to(self.encoder)
         grey = np.full((height, width, 3), 128, np.uint8)
         # The static polygon's block mask depends only on the frame size.
         self._static_blocks = block_mask(self.mask.roi_pixels(0, grey),
