@@ -30,7 +30,7 @@ CASES = [
 
 
 def run_case(size: str, fps: int, perception: bool, params: list[str], frames: int,
-             model: str) -> dict:
+             model: str, config: str | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "summary.json"
         cmd = [sys.executable, "-m", "sac_ros.cli.main", "pipeline", "--source", "sample",
@@ -38,6 +38,8 @@ def run_case(size: str, fps: int, perception: bool, params: list[str], frames: i
                "--json", str(out), "-p", f"sac_sensor.fps={fps}"]
         if model:
             cmd += ["--model", model]
+        if config:
+            cmd += ["--config", config]
         if not perception:
             cmd.append("--no-perception")
         for param in params:
@@ -57,17 +59,31 @@ def main() -> None:
                         help="frames per case (the 221-frame sample clip loops)")
     parser.add_argument("--model", default="default",
                         help="mask source model ('' = the config's static polygon)")
+    parser.add_argument("--transports", metavar="VALUE",
+                        help="run with this sac_pipeline.fastdds_builtin_transports instead of "
+                             "the config's, e.g. 'LARGE_DATA?max_msg_size=4MB'")
     parser.add_argument("--cases", nargs="*", type=int,
                         help="indices of the cases to run (default: all)")
     args = parser.parse_args()
-    print(f"{args.frames} frames per case; ROI mask from "
+    config = None
+    if args.transports is not None:
+        import yaml
+
+        from sac_ros.pipeline import default_pipeline_config
+
+        data = yaml.safe_load(default_pipeline_config().read_text())
+        data["sac_pipeline"]["ros__parameters"]["fastdds_builtin_transports"] = args.transports
+        config = str(Path(tempfile.mkdtemp(prefix="sac_bench_")) / "pipeline.yaml")
+        Path(config).write_text(yaml.safe_dump(data))
+    print(f"transports: {args.transports if args.transports is not None else 'config'}; "
+          f"{args.frames} frames per case; ROI mask from "
           f"{args.model + ' model' if args.model else 'static polygon'}")
     print(f"{'case':<34} {'in':>4} {'out':>4} {'drops':>5} {'out fps':>7} {'p50 ms':>7} "
           f"{'p99 ms':>7} {'ECU p99':>7} {'kB/fr':>6} {'ROI dB':>6} {'perc fps':>8}")
     for index, (label, size, fps, perception, params) in enumerate(CASES):
         if args.cases and index not in args.cases:
             continue
-        row = run_case(size, fps, perception, params, args.frames, args.model)
+        row = run_case(size, fps, perception, params, args.frames, args.model, config)
         drops = sum(row["drops"].values())
         out_fps = row["input_fps"] * row["frames_out"] / max(row["frames_in"], 1)
         print(f"{label:<34} {row['frames_in']:>4} {row['frames_out']:>4} {drops:>5} "

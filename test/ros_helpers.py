@@ -201,8 +201,8 @@ class RosHarness:
         os.environ.update(settings)  # read by rcl_init of the in-test context
         self.env = {**os.environ, **settings, "PYTHONUNBUFFERED": "1",
                     "RCUTILS_COLORIZED_OUTPUT": "0", "RCUTILS_LOGGING_BUFFERED_STREAM": "0"}
-        # Under LOCALHOST, rmw_fastrtps sends over loopback UDP whatever this says; the
-        # shipped LARGE_DATA transport is exercised by test_ros_runner.
+        # Under LOCALHOST, rmw_fastrtps sends over loopback UDP whatever this says;
+        # test_ros_runner runs without it, with the config's transports.
         self.env.pop("FASTDDS_BUILTIN_TRANSPORTS", None)
         self.children: list[NodeProcess] = []
         self.context = rclpy.Context()

@@ -150,10 +150,9 @@ def _layout_with(tmp_path, **values):
 
 
 def test_transports_reach_the_node_environment(tmp_path):
-    shipped = load_layout()
-    assert shipped.fastdds_transports.startswith("LARGE_DATA")
-    env = shipped.environment({"PATH": "/bin"})
-    assert env == {"PATH": "/bin", TRANSPORTS_VAR: shipped.fastdds_transports}
+    layout = _layout_with(tmp_path, fastdds_builtin_transports="LARGE_DATA?max_msg_size=4MB")
+    env = layout.environment({"PATH": "/bin"})
+    assert env == {"PATH": "/bin", TRANSPORTS_VAR: "LARGE_DATA?max_msg_size=4MB"}
     # Empty: whatever the environment says (Fast DDS's default when unset).
     layout = _layout_with(tmp_path, fastdds_builtin_transports="")
     assert layout.environment({TRANSPORTS_VAR: "UDPv4"}) == {TRANSPORTS_VAR: "UDPv4"}

@@ -49,8 +49,8 @@ def test_two_cameras_through_the_runner(tmp_path):
 
     domain, _ = rh.unique_ids()
     log_dir = str(tmp_path / "ros_log")  # also marks every process of this run
-    # Not LOCALHOST: under it rmw_fastrtps replaces the config's LARGE_DATA transport by
-    # loopback UDP, and this test runs the pipeline as shipped. The unique domain id and
+    # Not LOCALHOST: under it rmw_fastrtps replaces the config's transports by loopback
+    # UDP, and this test runs the pipeline as shipped. The unique domain id and
     # namespaces keep concurrent runs apart.
     env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "ROS_LOG_DIR": log_dir}
     for key in ("FASTDDS_BUILTIN_TRANSPORTS", "ROS_AUTOMATIC_DISCOVERY_RANGE",

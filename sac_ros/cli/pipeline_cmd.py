@@ -21,9 +21,6 @@ from sac_ros.core.io import parse_size
 from sac_ros.pipeline import EXECUTABLES, NodeSpec, load_layout, pipeline_nodes
 
 MATCH_SETTLE_S = 0.5  # after the writers report their readers, before the first frame
-# Between node starts. With the LARGE_DATA transport, 4-5 participants created at once
-# left a writer-reader pair unmatched in 2 of 5 runs here; 1.5 s apart, 0 of 5.
-START_STAGGER_S = 1.5
 
 
 def add_parser(sub) -> None:
@@ -99,10 +96,7 @@ class Children:
         return proc
 
     def start_nodes(self, specs, config: str) -> None:
-        """Start pipeline nodes one after another, START_STAGGER_S apart (see there)."""
-        for index, spec in enumerate(specs):
-            if index:
-                time.sleep(START_STAGGER_S)
+        for spec in specs:
             self.start(f"{spec.namespace} {spec.name}", node_command(spec, config))
 
     def failed(self) -> list[str]:
