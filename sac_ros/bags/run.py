@@ -160,21 +160,17 @@ def _wait_ready(node, recorder: Recorder, namespaces, input_name, children, opti
     deadline = time.monotonic() + options.startup_timeout
     # Packets: the ECU and the recorder; images: the recorder [and perception].
     probe = ReadinessProbe(node, namespaces, 2, 1 + (1 if perception else 0))
-    while True:
-        ready = all(
-            f"{ns}/{input_name}" in recorder.subscriptions
-            and recorder.matched(f"{ns}/sac/packets") >= 1
-            and recorder.matched(f"{ns}/sac/image") >= 1
-            for ns in namespaces)
-        if ready and probe.ready():
-            probe.destroy()
-            return
-        if children.failed():
-            raise SacError(f"node(s) stopped: {', '.join(children.failed())}")
-        if time.monotonic() > deadline:
-            raise SacError(f"pipeline nodes not discovered after {options.startup_timeout:g} s "
-                           f"(output readers: {probe.missing() or 'all'})")
-        time.sleep(0.1)
+    try:
+        children.wait_until(
+            lambda: all(f"{ns}/{input_name}" in recorder.subscriptions
+                        and recorder.matched(f"{ns}/sac/packets") >= 1
+                        and recorder.matched(f"{ns}/sac/image") >= 1
+                        for ns in namespaces) and probe.ready(),
+            deadline, lambda: f"pipeline nodes not discovered after "
+                              f"{options.startup_timeout:g} s (output readers: "
+                              f"{probe.missing() or 'all'})")
+    finally:
+        probe.destroy()
 
 
 def _drain(recorder: Recorder, namespaces, children) -> None:

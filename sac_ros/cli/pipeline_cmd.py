@@ -95,6 +95,15 @@ class Children:
         self.procs.append((label, proc))
         return proc
 
+    def wait_until(self, ready, deadline: float, timeout_message) -> None:
+        """Poll ``ready()`` until true; SacError if a node stops or ``deadline`` passes."""
+        while not ready():
+            if self.failed():
+                raise SacError(f"node(s) stopped: {', '.join(self.failed())}")
+            if time.monotonic() > deadline:
+                raise SacError(timeout_message())
+            time.sleep(0.1)
+
     def start_nodes(self, specs, config: str) -> None:
         for spec in specs:
             self.start(f"{spec.namespace} {spec.name}", node_command(spec, config))
@@ -179,31 +188,21 @@ def _run_with_source(args, layout, specs, children: Children, config: str) -> li
         # Discovery: every sensor subscribes to its camera topic, every ECU publishes images.
         deadline = time.monotonic() + args.startup_timeout
         expected_subs = 2 + (1 if layout.perception else 0)  # sensor, this collector, perception
-        while True:
-            ready = all(
+        children.wait_until(
+            lambda: all(
                 collector.count_subscribers(collector.topic(ns, input_topic)) >= expected_subs
                 and collector.count_publishers(collector.topic(ns, "sac/image")) >= 1
-                for ns in namespaces)
-            if ready:
-                break
-            if children.failed():
-                raise SacError(f"node(s) stopped: {', '.join(children.failed())}")
-            if time.monotonic() > deadline:
-                raise SacError(f"nodes not discovered after {args.startup_timeout:g} s")
-            time.sleep(0.1)
+                for ns in namespaces),
+            deadline, lambda: f"nodes not discovered after {args.startup_timeout:g} s")
         # The graph shows endpoints before every writer has matched every reader (sensor ->
         # ECU was seen to lag by 1-2 s, losing the first GOP): wait for the nodes to report
         # their outputs matched (packets: ECU + this collector; images: collector [+ perception]).
         probe = ReadinessProbe(collector, namespaces, 2, 1 + (1 if layout.perception else 0),
                                collector.output_subscriptions)
         try:
-            while not probe.ready():
-                if children.failed():
-                    raise SacError(f"node(s) stopped: {', '.join(children.failed())}")
-                if time.monotonic() > deadline:
-                    raise SacError(f"node outputs not matched after {args.startup_timeout:g} s: "
-                                   f"{probe.missing()}")
-                time.sleep(0.1)
+            children.wait_until(probe.ready, deadline,
+                                lambda: f"node outputs not matched after "
+                                        f"{args.startup_timeout:g} s: {probe.missing()}")
         finally:
             probe.destroy()
         time.sleep(MATCH_SETTLE_S)

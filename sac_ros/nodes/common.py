@@ -174,23 +174,14 @@ def matched_writers(subscription) -> int:
 
 
 def make_executor():
-    """The executor the nodes spin in: one thread, as cheap per message as rclpy allows.
+    """The executor the nodes spin in: one thread, the cheapest per message in rclpy.
 
     Frame work runs in the nodes' own threads (LatestWorker, the codec threads);
     callbacks only hand messages over. rclpy's MultiThreadedExecutor spent about a
-    fifth of the sensor's CPU in Python bookkeeping at 30 frames/s; the C++ events
-    executor (rclpy >= 8, Jazzy's successors) spends a fraction of that.
+    fifth of the sensor's CPU in Python bookkeeping at 30 frames/s (py-spy).
     """
-    import os
-
     from rclpy.executors import SingleThreadedExecutor
 
-    if os.environ.get("SAC_ROS_EXECUTOR") == "events":
-        try:
-            from rclpy.experimental import EventsExecutor
-        except ImportError:  # older rclpy (Humble, Jazzy)
-            return SingleThreadedExecutor()
-        return EventsExecutor()
     return SingleThreadedExecutor()
 
 

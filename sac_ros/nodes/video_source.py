@@ -59,18 +59,23 @@ class VideoSourceNode(Node):
         self.publisher = self.create_publisher(Image, topic, qos(reliability, 10))
         self.published = 0
 
-    def _images(self):
-        """Image messages in publishing order; the stamp is set when each is sent."""
-        total = 0
+    def _one_pass(self):
+        """Image messages of one pass of the source; the stamp is set when each is sent."""
+        for rgb, _ in iter_frames(self.path):
+            yield rgb_to_image(self._resize(rgb), Header(frame_id=self.frame_id))
+
+    def _publishing_order(self, one_pass):
+        """``max_frames`` messages (0 = all) from passes of ``one_pass()``, looping if asked."""
+        count = 0
         while True:
-            count = 0
-            for rgb, _ in iter_frames(self.path):
-                if self.max_frames and total >= self.max_frames:
+            empty = True
+            for image in one_pass():
+                if self.max_frames and count >= self.max_frames:
                     return
+                empty = False
                 count += 1
-                total += 1
-                yield rgb_to_image(self._resize(rgb), Header(frame_id=self.frame_id))
-            if not self.loop or count == 0:
+                yield image
+            if not self.loop or empty:
                 return
 
     def _resize(self, rgb: np.ndarray) -> np.ndarray:
@@ -89,10 +94,9 @@ class VideoSourceNode(Node):
         if not self.preload_mb or not (self.max_frames or self.loop):
             return None
         images, total = [], 0
-        for rgb, _ in iter_frames(self.path):
+        for image in self._one_pass():
             if self.max_frames and len(images) >= self.max_frames:
                 break
-            image = rgb_to_image(self._resize(rgb), Header(frame_id=self.frame_id))
             total += len(image.data)
             if total > self.preload_mb * 1e6:
                 self.get_logger().info(f"the source exceeds preload_mb={self.preload_mb}: "
@@ -100,18 +104,6 @@ class VideoSourceNode(Node):
                 return None
             images.append(image)
         return images
-
-    def _cycle(self, images):
-        """The preloaded frames in publishing order: max_frames of them, looping if asked."""
-        count = 0
-        while images:
-            for image in images:
-                if self.max_frames and count >= self.max_frames:
-                    return
-                count += 1
-                yield image
-            if not self.loop:
-                return
 
     def run(self) -> None:
         images = self._preloaded()
@@ -127,7 +119,8 @@ class VideoSourceNode(Node):
                                + (f" ({len(images)} frames preloaded"
                                   f"{', looped' if self.loop else ''})" if images else ""))
         next_time = time.monotonic()
-        for image in self._cycle(images) if images is not None else self._images():
+        source = self._one_pass if images is None else lambda: images
+        for image in self._publishing_order(source):
             delay = next_time - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
