@@ -19,11 +19,18 @@ import subprocess
 import sys
 import time
 
-SHIPPED = "LARGE_DATA?max_msg_size=4MB"
-# (FASTDDS_BUILTIN_TRANSPORTS, ROS_AUTOMATIC_DISCOVERY_RANGE); "" = unset
-SETTINGS = [("", ""), ("SHM", ""), ("LARGE_DATA", ""), (SHIPPED, ""),
+LARGE = "LARGE_DATA?max_msg_size=4MB"
+SHM_ONLY = "SHM?max_msg_size=4MB&sockets_size=16MB"
+
+
+def settings() -> list[tuple[str, str]]:
+    """(FASTDDS_BUILTIN_TRANSPORTS, ROS_AUTOMATIC_DISCOVERY_RANGE) pairs; "" = unset."""
+    from sac_ros.pipeline import default_pipeline_config, load_layout
+
+    shipped = load_layout(default_pipeline_config()).fastdds_transports
+    return [("", ""), (shipped, ""), (SHM_ONLY, ""), ("LARGE_DATA", ""), (LARGE, ""),
             # rmw_fastrtps replaces the built-in transports by UDP on loopback here.
-            (SHIPPED, "LOCALHOST")]
+            (shipped, "LOCALHOST")]
 
 
 def publisher(size: tuple[int, int], frames: int, subscribers: int) -> dict:
@@ -88,6 +95,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", default="1024x512")
     parser.add_argument("--frames", type=int, default=150)
+    parser.add_argument("--transports", nargs="+", metavar="VALUE",
+                        help="FASTDDS_BUILTIN_TRANSPORTS values to measure instead of the "
+                             "built-in list ('' = Fast DDS default)")
     parser.add_argument("--role", help=argparse.SUPPRESS)
     args = parser.parse_args()
     from sac_ros.core.io import parse_size
@@ -100,9 +110,10 @@ def main() -> None:
         return
     print(f"{args.size} rgb8 ({size[0] * size[1] * 3 / 1e6:.2f} MB) at 30 Hz, "
           f"{args.frames} frames, 1 publisher -> 2 subscribers")
-    print(f"{'FASTDDS_BUILTIN_TRANSPORTS':<28} {'discovery':>9} {'received':>8} {'p50 ms':>7} "
+    print(f"{'FASTDDS_BUILTIN_TRANSPORTS':<40} {'discovery':>9} {'received':>8} {'p50 ms':>7} "
           f"{'p99 ms':>7} {'sub CPU ms/fr':>13} {'pub CPU ms/fr':>13}")
-    for setting, discovery in SETTINGS:
+    chosen = [(value, "") for value in args.transports] if args.transports else settings()
+    for setting, discovery in chosen:
         env = {**os.environ, "ROS_DOMAIN_ID": str(50 + os.getpid() % 50)}
         for key, value in (("FASTDDS_BUILTIN_TRANSPORTS", setting),
                            ("ROS_AUTOMATIC_DISCOVERY_RANGE", discovery)):
@@ -117,7 +128,7 @@ def main() -> None:
         results = [json.loads(p.communicate(timeout=120)[0] or "{}") for p in subs]
         pub_cpu = json.loads(pub.stdout or "{}").get("cpu_ms", float("nan"))
         for sub in results:
-            print(f"{setting or '(Fast DDS default)':<28} {discovery or 'default':>9} "
+            print(f"{setting or '(Fast DDS default)':<40} {discovery or 'default':>9} "
                   f"{sub.get('received', 0):>8} "
                   f"{sub.get('p50', float('nan')):>7.1f} {sub.get('p99', float('nan')):>7.1f} "
                   f"{sub.get('cpu_ms', float('nan')):>13.2f} {pub_cpu:>13.2f}")

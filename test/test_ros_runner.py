@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import ros_helpers as rh
@@ -15,6 +16,22 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 FRAMES = 10
+# A participant with Fast DDS's stock transports, as other nodes of an AV stack run:
+# the config's transport setting must still reach it. Exits at the first image.
+STOCK_LISTENER = """
+import sys, time, rclpy
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image
+rclpy.init()
+node = rclpy.create_node("stock_listener")
+got = []
+node.create_subscription(Image, sys.argv[1], got.append, qos_profile_sensor_data)
+print("ready", flush=True)
+deadline = time.monotonic() + 150
+while not got and time.monotonic() < deadline:
+    rclpy.spin_once(node, timeout_sec=0.1)
+print(len(got))
+"""
 
 
 def processes_with_env(key: str, value: str) -> list[int]:
@@ -57,6 +74,12 @@ def test_two_cameras_through_the_runner(tmp_path):
                 "ROS_LOCALHOST_ONLY"):
         env.pop(key, None)
     out = tmp_path / "out.json"
+    listener_env = {**env, "ROS_LOG_DIR": str(tmp_path / "listener_log")}
+    listener = subprocess.Popen([sys.executable, "-c", STOCK_LISTENER, "/cam_a/sac/image"],
+                                env=listener_env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    # Listening before the nodes start, it discovers the ECU while the runner does.
+    assert listener.stdout.readline().strip() == "ready", listener.stderr.read()
     runner = subprocess.Popen(
         [*sac_command(), "pipeline", "--config", str(config_path), "--source", str(source),
          "--frames", str(FRAMES), "--json", str(out), "--no-perception"],
@@ -71,7 +94,11 @@ def test_two_cameras_through_the_runner(tmp_path):
             raise AssertionError(f"sac pipeline did not finish:\n{stderr[-3000:]}") from None
         assert runner.returncode == 0, stderr[-3000:]
         assert processes_with_env("ROS_LOG_DIR", log_dir) == [], "node processes left behind"
+        heard, listener_err = listener.communicate(timeout=30)
+        assert heard.strip() == "1", f"a stock-transport node heard nothing:\n{listener_err}"
     finally:
+        listener.kill()
+        listener.wait()
         try:
             os.killpg(runner.pid, signal.SIGKILL)  # whatever is left of this run
         except ProcessLookupError:
