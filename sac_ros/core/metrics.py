@@ -193,35 +193,36 @@ def binary_iou(gt: np.ndarray, pred: np.ndarray) -> float:
 
 # ------------------------------------------------------------------ BD-rate
 
+def _mean_gap(anchor_x: np.ndarray, anchor_y: np.ndarray,
+              test_x: np.ndarray, test_y: np.ndarray) -> float:
+    """Mean of test_y(x) - anchor_y(x) over the shared x range, each a cubic fit (VCEG-M33)."""
+    deg = min(3, len(anchor_x) - 1, len(test_x) - 1)
+    ia = np.polyint(np.polyfit(anchor_x, anchor_y, deg))
+    it = np.polyint(np.polyfit(test_x, test_y, deg))
+    lo, hi = max(anchor_x.min(), test_x.min()), min(anchor_x.max(), test_x.max())
+    if hi <= lo:
+        return float("nan")
+    return float(((np.polyval(it, hi) - np.polyval(it, lo))
+                  - (np.polyval(ia, hi) - np.polyval(ia, lo))) / (hi - lo))
+
+
+def _bd_inputs(anchor_rate, anchor_quality, test_rate, test_quality):
+    return (np.log(np.asarray(anchor_rate, float)), np.asarray(anchor_quality, float),
+            np.log(np.asarray(test_rate, float)), np.asarray(test_quality, float))
+
+
 def bd_rate(anchor_rate: Sequence[float], anchor_quality: Sequence[float],
             test_rate: Sequence[float], test_quality: Sequence[float]) -> float:
     """Bjontegaard delta rate in percent (VCEG-M33: cubic fit of log-rate vs quality).
 
     Negative = the test needs fewer bytes than the anchor for the same quality.
     """
-    la, lt = np.log(np.asarray(anchor_rate, float)), np.log(np.asarray(test_rate, float))
-    qa, qt = np.asarray(anchor_quality, float), np.asarray(test_quality, float)
-    deg = min(3, len(qa) - 1, len(qt) - 1)
-    pa, pt = np.polyfit(qa, la, deg), np.polyfit(qt, lt, deg)
-    lo, hi = max(qa.min(), qt.min()), min(qa.max(), qt.max())
-    if hi <= lo:
-        return float("nan")
-    ia, it = np.polyint(pa), np.polyint(pt)
-    avg_diff = ((np.polyval(it, hi) - np.polyval(it, lo))
-                - (np.polyval(ia, hi) - np.polyval(ia, lo))) / (hi - lo)
-    return float((math.exp(avg_diff) - 1.0) * 100.0)
+    la, qa, lt, qt = _bd_inputs(anchor_rate, anchor_quality, test_rate, test_quality)
+    return (math.exp(_mean_gap(qa, la, qt, lt)) - 1.0) * 100.0
 
 
 def bd_quality(anchor_rate: Sequence[float], anchor_quality: Sequence[float],
                test_rate: Sequence[float], test_quality: Sequence[float]) -> float:
     """Bjontegaard delta quality (dB): mean quality change at equal rate."""
-    la, lt = np.log(np.asarray(anchor_rate, float)), np.log(np.asarray(test_rate, float))
-    qa, qt = np.asarray(anchor_quality, float), np.asarray(test_quality, float)
-    deg = min(3, len(qa) - 1, len(qt) - 1)
-    pa, pt = np.polyfit(la, qa, deg), np.polyfit(lt, qt, deg)
-    lo, hi = max(la.min(), lt.min()), min(la.max(), lt.max())
-    if hi <= lo:
-        return float("nan")
-    ia, it = np.polyint(pa), np.polyint(pt)
-    return float(((np.polyval(it, hi) - np.polyval(it, lo))
-                  - (np.polyval(ia, hi) - np.polyval(ia, lo))) / (hi - lo))
+    la, qa, lt, qt = _bd_inputs(anchor_rate, anchor_quality, test_rate, test_quality)
+    return _mean_gap(la, qa, lt, qt)
