@@ -54,6 +54,14 @@ class PipelineLayout:
             env[TRANSPORTS_VAR] = self.fastdds_transports
         return env
 
+    def readers(self) -> dict[str, int]:
+        """Readers each camera's topics have once a run's own listener (the runner's
+        summary or the bag recorder) is up: the camera input (sensor, listener
+        [, perception]), packets (ECU, listener) and reconstructed images (listener
+        [, perception])."""
+        extra = 1 if self.perception else 0
+        return {"input": 2 + extra, "packets": 2, "image": 1 + extra}
+
 
 def default_pipeline_config() -> Path:
     return config_dir() / "pipeline.yaml"

@@ -93,8 +93,7 @@ def run_pipeline(source_bag: str, output: str, options: RunOptions,
     env = layout.environment()
     os.environ.update(env)  # the player and recorder use the same transports
     record_topics = [t for ns in namespaces for t in camera_topics(ns or "/", input_name)]
-    # Which input consumers the player must see: sensor, recorder, perception (raw_topic).
-    expected = 2 + (1 if layout.perception else 0)
+    readers = layout.readers()  # the recorder is this run's listener
     children = Children(env)
     config = str(layout.config)
     rclpy.init(args=None)
@@ -111,12 +110,12 @@ def run_pipeline(source_bag: str, output: str, options: RunOptions,
             spin.start()
             children.start_nodes(specs, config)
             _wait_ready(node, recorder, namespaces, input_name, children, options,
-                        layout.perception)
+                        readers)
             cmd = [sys.executable, "-m", "sac_ros.cli.main", "bag", "play", source_bag,
                    "--rate", repr(options.rate), "--wait-timeout",
                    str(options.startup_timeout), "--delay", str(SETTLE_S)]
             for topic in inputs:
-                cmd += ["--wait-for", f"{topic}={expected}"]
+                cmd += ["--wait-for", f"{topic}={readers['input']}"]
             wanted = [t for t in record_topics if t in source["all"]]
             cmd += ["--topics", *wanted]
             if not options.progress:
@@ -153,13 +152,12 @@ def run_pipeline(source_bag: str, output: str, options: RunOptions,
 
 
 def _wait_ready(node, recorder: Recorder, namespaces, input_name, children, options,
-                perception: bool) -> None:
+                readers: dict[str, int]) -> None:
     """Every camera: the recorder has subscribed to its input and hears packets and images."""
     from sac_ros.nodes.common import ReadinessProbe
 
     deadline = time.monotonic() + options.startup_timeout
-    # Packets: the ECU and the recorder; images: the recorder [and perception].
-    probe = ReadinessProbe(node, namespaces, 2, 1 + (1 if perception else 0))
+    probe = ReadinessProbe(node, namespaces, readers)
     try:
         children.wait_until(
             lambda: all(f"{ns}/{input_name}" in recorder.subscriptions

@@ -187,18 +187,17 @@ def _run_with_source(args, layout, specs, children: Children, config: str) -> li
     try:
         # Discovery: every sensor subscribes to its camera topic, every ECU publishes images.
         deadline = time.monotonic() + args.startup_timeout
-        expected_subs = 2 + (1 if layout.perception else 0)  # sensor, this collector, perception
+        readers = layout.readers()
         children.wait_until(
             lambda: all(
-                collector.count_subscribers(collector.topic(ns, input_topic)) >= expected_subs
+                collector.count_subscribers(collector.topic(ns, input_topic)) >= readers["input"]
                 and collector.count_publishers(collector.topic(ns, "sac/image")) >= 1
                 for ns in namespaces),
             deadline, lambda: f"nodes not discovered after {args.startup_timeout:g} s")
         # The graph shows endpoints before every writer has matched every reader (sensor ->
         # ECU was seen to lag by 1-2 s, losing the first GOP): wait for the nodes to report
-        # their outputs matched (packets: ECU + this collector; images: collector [+ perception]).
-        probe = ReadinessProbe(collector, namespaces, 2, 1 + (1 if layout.perception else 0),
-                               collector.output_subscriptions)
+        # their outputs matched.
+        probe = ReadinessProbe(collector, namespaces, readers, collector.output_subscriptions)
         try:
             children.wait_until(probe.ready, deadline,
                                 lambda: f"node outputs not matched after "
@@ -209,7 +208,7 @@ def _run_with_source(args, layout, specs, children: Children, config: str) -> li
         # --frames N publishes N frames, looping a shorter source.
         source_params = {"input": args.source, "max_frames": args.frames,
                          "loop": args.frames > 0,
-                         "wait_for_subscribers": expected_subs}
+                         "wait_for_subscribers": readers["input"]}
         if args.fps:  # otherwise the config's rate (whose 0 means the source's own)
             source_params["fps"] = args.fps
         if args.size:

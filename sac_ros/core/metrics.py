@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.ndimage import binary_dilation, gaussian_filter
 
+from sac_ros.core.mask import block_grid
+
 PEAK = 255.0
 MAX_PSNR = 100.0  # reported for identical pixels instead of infinity
 
@@ -44,7 +46,7 @@ def block_region_mse(reference: np.ndarray, test: np.ndarray, blocks: np.ndarray
     """
     height, width = reference.shape[:2]
     channels = reference.shape[2] if reference.ndim == 3 else 1
-    rows, cols = -(-height // block_size), -(-width // block_size)
+    rows, cols = block_grid(height, width, block_size)
     if blocks.shape != (rows, cols):
         raise ValueError(f"{blocks.shape} blocks for a {width}x{height} image")
     diff = np.subtract(reference, test, dtype=np.int16).reshape(height, width, channels)

@@ -296,9 +296,10 @@ class ReadinessProbe:
     every hop have matched (``extra`` adds the caller's own subscriptions).
     """
 
-    def __init__(self, node: Node, namespaces: list[str], packet_readers: int,
-                 image_readers: int, extra: list | None = None):
-        self.wanted = {"sensor_stats": packet_readers, "ecu_stats": image_readers}
+    def __init__(self, node: Node, namespaces: list[str], readers: dict[str, int],
+                 extra: list | None = None):
+        """``readers``: ``PipelineLayout.readers()``, the readers each output must have."""
+        self.wanted = {"sensor_stats": readers["packets"], "ecu_stats": readers["image"]}
         self.latest: dict[tuple[str, str], SacStats] = {}
         self.extra = list(extra or [])
         self._subs = [
