@@ -6,6 +6,7 @@ ROS-free: it only reads config/pipeline.yaml (a ROS 2 parameter file).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,10 @@ PIPELINE_KEY = "sac_pipeline"
 TRANSPORTS_VAR = "FASTDDS_BUILTIN_TRANSPORTS"
 FASTDDS_TRANSPORT_MODES = ("DEFAULT", "DEFAULTv6", "SHM", "UDPv4", "UDPv6", "LARGE_DATA",
                            "LARGE_DATAv6", "NONE")
+# The options Fast DDS accepts after "MODE?", joined by "&". Anything else makes it log
+# an error and fall back to its stock transports, silently slower.
+FASTDDS_TRANSPORT_OPTION = re.compile(r"(max_msg_size|sockets_size)=\d+[A-Za-z]*"
+                                      r"|non_blocking=(true|false)|tcp_negotiation_timeout=\d+")
 
 
 @dataclass
@@ -87,13 +92,26 @@ def load_layout(config: str | Path | None = None) -> PipelineLayout:
         if camera and not all(part.isidentifier() for part in camera.split("/")):
             raise SacError(f"{path}: '{camera}' is not a valid ROS namespace")
     transports = section.get("fastdds_builtin_transports", "")
-    if not isinstance(transports, str) or (
-            transports and transports.split("?")[0] not in FASTDDS_TRANSPORT_MODES):
-        raise SacError(f"{path}: {PIPELINE_KEY}.fastdds_builtin_transports '{transports}' must "
-                       f"be empty or one of {', '.join(FASTDDS_TRANSPORT_MODES)} (with optional "
-                       "?options)")
+    _check_transports(path, transports)
     return PipelineLayout(path.resolve(), cameras, bool(section.get("perception", True)),
                           transports)
+
+
+def _check_transports(path: Path, transports) -> None:
+    key = f"{path}: {PIPELINE_KEY}.fastdds_builtin_transports '{transports}'"
+    if not isinstance(transports, str):
+        raise SacError(f"{key} must be a string")
+    if not transports:
+        return
+    mode, _, options = transports.partition("?")
+    if mode not in FASTDDS_TRANSPORT_MODES:
+        raise SacError(f"{key} must be empty or one of {', '.join(FASTDDS_TRANSPORT_MODES)} "
+                       "(with optional ?options)")
+    bad = [o for o in options.split("&") if options and not FASTDDS_TRANSPORT_OPTION.fullmatch(o)]
+    if bad or (options and len(options.split("&")) > 4):
+        raise SacError(f"{key}: unknown option(s) {', '.join(bad) or options}; Fast DDS takes "
+                       "max_msg_size=N[unit], sockets_size=N[unit], non_blocking=true|false and "
+                       "tcp_negotiation_timeout=MS, joined by &")
 
 
 def pipeline_nodes(layout: PipelineLayout, input_topic: str = "", model: str = "",

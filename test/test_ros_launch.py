@@ -157,9 +157,13 @@ def test_transports_reach_the_node_environment(tmp_path):
     layout = _layout_with(tmp_path, fastdds_builtin_transports="")
     assert layout.environment({TRANSPORTS_VAR: "UDPv4"}) == {TRANSPORTS_VAR: "UDPv4"}
     assert _layout_with(tmp_path, fastdds_builtin_transports="SHM").fastdds_transports == "SHM"
+    value = ("LARGE_DATA?max_msg_size=4MB&sockets_size=8MB&non_blocking=true"
+             "&tcp_negotiation_timeout=50")
+    assert _layout_with(tmp_path, fastdds_builtin_transports=value).fastdds_transports == value
 
 
-@pytest.mark.parametrize("value", ["BIG_DATA", "large_data", 3])
+@pytest.mark.parametrize("value", ["BIG_DATA", "large_data", 3, "DEFAULT?socket_size=16MB",
+                                   "LARGE_DATA?max_msg_size=4MB&non_blocking=yes"])
 def test_bad_transports_are_refused(tmp_path, value):
     with pytest.raises(SacError, match="fastdds_builtin_transports"):
         _layout_with(tmp_path, fastdds_builtin_transports=value)
