@@ -195,7 +195,8 @@ SEGMENTATION_KEYS = {"model", "backend", "class_map", "input_size", "roi_thresho
                      "block_threshold", "device", "threads", "on_size_mismatch", "normalize",
                      "train", "export"}
 SEGMENTATION_TRAIN_KEYS = {"lr", "betas", "weight_decay", "batch_size", "epochs", "crop",
-                           "scale", "width", "seed"}
+                           "scale", "width", "depth", "shadows", "ema",
+                           "seed"}
 SEGMENTATION_EXPORT_KEYS = {"opt_shape", "min_shape", "max_shape", "fp16", "workspace_mb"}
 SEGMENTATION_BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 SEGMENTATION_CLASS_MAPS = ("auto", "cityscapes_train_ids", "cityscapes_label_ids", "kitti_step",
@@ -275,6 +276,11 @@ def load_segmentation_config(path: str | Path | None = None) -> dict[str, Any]:
             or scale[0] > scale[1]):
         raise SacError(f"{where}: train.scale must be [low, high] with 0 < low <= high <= 4")
     train["width"] = _number(train, "width", f"{where}: train", 0.25, 4.0, 1.5)
+    depth = train.setdefault("depth", 0)
+    if isinstance(depth, bool) or not isinstance(depth, int) or not 0 <= depth <= 8:
+        raise SacError(f"{where}: train.depth must be a whole number from 0 to 8")
+    train["shadows"] = _number(train, "shadows", f"{where}: train", 0.0, 1.0, 0.5)
+    train["ema"] = _number(train, "ema", f"{where}: train", 0.0, 0.9999, 0.99)
     export = cfg.setdefault("export", {})
     if not isinstance(export, dict):
         raise SacError(f"{where}: export must be a mapping")

@@ -18,9 +18,13 @@ pytest.importorskip("cityscapesscripts", reason="label definitions come from cit
 from sac_ros.config import load_segmentation_config  # noqa: E402
 from sac_ros.core.errors import SacError  # noqa: E402
 from sac_ros.segmentation import load_segmenter  # noqa: E402
+from sac_ros.segmentation.checkpoint import (  # noqa: E402
+    load_checkpoint,
+    model_from_checkpoint,
+)
 from sac_ros.segmentation.classmaps import ClassMapAdapter, four_class_lookup  # noqa: E402
-from sac_ros.segmentation.datasets import open_dataset  # noqa: E402
-from sac_ros.segmentation.network import SacRoiNet  # noqa: E402
+from sac_ros.segmentation.datasets import augment, open_dataset, shadow_field  # noqa: E402
+from sac_ros.segmentation.network import SacRoiNet, count_parameters  # noqa: E402
 from sac_ros.segmentation.train import TrainSettings, train  # noqa: E402
 
 # Cityscapes labelIds / trainIds used by the synthetic scenes
@@ -97,9 +101,11 @@ def kitti_root(tmp_path_factory):
 
 def quick(dataset, root, out, **overrides):
     # one thread: these tensors are tiny, and thread hand-offs dominate on a busy 2-core box
+    # no shadows: 20 steps on synthetic fixtures check the data path and the optimiser
+    # (the shadows have their own test)
     values = dict(dataset=dataset, data_root=str(root), out=out, epochs=1, steps_per_epoch=20,
                   batch_size=4, crop=(128, 64), scale=(0.8, 1.0), width=0.5, progress=False,
-                  seed=0, lr=3e-3, threads=1)
+                  seed=0, lr=3e-3, threads=1, shadow_prob=0.0)
     values.update(overrides)
     return TrainSettings(**values)
 
@@ -234,3 +240,35 @@ def test_cli_train_then_export(cityscapes_root, tmp_path):
         f"sac train: error: dataset folder {tmp_path / 'nowhere'} does not exist"]
     result = sac("export", tmp_path / "run" / "model.onnx", cwd=tmp_path)
     assert result.returncode == 2 and "give --engine" in result.stderr
+
+
+def test_shadows_vary_the_light_but_not_the_labels():
+    for seed in range(8):  # at the training crop size
+        gain = shadow_field(384, 768, np.random.default_rng(seed))
+        assert gain.shape == (384, 768) and gain.dtype == np.float32
+        assert 0.3 - 1e-5 <= gain.min() and gain.max() <= 1.6 + 1e-5
+        assert gain.max() - gain.min() > 0.2        # patches, not a uniform gain
+    rgb = np.full((128, 256, 3), 128, np.uint8)
+    target = np.random.default_rng(0).integers(0, 4, (128, 256)).astype(np.uint8)
+    plain, plain_labels = augment(rgb, target, (128, 64), (1.0, 1.0), np.random.default_rng(5))
+    shaded, shaded_labels = augment(rgb, target, (128, 64), (1.0, 1.0),
+                                    np.random.default_rng(5), shadow_prob=1.0)
+    assert np.array_equal(plain_labels, shaded_labels)
+    assert np.abs(shaded - plain).mean() > 5.0
+
+
+def test_depth_and_weight_averaging_reach_the_checkpoint(cityscapes_root, tmp_path):
+    train(quick("cityscapes", cityscapes_root, tmp_path, steps_per_epoch=3, depth=1))
+    checkpoint = load_checkpoint(tmp_path / "last.pt")
+    assert checkpoint["depth"] == 1 and "averaged" in checkpoint
+    model = model_from_checkpoint(checkpoint)
+    assert count_parameters(model) > count_parameters(SacRoiNet(4, 0.5))
+    # the exported model is the averaged one, which lags the raw weights
+    name = "class_head.weight"
+    assert torch.equal(model.state_dict()[name], checkpoint["averaged"][name])
+    assert not torch.equal(checkpoint["averaged"][name], checkpoint["model"][name])
+    with pytest.raises(SacError, match="depth 1; it cannot resume"):
+        train(quick("cityscapes", cityscapes_root, tmp_path, epochs=2, depth=0,
+                    resume=tmp_path / "last.pt"))
+    train(quick("cityscapes", cityscapes_root, tmp_path / "raw", steps_per_epoch=3, ema=0.0))
+    assert "averaged" not in load_checkpoint(tmp_path / "raw" / "last.pt")

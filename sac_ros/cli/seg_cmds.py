@@ -61,6 +61,7 @@ def _add_train(sub) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--crop", type=_size, help="training crop WxH (multiples of 64)")
     p.add_argument("--width", type=float, help="SacRoiNet channel multiplier")
+    p.add_argument("--depth", type=int, help="extra SacRoiNet blocks at strides 16 and 32")
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: the config's; "
@@ -85,6 +86,8 @@ def run_train(args) -> int:
                         ("--threads", args.threads)):
         if value is not None and value < 1:
             raise SacError(f"{flag} must be at least 1")
+    if args.depth is not None and not 0 <= args.depth <= 8:
+        raise SacError("--depth must be from 0 to 8")
     settings = TrainSettings(
         dataset=args.dataset, data_root=args.data_root, out=Path(args.out), head=args.head,
         train_split=args.train_split, val_split=args.val_split,
@@ -94,6 +97,8 @@ def run_train(args) -> int:
         lr=args.lr if args.lr is not None else recipe["lr"], betas=tuple(recipe["betas"]),
         weight_decay=recipe["weight_decay"],
         width=args.width if args.width is not None else recipe["width"],
+        depth=args.depth if args.depth is not None else recipe["depth"],
+        shadow_prob=recipe["shadows"], ema=recipe["ema"],
         seed=args.seed if args.seed is not None else recipe["seed"],
         threads=args.threads if args.threads is not None else cfg["threads"],
         val_limit=args.val_limit, val_every=args.val_every, input_size=cfg["input_size"],

@@ -37,6 +37,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def model_from_checkpoint(checkpoint: dict[str, Any]):
     from sac_ros.segmentation.network import SacRoiNet
 
-    model = SacRoiNet(int(checkpoint["num_classes"]), float(checkpoint["width"]))
-    model.load_state_dict(checkpoint["model"])
+    model = SacRoiNet(int(checkpoint["num_classes"]), float(checkpoint["width"]),
+                      int(checkpoint.get("depth", 0)))  # checkpoints before depth have 0
+    # the averaged weights when the run kept them (what training validated), else the raw ones
+    model.load_state_dict(checkpoint.get("averaged", checkpoint["model"]))
     return model

@@ -125,8 +125,10 @@ def open_dataset(name: str, root: str | Path | None, split: str, head: str,
 
 
 def augment(rgb: np.ndarray, target: np.ndarray, crop: tuple[int, int],
-            scale: tuple[float, float], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Random rescale (with a little aspect jitter), crop, flip and photometric jitter.
+            scale: tuple[float, float], rng: np.random.Generator,
+            shadow_prob: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Random rescale (with a little aspect jitter), crop, flip, photometric jitter and,
+    with probability ``shadow_prob``, cast shadows and sun patches.
 
     The crop window is chosen in source pixels and only that window is resampled, so
     the cost does not grow with the frame size.
@@ -155,5 +157,20 @@ def augment(rgb: np.ndarray, target: np.ndarray, crop: tuple[int, int],
     out = np.stack([tables[c][out[:, :, c]] for c in range(3)], axis=2)
     grey = out.mean(axis=2, keepdims=True)
     out = grey + (out - grey) * np.float32(rng.uniform(0.6, 1.4))
+    if rng.random() < shadow_prob:
+        out *= shadow_field(out.shape[0], out.shape[1], rng)[:, :, None]
     out += rng.standard_normal(out.shape, dtype=np.float32) * np.float32(rng.uniform(0, 6))
     return np.clip(out, 0, 255, out=out), np.ascontiguousarray(labels)
+
+
+def shadow_field(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """A gain map of soft-edged shade and sunlit patches (dappled light under trees, the
+    shadows of bridges and cars), so that the class does not follow the brightness."""
+    cell = int(rng.choice([8, 16, 32, 64]))  # patch size in pixels
+    noise = rng.random((max(2, height // cell), max(2, width // cell)), dtype=np.float32)
+    noise = np.asarray(Image.fromarray(noise).resize((width, height),
+                                                     Image.Resampling.BICUBIC))
+    edge = np.float32(rng.uniform(8, 30))       # sharpness of the patch edges
+    lit = 1.0 / (1.0 + np.exp((np.float32(rng.uniform(0.3, 0.7)) - noise) * edge))
+    shade, sun = np.float32(rng.uniform(0.3, 0.8)), np.float32(rng.uniform(1.0, 1.6))
+    return shade + (sun - shade) * lit

@@ -63,14 +63,17 @@ class InvertedResidual(nn.Module):
 class SacRoiNet(nn.Module):
     """Class logits at stride 8 and block-ROI logits at stride 16.
 
-    ``width`` scales the channel counts (the shipped default is in segmentation.yaml).
+    ``width`` scales the channel counts and ``depth`` adds that many inverted residuals at
+    strides 16 and 32 (more context for the cost of low-resolution layers); the shipped
+    defaults are in segmentation.yaml.
     """
 
-    def __init__(self, num_classes: int = 4, width: float = 1.0):
+    def __init__(self, num_classes: int = 4, width: float = 1.0, depth: int = 0):
         super().__init__()
         c = [max(8, int(round(n * width / 8)) * 8) for n in (16, 24, 32, 48, 64)]
         self.num_classes = num_classes
         self.width = width
+        self.depth = depth
         # 0-255 RGB -> roughly zero-mean unit-range input
         self.register_buffer("scale", torch.full((1, 3, 1, 1), 1.0 / 128.0))
         self.register_buffer("shift", torch.full((1, 3, 1, 1), -1.0))
@@ -78,8 +81,10 @@ class SacRoiNet(nn.Module):
                                    conv_bn(3, c[0], 3, 2),                 # stride 4
                                    DepthwiseSeparable(c[0], c[1], 2))      # stride 8
         self.stem16 = DepthwiseSeparable(c[1], c[2], 2)                    # stride 16
+        self.refine16 = nn.Sequential(*[InvertedResidual(c[2], c[2]) for _ in range(depth)])
         self.down32 = nn.Sequential(InvertedResidual(c[2], c[3], 2),
                                     InvertedResidual(c[3], c[3]))          # stride 32
+        self.refine32 = nn.Sequential(*[InvertedResidual(c[3], c[3]) for _ in range(depth)])
         self.down64 = nn.Sequential(InvertedResidual(c[3], c[4], 2),
                                     InvertedResidual(c[4], c[4]),
                                     InvertedResidual(c[4], c[4]))          # stride 64
@@ -99,8 +104,8 @@ class SacRoiNet(nn.Module):
 
     def forward(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x8 = self.stem8(rgb * self.scale + self.shift)
-        x16 = self.stem16(x8)
-        x32 = self.down32(x16)
+        x16 = self.refine16(self.stem16(x8))
+        x32 = self.refine32(self.down32(x16))
         x64 = self.down64(x32)
         x64 = x64 + self.context(x64.mean(dim=(2, 3), keepdim=True))
         f32 = self.fuse32(x32 + self._up(self.up64(x64)))

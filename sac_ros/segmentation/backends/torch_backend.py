@@ -84,7 +84,7 @@ class TorchBackend:
 def checkpoint_metadata(checkpoint: dict) -> dict[str, str]:
     from sac_ros.segmentation.network_meta import sac_metadata
 
-    return sac_metadata(checkpoint["class_map"], checkpoint["width"])
+    return sac_metadata(checkpoint["class_map"], checkpoint["width"], checkpoint.get("depth", 0))
 
 
 class ModuleBackend(TorchBackend):
