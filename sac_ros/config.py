@@ -195,7 +195,8 @@ SEGMENTATION_KEYS = {"model", "backend", "class_map", "input_size", "roi_thresho
                      "block_threshold", "device", "threads", "on_size_mismatch", "normalize",
                      "train", "export"}
 SEGMENTATION_TRAIN_KEYS = {"lr", "betas", "weight_decay", "batch_size", "epochs", "crop",
-                           "scale", "width", "depth", "shadows", "seed"}
+                           "scale", "width", "depth", "shadows", "ema",
+                           "seed"}
 SEGMENTATION_EXPORT_KEYS = {"opt_shape", "min_shape", "max_shape", "fp16", "workspace_mb"}
 SEGMENTATION_BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 SEGMENTATION_CLASS_MAPS = ("auto", "cityscapes_train_ids", "cityscapes_label_ids", "kitti_step",
@@ -279,6 +280,7 @@ def load_segmentation_config(path: str | Path | None = None) -> dict[str, Any]:
     if isinstance(depth, bool) or not isinstance(depth, int) or not 0 <= depth <= 8:
         raise SacError(f"{where}: train.depth must be a whole number from 0 to 8")
     train["shadows"] = _number(train, "shadows", f"{where}: train", 0.0, 1.0, 0.5)
+    train["ema"] = _number(train, "ema", f"{where}: train", 0.0, 0.9999, 0.99)
     export = cfg.setdefault("export", {})
     if not isinstance(export, dict):
         raise SacError(f"{where}: export must be a mapping")

@@ -231,7 +231,7 @@ def test_shipped_segmentation_config_and_bad_values(tmp_path):
            ({"threads": -1}, "threads"), ({"surprise": 1}, "unknown key"),
            ({"train": {"lr": 0}}, "train.lr"), ({"train": {"crop": [100, 64]}}, "crop"),
            ({"train": {"depth": 9}}, "train.depth"), ({"train": {"depth": 1.5}}, "train.depth"),
-           ({"train": {"shadows": 2}}, "train.shadows"),
+           ({"train": {"shadows": 2}}, "train.shadows"), ({"train": {"ema": 1}}, "train.ema"),
            ({"export": {"min_shape": [2048, 1024]}}, "min <= opt <= max"),
            ({"normalize": {"std": [0, 1, 1]}}, "positive")]
     for override, fragment in bad:

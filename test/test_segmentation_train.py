@@ -257,13 +257,18 @@ def test_shadows_vary_the_light_but_not_the_labels():
     assert np.abs(shaded - plain).mean() > 5.0
 
 
-def test_depth_reaches_the_checkpoint(cityscapes_root, tmp_path):
+def test_depth_and_weight_averaging_reach_the_checkpoint(cityscapes_root, tmp_path):
     train(quick("cityscapes", cityscapes_root, tmp_path, steps_per_epoch=3, depth=1))
     checkpoint = load_checkpoint(tmp_path / "last.pt")
-    assert checkpoint["depth"] == 1
+    assert checkpoint["depth"] == 1 and "averaged" in checkpoint
     model = model_from_checkpoint(checkpoint)
     assert count_parameters(model) > count_parameters(SacRoiNet(4, 0.5))
-    assert len(model.refine16) == len(model.refine32) == 1
+    # the exported model is the averaged one, which lags the raw weights
+    name = "class_head.weight"
+    assert torch.equal(model.state_dict()[name], checkpoint["averaged"][name])
+    assert not torch.equal(checkpoint["averaged"][name], checkpoint["model"][name])
     with pytest.raises(SacError, match="depth 1; it cannot resume"):
         train(quick("cityscapes", cityscapes_root, tmp_path, epochs=2, depth=0,
                     resume=tmp_path / "last.pt"))
+    train(quick("cityscapes", cityscapes_root, tmp_path / "raw", steps_per_epoch=3, ema=0.0))
+    assert "averaged" not in load_checkpoint(tmp_path / "raw" / "last.pt")

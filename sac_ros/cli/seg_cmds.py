@@ -98,7 +98,7 @@ def run_train(args) -> int:
         weight_decay=recipe["weight_decay"],
         width=args.width if args.width is not None else recipe["width"],
         depth=args.depth if args.depth is not None else recipe["depth"],
-        shadow_prob=recipe["shadows"],
+        shadow_prob=recipe["shadows"], ema=recipe["ema"],
         seed=args.seed if args.seed is not None else recipe["seed"],
         threads=args.threads if args.threads is not None else cfg["threads"],
         val_limit=args.val_limit, val_every=args.val_every, input_size=cfg["input_size"],

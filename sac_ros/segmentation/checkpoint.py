@@ -39,5 +39,6 @@ def model_from_checkpoint(checkpoint: dict[str, Any]):
 
     model = SacRoiNet(int(checkpoint["num_classes"]), float(checkpoint["width"]),
                       int(checkpoint.get("depth", 0)))  # checkpoints before depth have 0
-    model.load_state_dict(checkpoint["model"])
+    # the averaged weights when the run kept them (what training validated), else the raw ones
+    model.load_state_dict(checkpoint.get("averaged", checkpoint["model"]))
     return model

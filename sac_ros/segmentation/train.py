@@ -46,6 +46,7 @@ class TrainSettings:
     width: float = 1.5
     depth: int = 0
     shadow_prob: float = 0.5              # share of crops given cast shadows / sun patches
+    ema: float = 0.99                     # weight averaging per step (0: off)
     seed: int = 0
     threads: int = 0
     val_limit: int | None = None
@@ -145,6 +146,9 @@ def train(settings: TrainSettings) -> dict[str, Any]:
     model = SacRoiNet(num_classes, settings.width, settings.depth)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, betas=settings.betas,
                                  weight_decay=settings.weight_decay)
+    # the averaged weights (batch-norm statistics included) are what gets validated and
+    # exported: with 50-step epochs the raw weights of one epoch end scatter widely
+    averaged = _averaged_model(torch, model, settings.ema)
     start_epoch, step = 1, 0
     history: list[dict] = []
     rng = np.random.default_rng(settings.seed)
@@ -159,6 +163,9 @@ def train(settings: TrainSettings) -> dict[str, Any]:
                            f"{settings.depth}")
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
+        if averaged is not None:
+            averaged.module.load_state_dict(checkpoint.get("averaged", checkpoint["model"]))
+            averaged.n_averaged.fill_(checkpoint["step"])
         start_epoch, step = checkpoint["epoch"] + 1, checkpoint["step"]
         history = list(checkpoint.get("history", []))
         rng = np.random.default_rng([settings.seed, checkpoint["epoch"]])  # fresh, reproducible
@@ -186,17 +193,20 @@ def train(settings: TrainSettings) -> dict[str, Any]:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
             step += 1
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{losses[-1]:.3f}", cls=f"{float(class_loss):.3f}",
                             block=f"{float(block_loss):.3f}")
         bar.close()
+        final = model if averaged is None else averaged.module
         record: dict[str, Any] = {"epoch": epoch, "step": step,
                                   "loss": float(np.mean(losses)),
                                   "seconds": round(time.perf_counter() - started, 1)}
         if val_set is not None and (epoch % settings.val_every == 0
                                     or epoch == settings.epochs):
-            record["val"] = validate(model, val_set, settings)
+            record["val"] = validate(final, val_set, settings)
         history.append(record)
         line = f"epoch {epoch}/{settings.epochs}: loss {record['loss']:.4f}"
         if "val" in record:
@@ -205,6 +215,7 @@ def train(settings: TrainSettings) -> dict[str, Any]:
                      f"block iIoU {val['block_iiou']:.4f} mIoU {val['block_miou']:.4f}")
         print(line + f" ({record['seconds']:.0f} s)", file=sys.stderr)
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 **({} if averaged is None else {"averaged": final.state_dict()}),
                  "epoch": epoch, "step": step, "num_classes": num_classes,
                  "width": settings.width, "depth": settings.depth,
                  "class_map": settings.head, "history": history,
@@ -213,7 +224,7 @@ def train(settings: TrainSettings) -> dict[str, Any]:
                               "batch_size": settings.batch_size, "lr": settings.lr,
                               "betas": list(settings.betas),
                               "weight_decay": settings.weight_decay, "seed": settings.seed,
-                              "shadows": settings.shadow_prob}}
+                              "shadows": settings.shadow_prob, "ema": settings.ema}}
         save_checkpoint(settings.out / "last.pt", state)
         score = record.get("val", {}).get("block_iiou", float("nan"))
         if score > best:  # NaN (no validation this epoch) never wins
@@ -223,6 +234,25 @@ def train(settings: TrainSettings) -> dict[str, Any]:
     if not state:
         raise SacError(f"nothing to do: the checkpoint already reached epoch {start_epoch - 1} "
                        f"of {settings.epochs} (raise --epochs to continue)")
-    state["model_object"] = model
+    state["model_object"] = final
     return state
 
+
+def _averaged_model(torch, model, decay: float):
+    """An exponential moving average of ``model`` (weights and buffers); None when off."""
+    if not decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel
+
+    @torch.no_grad()
+    def update(averaged: list, current: list, count) -> None:
+        # warm-up: the first weights (and batch-norm statistics) are forgotten within a few
+        # dozen steps instead of lingering for hundreds at the full decay
+        rate = 1.0 - min(decay, (1.0 + float(count)) / (10.0 + float(count)))
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, rate)
+        else:  # integer buffers (batch-norm step counts): follow the model
+            for mean, value in zip(averaged, current, strict=True):
+                mean.copy_(value)
+
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
