@@ -272,3 +272,21 @@ def test_depth_and_weight_averaging_reach_the_checkpoint(cityscapes_root, tmp_pa
                     resume=tmp_path / "last.pt"))
     train(quick("cityscapes", cityscapes_root, tmp_path / "raw", steps_per_epoch=3, ema=0.0))
     assert "averaged" not in load_checkpoint(tmp_path / "raw" / "last.pt")
+
+
+def test_weight_average_forgets_the_initial_weights_quickly():
+    from sac_ros.segmentation.train import _averaged_model
+
+    model = SacRoiNet(4, 0.5)
+    averaged = _averaged_model(torch, model, 0.99)
+    averaged.update_parameters(model)                  # the first call copies
+    with torch.no_grad():
+        for param in model.parameters():
+            param.fill_(1.0)
+    for _ in range(10):
+        averaged.update_parameters(model)
+    weight = averaged.module.class_head.weight
+    # warm-up: after 10 steps the average is mostly the new weights (plain EMA at 0.99
+    # would still be 90% the old ones), and batch-norm step counts follow the model
+    assert float(weight.min()) > 0.7
+    assert _averaged_model(torch, model, 0.0) is None
