@@ -285,7 +285,7 @@ def test_weight_average_forgets_the_initial_weights_quickly():
             param.fill_(1.0)
     for _ in range(10):
         averaged.update_parameters(model)
-    weight = averaged.module.class_head.weight
+    weight = averaged.module.class_head.weight.detach()
     # warm-up: after 10 steps the average is mostly the new weights (plain EMA at 0.99
     # would still be 90% the old ones), and batch-norm step counts follow the model
     assert float(weight.min()) > 0.7
