@@ -198,6 +198,7 @@ SEGMENTATION_TRAIN_KEYS = {"lr", "betas", "weight_decay", "batch_size", "epochs"
                            "scale", "width", "depth", "shadows", "ema",
                            "seed"}
 SEGMENTATION_EXPORT_KEYS = {"opt_shape", "min_shape", "max_shape", "fp16", "workspace_mb"}
+MAX_DEPTH = 8  # SacRoiNet extra blocks per stride (train.depth, sac train --depth)
 SEGMENTATION_BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 SEGMENTATION_CLASS_MAPS = ("auto", "cityscapes_train_ids", "cityscapes_label_ids", "kitti_step",
                            "four_class", "binary")
@@ -277,8 +278,8 @@ def load_segmentation_config(path: str | Path | None = None) -> dict[str, Any]:
         raise SacError(f"{where}: train.scale must be [low, high] with 0 < low <= high <= 4")
     train["width"] = _number(train, "width", f"{where}: train", 0.25, 4.0, 1.5)
     depth = train.setdefault("depth", 0)
-    if isinstance(depth, bool) or not isinstance(depth, int) or not 0 <= depth <= 8:
-        raise SacError(f"{where}: train.depth must be a whole number from 0 to 8")
+    if isinstance(depth, bool) or not isinstance(depth, int) or not 0 <= depth <= MAX_DEPTH:
+        raise SacError(f"{where}: train.depth must be a whole number from 0 to {MAX_DEPTH}")
     train["shadows"] = _number(train, "shadows", f"{where}: train", 0.0, 1.0, 0.5)
     train["ema"] = _number(train, "ema", f"{where}: train", 0.0, 0.9999, 0.99)
     export = cfg.setdefault("export", {})

@@ -107,8 +107,9 @@ def _check_transports(path: Path, transports) -> None:
     if mode not in FASTDDS_TRANSPORT_MODES:
         raise SacError(f"{key} must be empty or one of {', '.join(FASTDDS_TRANSPORT_MODES)} "
                        "(with optional ?options)")
-    bad = [o for o in options.split("&") if options and not FASTDDS_TRANSPORT_OPTION.fullmatch(o)]
-    if bad or (options and len(options.split("&")) > 4):
+    parts = options.split("&") if options else []
+    bad = [part for part in parts if not FASTDDS_TRANSPORT_OPTION.fullmatch(part)]
+    if bad or len(parts) > 4:
         raise SacError(f"{key}: unknown option(s) {', '.join(bad) or options}; Fast DDS takes "
                        "max_msg_size=N[unit], sockets_size=N[unit], non_blocking=true|false and "
                        "tcp_negotiation_timeout=MS, joined by &")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sac_ros.config import load_segmentation_config
+from sac_ros.config import MAX_DEPTH, load_segmentation_config
 from sac_ros.core.errors import SacError
 from sac_ros.core.io import parse_size
 
@@ -86,8 +86,8 @@ def run_train(args) -> int:
                         ("--threads", args.threads)):
         if value is not None and value < 1:
             raise SacError(f"{flag} must be at least 1")
-    if args.depth is not None and not 0 <= args.depth <= 8:
-        raise SacError("--depth must be from 0 to 8")
+    if args.depth is not None and not 0 <= args.depth <= MAX_DEPTH:
+        raise SacError(f"--depth must be from 0 to {MAX_DEPTH}")
     settings = TrainSettings(
         dataset=args.dataset, data_root=args.data_root, out=Path(args.out), head=args.head,
         train_split=args.train_split, val_split=args.val_split,

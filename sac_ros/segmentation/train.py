@@ -149,6 +149,7 @@ def train(settings: TrainSettings) -> dict[str, Any]:
     # the averaged weights (batch-norm statistics included) are what gets validated and
     # exported: with 50-step epochs the raw weights of one epoch end scatter widely
     averaged = _averaged_model(torch, model, settings.ema)
+    final = model if averaged is None else averaged.module
     start_epoch, step = 1, 0
     history: list[dict] = []
     rng = np.random.default_rng(settings.seed)
@@ -200,7 +201,6 @@ def train(settings: TrainSettings) -> dict[str, Any]:
             bar.set_postfix(loss=f"{losses[-1]:.3f}", cls=f"{float(class_loss):.3f}",
                             block=f"{float(block_loss):.3f}")
         bar.close()
-        final = model if averaged is None else averaged.module
         record: dict[str, Any] = {"epoch": epoch, "step": step,
                                   "loss": float(np.mean(losses)),
                                   "seconds": round(time.perf_counter() - started, 1)}
