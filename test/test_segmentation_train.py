@@ -240,6 +240,11 @@ def test_cli_train_then_export(cityscapes_root, tmp_path):
         f"sac train: error: dataset folder {tmp_path / 'nowhere'} does not exist"]
     result = sac("export", tmp_path / "run" / "model.onnx", cwd=tmp_path)
     assert result.returncode == 2 and "give --engine" in result.stderr
+    result = sac("train", "--dataset", "cityscapes", "--data-root", cityscapes_root,
+                 "--out", tmp_path / "y", "--depth", "9", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "sac train: error: --depth must be from 0 to 8"]
+    assert not (tmp_path / "y").exists()
 
 
 def test_shadows_vary_the_light_but_not_the_labels():
