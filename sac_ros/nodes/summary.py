@@ -99,6 +99,9 @@ class SummaryCollector(Node):
         self._lock = threading.Lock()
         self._originals: dict[str, OrderedDict] = {ns: OrderedDict() for ns in namespaces}
         self._masks: dict[str, OrderedDict] = {ns: OrderedDict() for ns in namespaces}
+        # Reconstructed frames whose packet or original has not been handled yet: the one
+        # executor thread may take the ECU's image before the sensor's packet.
+        self._waiting: dict[str, OrderedDict] = {ns: OrderedDict() for ns in namespaces}
         self.input_topic = input_topic
         self._last_state: tuple | None = None
         self._last_change = time.monotonic()
@@ -138,6 +141,7 @@ class SummaryCollector(Node):
                 originals[stamp] = image_to_rgb(msg)
             while len(originals) > KEEP_FRAMES:
                 originals.popitem(last=False)
+        self._measure_when_complete(ns, stamp)
 
     def _on_packet(self, ns: str, msg: SacPacket) -> None:
         cam = self.cameras[ns]
@@ -149,6 +153,7 @@ class SummaryCollector(Node):
                                            msg.block_size)
             while len(masks) > KEEP_FRAMES:
                 masks.popitem(last=False)
+        self._measure_when_complete(ns, stamp_ns(msg.header))
 
     def _on_output(self, ns: str, msg: Image) -> None:
         now = self.get_clock().now().nanoseconds
@@ -157,10 +162,25 @@ class SummaryCollector(Node):
         with self._lock:
             cam.frames_out += 1
             cam.latency_ms.append((now - stamp) / 1e6)
+            # Measured if its original was kept, or may still arrive (not yet seen).
+            if stamp in self._originals[ns] or stamp > (cam.last_stamp_ns or -1):
+                waiting = self._waiting[ns]
+                waiting[stamp] = msg
+                while len(waiting) > QUALITY_BACKLOG:  # never completed: count it
+                    _, old = waiting.popitem(last=False)
+                    if stamp_ns(old.header) in self._originals[ns]:
+                        cam.quality_skipped += 1
+        self._measure_when_complete(ns, stamp)
+
+    def _measure_when_complete(self, ns: str, stamp: int) -> None:
+        """Queue a frame for PSNR once its original, packet and output have all arrived."""
+        cam = self.cameras[ns]
+        with self._lock:
             original = self._originals[ns].get(stamp)
             mask = self._masks[ns].get(stamp)
-        if original is None or mask is None:
-            return
+            if original is None or mask is None or stamp not in self._waiting[ns]:
+                return
+            msg = self._waiting[ns].pop(stamp)
         with self._quality_cond:
             if len(self._quality_queue) == QUALITY_BACKLOG:
                 cam.quality_skipped += 1  # the oldest waiting frame goes unmeasured
