@@ -194,10 +194,10 @@ def rate_controller(section: dict[str, Any], target_bps: float, fps: float, gop:
 SEGMENTATION_KEYS = {"model", "backend", "class_map", "input_size", "roi_threshold",
                      "block_threshold", "device", "threads", "on_size_mismatch", "normalize",
                      "train", "export"}
-SEGMENTATION_TRAIN_KEYS = {"lr", "betas", "weight_decay", "batch_size", "epochs", "crop",
-                           "scale", "width", "depth", "shadows", "ema",
-                           "seed"}
+SEGMENTATION_TRAIN_KEYS = {"lr", "lr_schedule", "betas", "weight_decay", "batch_size", "epochs",
+                           "crop", "scale", "width", "depth", "shadows", "ema", "seed"}
 SEGMENTATION_EXPORT_KEYS = {"opt_shape", "min_shape", "max_shape", "fp16", "workspace_mb"}
+LR_SCHEDULES = ("constant", "cosine")
 MAX_DEPTH = 8  # SacRoiNet extra blocks per stride (train.depth, sac train --depth)
 SEGMENTATION_BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 SEGMENTATION_CLASS_MAPS = ("auto", "cityscapes_train_ids", "cityscapes_label_ids", "kitti_step",
@@ -261,6 +261,8 @@ def load_segmentation_config(path: str | Path | None = None) -> dict[str, Any]:
         raise SacError(f"{where}: train must be a mapping")
     _check_keys(train, SEGMENTATION_TRAIN_KEYS, f"{where} section 'train'")
     train["lr"] = _number(train, "lr", f"{where}: train", 1e-7, 1.0, 3e-4)
+    if train.setdefault("lr_schedule", "constant") not in LR_SCHEDULES:
+        raise SacError(f"{where}: train.lr_schedule must be one of {', '.join(LR_SCHEDULES)}")
     train["weight_decay"] = _number(train, "weight_decay", f"{where}: train", 0.0, 1.0, 1e-5)
     betas = train.setdefault("betas", [0.9, 0.999])
     if (not isinstance(betas, list) or len(betas) != 2

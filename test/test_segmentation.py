@@ -232,6 +232,7 @@ def test_shipped_segmentation_config_and_bad_values(tmp_path):
            ({"train": {"lr": 0}}, "train.lr"), ({"train": {"crop": [100, 64]}}, "crop"),
            ({"train": {"depth": 9}}, "train.depth"), ({"train": {"depth": 1.5}}, "train.depth"),
            ({"train": {"shadows": 2}}, "train.shadows"), ({"train": {"ema": 1}}, "train.ema"),
+           ({"train": {"lr_schedule": "step"}}, "train.lr_schedule"),
            ({"export": {"min_shape": [2048, 1024]}}, "min <= opt <= max"),
            ({"normalize": {"std": [0, 1, 1]}}, "positive")]
     for override, fragment in bad:
@@ -275,3 +276,44 @@ def test_evaluation_frames_decode_from_the_sample_clips(tmp_path, monkeypatch):
     bad.write_text(json.dumps({"frames": [{"clip": "x", "index": 0}]}))
     with pytest.raises(SacError, match="malformed"):
         load_labels(bad)
+
+
+def _argmax_of_upsampled_planes(logits, width, height, box):
+    """The plain way: upsample every class plane with PIL, then take the argmax."""
+    from PIL import Image
+
+    planes = [np.array(Image.fromarray(plane, mode="F").resize(
+        (width, height), Image.Resampling.BILINEAR, box=box)) for plane in logits]
+    return np.argmax(np.stack(planes), axis=0).astype(np.uint8)
+
+
+@pytest.mark.parametrize("channels,rows,cols,width,height,box", [
+    (4, 64, 128, 1024, 512, (0, 0, 128, 64)),         # the default model at 1024x512
+    (19, 34, 60, 960, 540, (0, 0, 60, 33.75)),        # padded input: the frame is a sub-box
+    (34, 20, 30, 333, 201, (0, 0, 30, 20)),           # odd sizes, Cityscapes labelIds
+    (2, 5, 7, 40, 40, (0.5, 0.2, 6.1, 4.9)),          # a box off the origin
+])
+def test_class_map_upsampling_matches_upsampling_every_plane(channels, rows, cols, width,
+                                                             height, box):
+    from sac_ros.segmentation.segmenter import upsampled_argmax
+
+    rng = np.random.default_rng(channels)
+    # noise (a boundary at nearly every cell) and smooth blobs (few boundaries)
+    noise = rng.normal(0, 3, (channels, rows, cols)).astype(np.float32)
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    blobs = np.stack([np.sin(xx / (3 + c) + c) + np.cos(yy / (2 + c)) for c in range(channels)])
+    for logits in (noise, blobs.astype(np.float32)):
+        fast = upsampled_argmax(logits, width, height, box)
+        assert fast.shape == (height, width) and fast.dtype == np.uint8
+        assert np.array_equal(fast, _argmax_of_upsampled_planes(logits, width, height, box))
+
+
+def test_class_map_of_the_default_model_on_real_frames():
+    segmenter = load_segmenter()
+    rgb = read_frames(load_labels(None, "heldout"))[0]
+    prediction = segmenter.predict(rgb)
+    logits = prediction._class_logits
+    box = prediction._geo.valid_box(*logits.shape[1:])
+    want = _argmax_of_upsampled_planes(logits, rgb.shape[1], rgb.shape[0], box)
+    assert np.array_equal(prediction.class_map, want)
+    assert len(np.unique(want)) >= 3  # a real scene, with class boundaries to get right

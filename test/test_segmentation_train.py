@@ -295,3 +295,33 @@ def test_weight_average_forgets_the_initial_weights_quickly():
     # would still be 90% the old ones), and batch-norm step counts follow the model
     assert float(weight.min()) > 0.7
     assert _averaged_model(torch, model, 0.0) is None
+
+
+def test_cosine_schedule_decays_the_learning_rate(cityscapes_root, tmp_path):
+    from sac_ros.segmentation.train import cosine_lr
+
+    assert cosine_lr(3e-4, 0, 100) == pytest.approx(3e-4)
+    assert cosine_lr(3e-4, 99, 100) == pytest.approx(3e-6)
+    assert cosine_lr(3e-4, 25, 100) > cosine_lr(3e-4, 50, 100) > cosine_lr(3e-4, 75, 100)
+    lrs = []
+    original_step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        lrs.append(self.param_groups[0]["lr"])
+        return original_step(self, *args, **kwargs)
+
+    torch.optim.Adam.step = recording_step
+    try:
+        train(quick("cityscapes", cityscapes_root, tmp_path, epochs=2, steps_per_epoch=3,
+                    lr_schedule="cosine"))
+        # a resumed run continues the schedule from its step count
+        train(quick("cityscapes", cityscapes_root, tmp_path, epochs=3, steps_per_epoch=3,
+                    lr_schedule="cosine", resume=tmp_path / "last.pt"))
+        train(quick("cityscapes", cityscapes_root, tmp_path / "flat", steps_per_epoch=3))
+    finally:
+        torch.optim.Adam.step = original_step
+    assert lrs[:6] == pytest.approx([cosine_lr(3e-3, step, 6) for step in range(6)])
+    assert lrs[6:9] == pytest.approx([cosine_lr(3e-3, step, 9) for step in range(6, 9)])
+    assert lrs[8] == pytest.approx(3e-5)
+    assert lrs[9:] == [3e-3] * 3
+    assert load_checkpoint(tmp_path / "last.pt")["settings"]["lr_schedule"] == "cosine"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sac_ros.config import MAX_DEPTH, load_segmentation_config
+from sac_ros.config import LR_SCHEDULES, MAX_DEPTH, load_segmentation_config
 from sac_ros.core.errors import SacError
 from sac_ros.core.io import parse_size
 
@@ -63,6 +63,9 @@ def _add_train(sub) -> None:
     p.add_argument("--width", type=float, help="SacRoiNet channel multiplier")
     p.add_argument("--depth", type=int, help="extra SacRoiNet blocks at strides 16 and 32")
     p.add_argument("--lr", type=float)
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES,
+                   help="constant, or cosine decay to 1%% of --lr by the last epoch "
+                        "(default: the config's)")
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: the config's; "
                    "1 is often fastest on a busy machine)")
@@ -95,6 +98,7 @@ def run_train(args) -> int:
         batch_size=args.batch_size or recipe["batch_size"],
         crop=args.crop or tuple(recipe["crop"]), scale=tuple(recipe["scale"]),
         lr=args.lr if args.lr is not None else recipe["lr"], betas=tuple(recipe["betas"]),
+        lr_schedule=args.lr_schedule or recipe["lr_schedule"],
         weight_decay=recipe["weight_decay"],
         width=args.width if args.width is not None else recipe["width"],
         depth=args.depth if args.depth is not None else recipe["depth"],

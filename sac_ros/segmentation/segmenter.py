@@ -56,6 +56,61 @@ def _resize_plane(plane: np.ndarray, width: int, height: int,
     return np.array(image.resize((width, height), Image.Resampling.BILINEAR, box=box))
 
 
+def _bilinear_taps(size: int, start: float, end: float, source_len: int):
+    """Per output pixel on one axis: the two source samples and the second one's weight,
+    for bilinear resampling of source span [start, end) onto ``size`` pixels (centres
+    aligned, edges clamped, as PIL's BILINEAR upsampling)."""
+    centre = start + (np.arange(size) + 0.5) * ((end - start) / size) - 0.5
+    low = np.floor(centre)
+    weight = (centre - low).astype(np.float32)
+    low = low.astype(np.intp)
+    high = np.clip(low + 1, 0, source_len - 1)
+    low = np.clip(low, 0, source_len - 1)
+    return low, high, np.where(low == high, np.float32(0.0), weight)
+
+
+def upsampled_argmax(logits: np.ndarray, width: int, height: int,
+                     box: tuple[float, float, float, float]) -> np.ndarray:
+    """The argmax of the C x h x w logits bilinearly upsampled to ``height`` x ``width``.
+
+    Exact without upsampling all C planes: an upsampled pixel is a convex mix of its
+    2 x 2 source samples, so where all four share one argmax that is the pixel's argmax.
+    Only pixels near a class boundary are interpolated, channel by channel.
+    """
+    channels, rows, cols = logits.shape
+    x_low, x_high, x_weight = _bilinear_taps(width, box[0], box[2], cols)
+    y_low, y_high, y_weight = _bilinear_taps(height, box[1], box[3], rows)
+    low_res = logits.argmax(axis=0).astype(np.uint8 if channels <= 128 else np.uint16)
+    # a source cell (r, c) is settled when it and its right, lower and lower-right
+    # neighbours (edge-clamped) share one class
+    right = np.concatenate([low_res[:, 1:], low_res[:, -1:]], axis=1)
+    settled = (low_res == right)
+    settled[:-1] &= (low_res[:-1] == low_res[1:]) & (low_res[:-1] == right[1:])
+    # one gather for both: the class in the low bits, "near a boundary" in the top bit
+    flag = np.uint8(128) if channels <= 128 else np.uint16(1 << 15)
+    coded = np.where(settled, low_res, low_res.astype(flag.dtype) | flag)
+    ids = np.take(np.take(coded, y_low, axis=0), x_low, axis=1)
+    open_rows, open_cols = np.nonzero(ids >= flag)
+    ids = (ids & ~flag).astype(np.uint8, copy=False)
+    if open_rows.size:
+        ys, yh, fy = y_low[open_rows], y_high[open_rows], y_weight[open_rows]
+        xs, xh, fx = x_low[open_cols], x_high[open_cols], x_weight[open_cols]
+        best = None
+        for channel in range(channels):
+            plane = logits[channel]
+            top = plane[ys, xs] + fx * (plane[ys, xh] - plane[ys, xs])
+            bottom = plane[yh, xs] + fx * (plane[yh, xh] - plane[yh, xs])
+            value = top + fy * (bottom - top)
+            if best is None:
+                best, choice = value, np.zeros(value.shape, np.uint8)
+            else:
+                better = value > best
+                choice[better] = channel
+                np.maximum(best, value, out=best)
+        ids[open_rows, open_cols] = choice
+    return ids
+
+
 @dataclass
 class _Geometry:
     """How frames of one size map onto the network input, with the reused input buffer."""
@@ -126,15 +181,8 @@ class Prediction:
                                          box=box))
         if logits.shape[0] == 1:  # one ROI logit (binary class map: 1 = ROI)
             return (self.roi_probability >= 0.5).astype(np.uint8)
-        box = geo.valid_box(*logits.shape[1:])
-        best = _resize_plane(logits[0], geo.width, geo.height, box)
-        ids = np.zeros((geo.height, geo.width), np.uint8)
-        for channel in range(1, logits.shape[0]):
-            plane = _resize_plane(logits[channel], geo.width, geo.height, box)
-            better = plane > best
-            ids[better] = channel
-            np.maximum(best, plane, out=best)
-        return ids
+        return upsampled_argmax(logits, geo.width, geo.height,
+                                geo.valid_box(*logits.shape[1:]))
 
     @cached_property
     def roi_probability(self) -> np.ndarray:

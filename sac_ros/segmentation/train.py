@@ -41,6 +41,7 @@ class TrainSettings:
     crop: tuple[int, int] = (768, 384)
     scale: tuple[float, float] = (0.6, 1.1)
     lr: float = 3e-4
+    lr_schedule: str = "constant"         # or "cosine": decays to 1% of lr by the last step
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 1e-5
     width: float = 1.5
@@ -188,6 +189,9 @@ def train(settings: TrainSettings) -> dict[str, Any]:
         bar = tqdm(range(steps), desc=f"epoch {epoch}/{settings.epochs}", unit="step",
                    disable=not settings.progress or None, file=sys.stderr, leave=False)
         for _ in bar:
+            if settings.lr_schedule == "cosine":
+                for group in optimizer.param_groups:
+                    group["lr"] = cosine_lr(settings.lr, step, settings.epochs * steps)
             images, targets = make_batch(torch, train_set, settings, rng)
             loss, class_loss, block_loss = batch_loss(torch, model, images, targets, roi_ids,
                                                       num_classes)
@@ -222,6 +226,7 @@ def train(settings: TrainSettings) -> dict[str, Any]:
                  "settings": {"dataset": settings.dataset, "train_split": settings.train_split,
                               "crop": list(settings.crop), "scale": list(settings.scale),
                               "batch_size": settings.batch_size, "lr": settings.lr,
+                              "lr_schedule": settings.lr_schedule,
                               "betas": list(settings.betas),
                               "weight_decay": settings.weight_decay, "seed": settings.seed,
                               "shadows": settings.shadow_prob, "ema": settings.ema}}
@@ -236,6 +241,12 @@ def train(settings: TrainSettings) -> dict[str, Any]:
                        f"of {settings.epochs} (raise --epochs to continue)")
     state["model_object"] = final
     return state
+
+
+def cosine_lr(base: float, step: int, total_steps: int, floor: float = 0.01) -> float:
+    """Half-cosine decay from ``base`` at step 0 to ``floor * base`` at the last step."""
+    progress = min(1.0, step / max(1, total_steps - 1))
+    return base * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 def _averaged_model(torch, model, decay: float):
