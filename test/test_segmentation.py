@@ -24,7 +24,12 @@ from sac_ros.segmentation import DEFAULT_MODEL, ClassMapAdapter, load_segmenter
 from sac_ros.segmentation.backends.ort_backend import OnnxRuntimeBackend
 from sac_ros.segmentation.evalset import load_labels, read_frames
 from sac_ros.segmentation.loader import choose_backend
-from sac_ros.segmentation.segmenter import Segmenter, check_rgb
+from sac_ros.segmentation.segmenter import (
+    Segmenter,
+    argmax_of_upsampled_planes,
+    check_rgb,
+    upsampled_argmax,
+)
 
 
 def red_roi_model(path, with_block_head=True, classes=2):
@@ -278,15 +283,6 @@ def test_evaluation_frames_decode_from_the_sample_clips(tmp_path, monkeypatch):
         load_labels(bad)
 
 
-def _argmax_of_upsampled_planes(logits, width, height, box):
-    """The plain way: upsample every class plane with PIL, then take the argmax."""
-    from PIL import Image
-
-    planes = [np.array(Image.fromarray(plane, mode="F").resize(
-        (width, height), Image.Resampling.BILINEAR, box=box)) for plane in logits]
-    return np.argmax(np.stack(planes), axis=0).astype(np.uint8)
-
-
 @pytest.mark.parametrize("channels,rows,cols,width,height,box", [
     (4, 64, 128, 1024, 512, (0, 0, 128, 64)),         # the default model at 1024x512
     (19, 34, 60, 960, 540, (0, 0, 60, 33.75)),        # padded input: the frame is a sub-box
@@ -295,8 +291,6 @@ def _argmax_of_upsampled_planes(logits, width, height, box):
 ])
 def test_class_map_upsampling_matches_upsampling_every_plane(channels, rows, cols, width,
                                                              height, box):
-    from sac_ros.segmentation.segmenter import upsampled_argmax
-
     rng = np.random.default_rng(channels)
     # noise (a boundary at nearly every cell) and smooth blobs (few boundaries)
     noise = rng.normal(0, 3, (channels, rows, cols)).astype(np.float32)
@@ -305,7 +299,7 @@ def test_class_map_upsampling_matches_upsampling_every_plane(channels, rows, col
     for logits in (noise, blobs.astype(np.float32)):
         fast = upsampled_argmax(logits, width, height, box)
         assert fast.shape == (height, width) and fast.dtype == np.uint8
-        assert np.array_equal(fast, _argmax_of_upsampled_planes(logits, width, height, box))
+        assert np.array_equal(fast, argmax_of_upsampled_planes(logits, width, height, box))
 
 
 def test_class_map_of_the_default_model_on_real_frames():
@@ -314,6 +308,6 @@ def test_class_map_of_the_default_model_on_real_frames():
     prediction = segmenter.predict(rgb)
     logits = prediction._class_logits
     box = prediction._geo.valid_box(*logits.shape[1:])
-    want = _argmax_of_upsampled_planes(logits, rgb.shape[1], rgb.shape[0], box)
+    want = argmax_of_upsampled_planes(logits, rgb.shape[1], rgb.shape[0], box)
     assert np.array_equal(prediction.class_map, want)
     assert len(np.unique(want)) >= 3  # a real scene, with class boundaries to get right

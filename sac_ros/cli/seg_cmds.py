@@ -47,7 +47,8 @@ def _add_train(sub) -> None:
                     "sample-footage set. Needs torch (pip install 'sac_ros[train]').")
     p.add_argument("--dataset", required=True, choices=("cityscapes", "kitti_step", "evalset"))
     p.add_argument("--data-root", help="dataset folder (Cityscapes: has leftImg8bit/ and gtFine/;"
-                   " KITTI-STEP: has images/ and panoptic_maps/)")
+                   " KITTI-STEP: has images/ and panoptic_maps/); evalset: a labels.json in "
+                   "the evaluation set's format (default: the bundled one)")
     p.add_argument("--out", required=True, help="output folder for last.pt, best.pt, "
                    "history.json")
     p.add_argument("--head", default="four_class", choices=("four_class", "binary"))
