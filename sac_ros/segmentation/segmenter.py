@@ -73,12 +73,17 @@ def argmax_of_upsampled_planes(logits: np.ndarray, width: int, height: int,
                                box: tuple[float, float, float, float]) -> np.ndarray:
     """The plain way: every class plane upsampled, then the argmax. ``upsampled_argmax``
     gives the same map faster; this is its reference in the tests and the benchmark."""
-    best = _resize_plane(logits[0], width, height, box)
-    ids = np.zeros((height, width), np.uint8)
-    for channel in range(1, logits.shape[0]):
-        plane = _resize_plane(logits[channel], width, height, box)
-        better = plane > best  # strict: ties keep the lower id, as np.argmax
-        ids[better] = channel
+    return _argmax_of(_resize_plane(plane, width, height, box) for plane in logits)
+
+
+def _argmax_of(planes) -> np.ndarray:
+    """The argmax over equally shaped float planes, taken one plane at a time (so C
+    frame-sized planes are never held at once); ties keep the lower id, as np.argmax."""
+    planes = iter(planes)
+    best = np.array(next(planes), dtype=np.float32)
+    ids = np.zeros(best.shape, np.uint8)
+    for channel, plane in enumerate(planes, start=1):
+        ids[plane > best] = channel
         np.maximum(best, plane, out=best)
     return ids
 
@@ -109,19 +114,13 @@ def upsampled_argmax(logits: np.ndarray, width: int, height: int,
     if open_rows.size:
         ys, yh, fy = y_low[open_rows], y_high[open_rows], y_weight[open_rows]
         xs, xh, fx = x_low[open_cols], x_high[open_cols], x_weight[open_cols]
-        best = None
-        for channel in range(channels):
-            plane = logits[channel]
+
+        def interpolated(plane: np.ndarray) -> np.ndarray:
             top = plane[ys, xs] + fx * (plane[ys, xh] - plane[ys, xs])
             bottom = plane[yh, xs] + fx * (plane[yh, xh] - plane[yh, xs])
-            value = top + fy * (bottom - top)
-            if best is None:
-                best, choice = value, np.zeros(value.shape, np.uint8)
-            else:
-                better = value > best
-                choice[better] = channel
-                np.maximum(best, value, out=best)
-        ids[open_rows, open_cols] = choice
+            return top + fy * (bottom - top)
+
+        ids[open_rows, open_cols] = _argmax_of(interpolated(plane) for plane in logits)
     return ids
 
 
