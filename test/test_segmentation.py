@@ -254,7 +254,7 @@ def test_evaluation_set_is_real_and_split_by_time():
     clips = {f.clip for f in frames}
     assert len(clips) >= 5
     heldout = [f for f in frames if f.split == "heldout"]
-    assert len(heldout) >= 10 and len({f.clip for f in heldout}) >= 3
+    assert len(heldout) >= 24 and len({f.clip for f in heldout}) >= 6
     for clip in clips:  # held-out frames come from a later time range of each clip
         train_idx = [f.index for f in frames if f.clip == clip and f.split == "train"]
         held_idx = [f.index for f in frames if f.clip == clip and f.split == "heldout"]
@@ -263,6 +263,38 @@ def test_evaluation_set_is_real_and_split_by_time():
     label = frames[0].label_map()
     assert label.shape == (frames[0].height, frames[0].width)
     assert set(np.unique(label)) <= {0, 1, 2, 3} and len(np.unique(label)) >= 3
+
+
+def test_block_iiou_interval_brackets_the_score_and_narrows_with_frames():
+    from sac_ros.segmentation.scoring import Scores
+
+    rng = np.random.default_rng(3)
+
+    def scored(frames):
+        scores = Scores(four_class=False)
+        for _ in range(frames):
+            truth = np.where(rng.random((64, 96)) < 0.5, 0, 2).astype(np.uint8)
+            truth[: rng.integers(8, 56)] = 3  # frames differ in how much ROI they hold
+            roi = truth == 0
+            roi_blocks = block_mask(roi) ^ (rng.random(block_mask(roi).shape) < 0.15)
+            scores.add(truth, roi, roi_blocks)
+        return scores
+
+    few, many = scored(6), scored(60)
+    for scores in (few, many):
+        low, high = scores.block_iiou_interval()
+        assert low < scores.summary()["block_iiou"] < high
+    assert np.subtract(*many.block_iiou_interval()[::-1]) < \
+        np.subtract(*few.block_iiou_interval()[::-1])
+    # identical frames leave nothing to resample
+    same = Scores(four_class=False)
+    truth = np.zeros((32, 32), np.uint8)
+    truth[:16] = 3
+    for _ in range(5):
+        same.add(truth, truth == 0, np.array([[False, False], [True, False]]))
+    assert same.block_iiou_interval() == (0.5, 0.5)
+    with pytest.raises(SacError, match="between 0 and 1"):
+        same.block_iiou_interval(level=95)
 
 
 def test_evaluation_frames_decode_from_the_sample_clips(tmp_path, monkeypatch):

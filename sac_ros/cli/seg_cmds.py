@@ -265,6 +265,9 @@ def run_eval_seg(args) -> int:
     print(f"block  iIoU {summary['block_iiou']:.4f}   mIoU {summary['block_miou']:.4f} "
           f"(16x16 blocks, ROI / non-ROI; worst frame iIoU "
           f"{summary['worst_frame_block_iiou']:.4f})")
+    print(f"block  iIoU 95% interval {summary['block_iiou_low']:.4f} - "
+          f"{summary['block_iiou_high']:.4f} (bootstrap over the {len(frames)} frames: "
+          f"what another set of frames like these could score)")
     if table is not None:
         print("pixel IoU per class: " + ", ".join(
             f"{name} {summary[f'pixel_iou_{name}']:.4f}"

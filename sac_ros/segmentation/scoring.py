@@ -4,7 +4,9 @@
 - pixel mIoU: mean IoU over the 4 classes (ROI, construction, nature, sky) when the
   model's classes fold into them, else over ROI / non-ROI;
 - block iIoU / mIoU: the same on the 16x16 macroblock masks (a block is ROI if any of
-  its pixels is), i.e. on what the encoder actually uses.
+  its pixels is), i.e. on what the encoder actually uses;
+- a bootstrap interval of the block iIoU over frames: how far the score of a set of a
+  few dozen frames can be trusted.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class Scores:
     pixel_classes: np.ndarray = field(default_factory=lambda: np.zeros((4, 4), np.int64))
     blocks: np.ndarray = field(default_factory=lambda: np.zeros((2, 2), np.int64))
     frame_block_iiou: list[float] = field(default_factory=list)
+    frame_blocks: list[np.ndarray] = field(default_factory=list)
 
     def add(self, truth: np.ndarray, roi: np.ndarray, blocks: np.ndarray,
             classes: np.ndarray | None = None) -> None:
@@ -41,9 +44,32 @@ class Scores:
             raise SacError(f"block mask is {blocks.shape}, expected {truth_blocks.shape}")
         frame = confusion((~truth_blocks).astype(np.uint8), (~blocks).astype(np.uint8), 2)
         self.blocks += frame
+        self.frame_blocks.append(frame)
         self.frame_block_iiou.append(iiou(frame, 0))
         if self.four_class and classes is not None:
             self.pixel_classes += confusion(truth, classes, 4)
+
+    def block_iiou_interval(self, level: float = 0.95, resamples: int = 2000,
+                            seed: int = 0) -> tuple[float, float]:
+        """Percentile bootstrap interval of the pooled block iIoU, resampling frames.
+
+        Frames, not blocks, are resampled: blocks of one frame are far from independent,
+        and the frames are what a different evaluation set would change.
+        """
+        if not 0 < level < 1:
+            raise SacError(f"interval level must be between 0 and 1, not {level}")
+        if not self.frame_blocks:
+            return float("nan"), float("nan")
+        # per frame: ROI blocks in both, and in either (the iIoU's numerator, denominator)
+        stack = np.stack(self.frame_blocks).astype(np.float64)
+        inter = stack[:, 0, 0]
+        union = stack[:, 0, 0] + stack[:, 0, 1] + stack[:, 1, 0]
+        picks = np.random.default_rng(seed).integers(0, len(inter), (resamples, len(inter)))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            values = inter[picks].sum(1) / union[picks].sum(1)
+        values = values[np.isfinite(values)]
+        tail = 100 * (1 - level) / 2
+        return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
 
     def summary(self) -> dict[str, float]:
         result = {
@@ -54,6 +80,7 @@ class Scores:
             "worst_frame_block_iiou": float(np.nanmin(self.frame_block_iiou))
             if self.frame_block_iiou else float("nan"),
         }
+        result["block_iiou_low"], result["block_iiou_high"] = self.block_iiou_interval()
         if self.four_class:
             result["pixel_miou"] = miou(self.pixel_classes)
             per_class = iou_per_class(self.pixel_classes)
