@@ -26,6 +26,7 @@ setup(
         "matplotlib",
         "onnxruntime",
         "onnx",
+        "onnxconverter-common",  # FP16 ONNX for strongly typed TensorRT engines
         "rosbags>=0.10",  # ROS 2 bags (MCAP / sqlite3) without rosbag2: sac bag, sac report
         "mcap",  # independent MCAP reader, used by the bag tests
         "mcap-ros2-support",

@@ -99,6 +99,71 @@ def test_sac_eval_takes_the_model_as_mask_source(run_sac, tiny_config, tmp_path)
                            tmp_path / "absent.engine"), "eval", "does not exist")
 
 
+@pytest.fixture(scope="module")
+def agreement_frames():
+    from sac_ros.segmentation.evalset import load_labels, read_frames
+
+    return read_frames(load_labels(split="heldout")[::6])
+
+
+def test_fp16_model_for_tensorrt_agrees_with_float32(tmp_path, agreement_frames):
+    """The float16 ONNX an FP16 engine is built from (TensorRT 11 has no FP16 flag)."""
+    import onnx
+
+    from sac_ros.segmentation import DEFAULT_MODEL, export
+
+    cfg = load_segmentation_config()
+    reference = load_segmenter(cfg, DEFAULT_MODEL, "onnxruntime")
+    path = export.reduced_precision_onnx(DEFAULT_MODEL, tmp_path / "d.engine", "fp16",
+                                         metadata=reference.backend.metadata)
+    assert path == tmp_path / "d.fp16.onnx"
+    model = onnx.load(str(path))
+    weights = [w for w in model.graph.initializer if w.dims and np.prod(w.dims) > 16]
+    assert weights and all(w.data_type == onnx.TensorProto.FLOAT16 for w in weights)
+    # float32 in and out, so the engine's buffers stay as they are; sac metadata kept
+    assert all(v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+               for v in [*model.graph.input, *model.graph.output])
+    half = load_segmenter(cfg, path, "onnxruntime")
+    assert half.class_adapter.name == "four_class"
+    agreement = export.compare(reference, half, agreement_frames)
+    assert agreement.class_agreement > 0.99 and agreement.block_agreement > 0.99, agreement
+    assert 0 < agreement.max_abs_logit_diff < 0.5, agreement
+
+
+def test_int8_model_for_tensorrt_is_quantized_and_agrees(tmp_path, agreement_frames):
+    """Explicit quantization (Q/DQ), calibrated on a folder of images (no calibrator API in
+    TensorRT 11): checked in ONNX Runtime against the float32 model."""
+    import onnx
+    from PIL import Image
+
+    from sac_ros.core.errors import SacError
+    from sac_ros.segmentation import DEFAULT_MODEL, export
+    from sac_ros.segmentation.evalset import load_labels, read_frames
+
+    cfg = load_segmentation_config()
+    reference = load_segmenter(cfg, DEFAULT_MODEL, "onnxruntime")
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    with pytest.raises(SacError, match="calibration folder .* holds no .png/.jpg"):
+        export.reduced_precision_onnx(DEFAULT_MODEL, tmp_path / "d.engine", "int8",
+                                      reference, calib, (256, 512))
+    for i, rgb in enumerate(read_frames(load_labels(split="train")[::8])):
+        Image.fromarray(rgb).save(calib / f"{i}.png")
+    path = export.reduced_precision_onnx(DEFAULT_MODEL, tmp_path / "d.engine", "int8",
+                                         reference, calib, (256, 512),
+                                         reference.backend.metadata)
+    model = onnx.load(str(path))
+    ops = [node.op_type for node in model.graph.node]
+    convs = ops.count("Conv")
+    assert convs > 10 and ops.count("QuantizeLinear") >= convs
+    assert ops.count("DequantizeLinear") >= 2 * convs  # activations and weights
+    assert not (tmp_path / "d.int8.prep.onnx").exists()
+    quantized = load_segmenter(cfg, path, "onnxruntime")
+    agreement = export.compare(reference, quantized, agreement_frames)
+    assert agreement.class_agreement > 0.98 and agreement.block_agreement > 0.98, agreement
+    assert agreement.max_abs_logit_diff > 0  # it did change the arithmetic
+
+
 @pytest.mark.skipif("not __import__('importlib').util.find_spec('tensorrt')",
                     reason="needs tensorrt, pycuda and an NVIDIA GPU (none on this machine)")
 def test_tensorrt_engine_matches_onnxruntime(run_sac, tmp_path):
@@ -108,7 +173,9 @@ def test_tensorrt_engine_matches_onnxruntime(run_sac, tmp_path):
                      "--min-shape", "512x256", "--opt-shape", "1024x512", "--max-shape",
                      "1280x736", "--frames", "4", "--json", tmp_path / "trt.json", timeout=900)
     assert result.returncode == 0, result.stderr
-    report = json.loads((tmp_path / "trt.json").read_text())["engine"]
+    full = json.loads((tmp_path / "trt.json").read_text())
+    report = full["engine"]
+    assert report["precision"] == "fp16" and full["fp16"]["class_agreement"] > 0.99
     assert report["block_agreement"] > 0.99 and report["class_agreement"] > 0.99
     assert report["model_fps"] > 0
     # a frame larger than the profile is resized into it by default ...

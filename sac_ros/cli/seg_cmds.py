@@ -136,9 +136,13 @@ def _add_export(sub) -> None:
     p.add_argument("--opt-shape", type=_size, help="profile optimum WxH (default: config)")
     p.add_argument("--max-shape", type=_size, help="profile maximum WxH (default: config)")
     fp16 = p.add_mutually_exclusive_group()
-    fp16.add_argument("--fp16", dest="fp16", action="store_true", default=None)
+    fp16.add_argument("--fp16", dest="fp16", action="store_true", default=None,
+                      help="FP16 engine (default: config): built from a float16 copy of the "
+                           "ONNX model, ENGINE.fp16.onnx")
     fp16.add_argument("--no-fp16", dest="fp16", action="store_false")
-    p.add_argument("--int8", metavar="CALIB_DIR", help="INT8 with a folder of calibration images")
+    p.add_argument("--int8", metavar="CALIB_DIR",
+                   help="INT8 engine, explicitly quantized (Q/DQ, ENGINE.int8.onnx) with scales "
+                        "calibrated on this folder of images; overrides --fp16")
     p.add_argument("--frames", type=int, default=6, help="sample frames for validation")
     p.add_argument("--frames-dir", help="validation images (default: the evaluation set)")
     p.add_argument("--min-class-agreement", type=float, default=0.99,
@@ -188,15 +192,25 @@ def run_export(args) -> int:
         if not all(lo[i] <= opt[i] <= hi[i] for i in range(2)):
             raise SacError("profile shapes must satisfy min <= opt <= max")
         fp16 = ex["fp16"] if args.fp16 is None else args.fp16
+        precision = "int8" if args.int8 else "fp16" if fp16 else "fp32"
         onnx_seg = load_segmenter(cfg, onnx_path, "onnxruntime")
-        engine_path = export.build_engine(onnx_path, args.engine, lo, opt, hi, fp16,
-                                          args.int8, ex["workspace_mb"],
-                                          onnx_seg.backend.metadata)
+        build_source = export.reduced_precision_onnx(
+            onnx_path, args.engine, precision, onnx_seg, args.int8, opt,
+            onnx_seg.backend.metadata)
+        if precision != "fp32":  # checked on the CPU before TensorRT sees it
+            reduced_seg = load_segmenter(cfg, build_source, "onnxruntime")
+            agreement = export.compare(onnx_seg, reduced_seg, frames)
+            report[precision] = {"path": str(build_source), **agreement.__dict__}
+            print(f"{build_source}: {precision.upper()} vs float32 in ONNX Runtime on "
+                  f"{len(frames)} frames: {agreement.line()}")
+            _check(agreement, args.min_class_agreement, f"{precision.upper()} vs float32")
+        engine_path = export.build_engine(build_source, args.engine, lo, opt, hi, precision,
+                                          ex["workspace_mb"], onnx_seg.backend.metadata)
         trt_seg = load_segmenter(cfg, engine_path, "tensorrt")
         agreement = export.compare(onnx_seg, trt_seg, frames)
         timing = export.time_backend(trt_seg, opt)
-        report["engine"] = {"path": str(engine_path), "fp16": fp16, "int8": bool(args.int8),
-                            **agreement.__dict__, **timing}
+        report["engine"] = {"path": str(engine_path), "precision": precision, "fp16": fp16,
+                            "int8": bool(args.int8), **agreement.__dict__, **timing}
         print(f"{engine_path}: TensorRT vs ONNX Runtime on {len(frames)} frames: "
               f"{agreement.line()}")
         print(f"TensorRT at {opt[1]}x{opt[0]}: network {timing['model_ms']:.2f} ms "

@@ -2,11 +2,13 @@
 
 1. A ``sac train`` checkpoint or a TorchScript file is exported to ONNX (opset 17, dynamic
    H and W, sac metadata) and compared with PyTorch on sample frames through ONNX Runtime.
-2. With ``--engine``, the ONNX model is built into a TensorRT engine with the Python
-   builder API (FP16, optional INT8 with a calibration folder, one optimisation profile)
-   and compared with ONNX Runtime on the same frames; its latency and fps at the
-   profile's optimal shape are measured. A ``<engine>.json`` beside it records the
-   TensorRT version and GPU it was built for, so a mismatch is reported clearly.
+2. With ``--engine``, the ONNX model is turned into its FP16 or INT8 (Q/DQ) form
+   (``precision.py``; checked against the float32 model in ONNX Runtime), built into a
+   strongly typed TensorRT engine with the Python builder API (one optimisation
+   profile; TensorRT 10 and 11) and compared with ONNX Runtime on the same frames; its
+   latency and fps at the profile's optimal shape are measured. A ``<engine>.json``
+   beside it records the TensorRT version and GPU it was built for, so a mismatch is
+   reported clearly.
 """
 
 from __future__ import annotations
@@ -111,10 +113,9 @@ def compare(reference, candidate, frames: list[np.ndarray]) -> Agreement:
 def sample_frames(count: int, folder: str | Path | None = None) -> list[np.ndarray]:
     """Validation frames: images from a folder, else frames of the bundled sample clips."""
     if folder:
-        files = sorted(p for p in Path(folder).rglob("*")
-                       if p.suffix.lower() in (".png", ".jpg", ".jpeg"))[:count]
-        if not files:
-            raise SacError(f"no .png/.jpg images under {folder}")
+        from sac_ros.segmentation.precision import image_files
+
+        files = image_files(folder, "frames folder")[:count]
         frames = []
         for file in files:
             with Image.open(file) as img:
@@ -129,11 +130,50 @@ def sample_frames(count: int, folder: str | Path | None = None) -> list[np.ndarr
 
 # ------------------------------------------------------------------ TensorRT
 
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def reduced_precision_onnx(onnx_path: str | Path, engine_path: str | Path, precision: str,
+                           segmenter=None, calibration: str | Path | None = None,
+                           calibration_hw: tuple[int, int] = (512, 1024),
+                           metadata: dict[str, str] | None = None) -> Path:
+    """The ONNX model TensorRT builds for ``precision``: written beside the engine as
+    ``<engine>.fp16.onnx`` / ``<engine>.int8.onnx`` (``fp32``: the model itself)."""
+    from sac_ros.segmentation import precision as reduced
+
+    if precision not in PRECISIONS:
+        raise SacError(f"unknown precision '{precision}'; choose {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return Path(onnx_path)
+    engine_path = Path(engine_path)
+    engine_path.parent.mkdir(parents=True, exist_ok=True)
+    target = engine_path.with_name(f"{engine_path.stem}.{precision}.onnx")
+    if precision == "fp16":
+        reduced.to_fp16(onnx_path, target)
+    else:
+        if calibration is None or segmenter is None:
+            raise SacError("INT8 needs a folder of calibration images (--int8 DIR)")
+        reduced.quantize_int8(onnx_path, target, segmenter, calibration, calibration_hw)
+    if metadata:
+        add_onnx_metadata(target, metadata)
+    return target
+
+
+def strongly_typed_flags(trt) -> int:
+    """Network creation flags: TensorRT 10 opts in to strong typing; in TensorRT 11 every
+    network is strongly typed (and the flag may be gone)."""
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 1 << int(flag) if flag is not None else 0
+
+
 def build_engine(onnx_path: str | Path, engine_path: str | Path, min_hw: tuple[int, int],
-                 opt_hw: tuple[int, int], max_hw: tuple[int, int], fp16: bool = True,
-                 int8_calibration: str | Path | None = None, workspace_mb: int = 1024,
-                 metadata: dict[str, str] | None = None) -> Path:
-    """Build and serialize a TensorRT engine from an ONNX model (TensorRT 10 builder API)."""
+                 opt_hw: tuple[int, int], max_hw: tuple[int, int], precision: str = "fp32",
+                 workspace_mb: int = 1024, metadata: dict[str, str] | None = None) -> Path:
+    """Build and serialize a strongly typed TensorRT engine (TensorRT 10 and 11).
+
+    The ONNX model carries its own precision (``reduced_precision_onnx``): no builder
+    precision flags or calibrators, which TensorRT 11 no longer has.
+    """
     from sac_ros.segmentation.backends.trt_backend import (
         import_tensorrt,
         make_logger,
@@ -148,7 +188,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, min_hw: tuple[i
     try:
         logger = make_logger(trt)
         builder = trt.Builder(logger)
-        network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+        network = builder.create_network(strongly_typed_flags(trt))
         parser = trt.OnnxParser(network, logger)
         if not parser.parse(onnx_path.read_bytes()):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -156,16 +196,9 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, min_hw: tuple[i
         input_name = network.get_input(0).name
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-        if fp16:
-            config.set_flag(trt.BuilderFlag.FP16)
         profile = builder.create_optimization_profile()
         profile.set_shape(input_name, (1, 3, *min_hw), (1, 3, *opt_hw), (1, 3, *max_hw))
         config.add_optimization_profile(profile)
-        if int8_calibration:
-            config.set_flag(trt.BuilderFlag.INT8)
-            config.int8_calibrator = make_calibrator(trt, cuda, int8_calibration, opt_hw,
-                                                     engine_path.with_suffix(".calib"))
-            config.set_calibration_profile(profile)
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
             raise SacError("TensorRT failed to build the engine: "
@@ -176,48 +209,12 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, min_hw: tuple[i
         context.pop()
     info = {"tensorrt_version": trt.__version__, "gpu": device.name(),
             "compute_capability": "{}.{}".format(*device.compute_capability()),
-            "source": onnx_path.name, "fp16": fp16, "int8": bool(int8_calibration),
+            "source": onnx_path.name, "precision": precision,
+            "fp16": precision == "fp16", "int8": precision == "int8",
             "min_shape": [min_hw[1], min_hw[0]], "opt_shape": [opt_hw[1], opt_hw[0]],
             "max_shape": [max_hw[1], max_hw[0]], "metadata": metadata or {}}
     sidecar_path(engine_path).write_text(json.dumps(info, indent=1) + "\n")
     return engine_path
-
-
-def make_calibrator(trt, cuda, folder: str | Path, hw: tuple[int, int], cache: Path):
-    """An entropy calibrator fed with the images of ``folder`` resized to ``hw``."""
-    files = sorted(p for p in Path(folder).rglob("*")
-                   if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-    if not files:
-        raise SacError(f"INT8 calibration folder {folder} holds no .png/.jpg images")
-
-    class Calibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self):
-            trt.IInt8EntropyCalibrator2.__init__(self)
-            self.files = iter(files)
-            self.host = cuda.pagelocked_empty(3 * hw[0] * hw[1], np.float32)
-            self.device = cuda.mem_alloc(self.host.nbytes)
-
-        def get_batch_size(self):
-            return 1
-
-        def get_batch(self, names):
-            file = next(self.files, None)
-            if file is None:
-                return None
-            with Image.open(file) as img:
-                rgb = np.asarray(img.convert("RGB").resize((hw[1], hw[0]),
-                                                           Image.Resampling.BILINEAR))
-            np.copyto(self.host.reshape(3, hw[0], hw[1]), rgb.transpose(2, 0, 1))
-            cuda.memcpy_htod(self.device, self.host)
-            return [int(self.device)]
-
-        def read_calibration_cache(self):
-            return cache.read_bytes() if cache.is_file() else None
-
-        def write_calibration_cache(self, data):
-            cache.write_bytes(bytes(data))
-
-    return Calibrator()
 
 
 def time_backend(segmenter, hw: tuple[int, int], runs: int = 200) -> dict[str, float]:

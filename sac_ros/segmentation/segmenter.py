@@ -337,6 +337,12 @@ class Segmenter:
 
     # ------------------------------------------------------------------ interface
 
+    def input_tensor(self, rgb: np.ndarray) -> np.ndarray:
+        """The 1 x 3 x H x W float32 tensor the network gets for this frame (a copy):
+        padding or resizing and normalisation as in ``predict`` (INT8 calibration)."""
+        rgb = check_rgb(rgb)
+        return self._fill_input(rgb, self._geometry(rgb.shape[0], rgb.shape[1])).copy()
+
     def predict(self, rgb: np.ndarray) -> Prediction:
         rgb = check_rgb(rgb)
         geo = self._geometry(rgb.shape[0], rgb.shape[1])
