@@ -195,3 +195,28 @@ def test_tensorrt_engine_matches_onnxruntime(run_sac, tmp_path):
     sidecar.write_text(json.dumps(info))
     with pytest.raises(SacError, match="built with TensorRT 0.0.1.*sac export"):
         load_segmenter(load_segmentation_config(), tmp_path / "default.engine")
+
+
+@pytest.mark.skipif("not __import__('importlib').util.find_spec('tensorrt')",
+                    reason="needs tensorrt, pycuda and an NVIDIA GPU (none on this machine)")
+def test_tensorrt_int8_engine_from_the_quantized_model(run_sac, tmp_path):
+    """On a GPU machine: an INT8 engine, built from the Q/DQ model, agrees with float32."""
+    pytest.importorskip("pycuda.driver", reason="needs pycuda")
+    from PIL import Image
+
+    from sac_ros.segmentation.evalset import load_labels, read_frames
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i, rgb in enumerate(read_frames(load_labels(split="train")[::4])):
+        Image.fromarray(rgb).save(calib / f"{i}.png")
+    result = run_sac("export", "default", "--engine", tmp_path / "int8.engine", "--int8",
+                     calib, "--min-shape", "512x256", "--opt-shape", "1024x512",
+                     "--max-shape", "1280x768", "--frames", "4", "--min-class-agreement",
+                     "0.98", "--json", tmp_path / "int8.json", timeout=900)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "int8.json").read_text())
+    assert report["engine"]["precision"] == "int8" and report["int8"]["class_agreement"] > 0.98
+    assert report["engine"]["block_agreement"] > 0.98
+    sidecar = json.loads((tmp_path / "int8.engine.json").read_text())
+    assert sidecar["precision"] == "int8" and sidecar["source"] == "int8.int8.onnx"
