@@ -123,6 +123,14 @@ def test_fp16_model_for_tensorrt_agrees_with_float32(tmp_path, agreement_frames)
     # float32 in and out, so the engine's buffers stay as they are; sac metadata kept
     assert all(v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
                for v in [*model.graph.input, *model.graph.output])
+    from sac_ros.core.errors import SacError
+
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a model")
+    with pytest.raises(SacError, match="FP16 conversion of .*garbage.onnx failed"):
+        export.reduced_precision_onnx(garbage, tmp_path / "g.engine", "fp16")
+    with pytest.raises(SacError, match="unknown precision 'fp8'"):
+        export.reduced_precision_onnx(DEFAULT_MODEL, tmp_path / "g.engine", "fp8")
     half = load_segmenter(cfg, path, "onnxruntime")
     assert half.class_adapter.name == "four_class"
     agreement = export.compare(reference, half, agreement_frames)
@@ -147,6 +155,11 @@ def test_int8_model_for_tensorrt_is_quantized_and_agrees(tmp_path, agreement_fra
     with pytest.raises(SacError, match="calibration folder .* holds no .png/.jpg"):
         export.reduced_precision_onnx(DEFAULT_MODEL, tmp_path / "d.engine", "int8",
                                       reference, calib, (256, 512))
+    (calib / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(SacError, match="INT8 quantization of .* failed"):
+        export.reduced_precision_onnx(DEFAULT_MODEL, tmp_path / "d.engine", "int8",
+                                      reference, calib, (256, 512))
+    (calib / "broken.png").unlink()
     for i, rgb in enumerate(read_frames(load_labels(split="train")[::8])):
         Image.fromarray(rgb).save(calib / f"{i}.png")
     path = export.reduced_precision_onnx(DEFAULT_MODEL, tmp_path / "d.engine", "int8",

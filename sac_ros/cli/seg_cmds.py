@@ -209,8 +209,9 @@ def run_export(args) -> int:
         trt_seg = load_segmenter(cfg, engine_path, "tensorrt")
         agreement = export.compare(onnx_seg, trt_seg, frames)
         timing = export.time_backend(trt_seg, opt)
-        report["engine"] = {"path": str(engine_path), "precision": precision, "fp16": fp16,
-                            "int8": bool(args.int8), **agreement.__dict__, **timing}
+        report["engine"] = {"path": str(engine_path), "precision": precision,
+                            "fp16": precision == "fp16", "int8": precision == "int8",
+                            **agreement.__dict__, **timing}
         print(f"{engine_path}: TensorRT vs ONNX Runtime on {len(frames)} frames: "
               f"{agreement.line()}")
         print(f"TensorRT at {opt[1]}x{opt[0]}: network {timing['model_ms']:.2f} ms "

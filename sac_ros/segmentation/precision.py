@@ -33,14 +33,21 @@ def to_fp16(source: str | Path, target: str | Path) -> Path:
     import onnx
     from onnxconverter_common import float16
 
-    model = onnx.load(str(source))
-    with warnings.catch_warnings():  # tiny weights rounding to float16's subnormals
-        warnings.simplefilter("ignore", UserWarning)
-        half = float16.convert_float_to_float16(model, keep_io_types=True)
-    onnx.checker.check_model(half)
     target = Path(target)
-    onnx.save(half, str(target))
+    try:
+        model = onnx.load(str(source))
+        with warnings.catch_warnings():  # tiny weights rounding to float16's subnormals
+            warnings.simplefilter("ignore", UserWarning)
+            half = float16.convert_float_to_float16(model, keep_io_types=True)
+        onnx.checker.check_model(half)
+        onnx.save(half, str(target))
+    except Exception as exc:  # onnx and the converter raise many types
+        raise SacError(f"FP16 conversion of {source} failed: {_brief(exc)}") from None
     return target
+
+
+def _brief(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:400] or type(exc).__name__
 
 
 def image_files(folder: str | Path, what: str = "image folder") -> list[Path]:
@@ -95,6 +102,10 @@ def quantize_int8(source: str | Path, target: str | Path, segmenter, folder: str
                         # on every weight and one pair per consumer
                         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                                        "AddQDQPairToWeight": True, "DedicatedQDQPair": True})
+    except SacError:
+        raise
+    except Exception as exc:  # the quantizer, onnx and PIL raise many types
+        raise SacError(f"INT8 quantization of {source} failed: {_brief(exc)}") from None
     finally:
         prepared.unlink(missing_ok=True)
     return target
