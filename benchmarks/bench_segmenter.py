@@ -69,10 +69,8 @@ def main() -> int:
         cfg["threads"] = args.threads
     segmenter = load_segmenter(cfg, args.model, args.backend)
     frames = sample_frames(10, width, height)
-    prepared = []
-    for rgb in frames:  # the network input exactly as the segmenter builds it
-        geometry = segmenter._geometry(height, width)
-        prepared.append(segmenter._fill_input(rgb, geometry).copy())
+    # the network input exactly as the segmenter builds it
+    prepared = [segmenter.input_tensor(rgb) for rgb in frames]
 
     # the class map's upsampling alone, on each frame's class logits: the shipped path
     # against upsampling every plane (the baseline it must match)

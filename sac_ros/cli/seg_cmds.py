@@ -174,7 +174,7 @@ def run_export(args) -> int:
         import_tensorrt()
     frames = export.sample_frames(args.frames, args.frames_dir)
     report: dict = {"source": str(source)}
-    onnx_path = source
+    onnx_path, onnx_seg = source, None
     if suffix != ".onnx":
         onnx_path, _, _ = export.export_onnx(source, args.onnx, class_map=args.class_map)
         torch_seg = load_segmenter(cfg, source, "torch")
@@ -193,7 +193,7 @@ def run_export(args) -> int:
             raise SacError("profile shapes must satisfy min <= opt <= max")
         fp16 = ex["fp16"] if args.fp16 is None else args.fp16
         precision = "int8" if args.int8 else "fp16" if fp16 else "fp32"
-        onnx_seg = load_segmenter(cfg, onnx_path, "onnxruntime")
+        onnx_seg = onnx_seg or load_segmenter(cfg, onnx_path, "onnxruntime")
         build_source = export.reduced_precision_onnx(
             onnx_path, args.engine, precision, onnx_seg, args.int8, opt,
             onnx_seg.backend.metadata)
@@ -268,6 +268,7 @@ def run_eval_seg(args) -> int:
         table = None  # binary models: mIoU over ROI / non-ROI
     scores, latencies = score_segmenter(segmenter, rgbs, truths, table, args.runs)
     summary = scores.summary()
+    summary["block_iiou_low"], summary["block_iiou_high"] = scores.block_iiou_interval()
     sizes = sorted({f"{f.width}x{f.height}" for f in frames})
     size = segmenter.input_size
     size = size if size == "native" else f"{size[0]}x{size[1]}"
@@ -293,13 +294,14 @@ def run_eval_seg(args) -> int:
         summary["latency_ms_p90"] = float(np.percentile(ms, 90))
         print(f"latency (block mask, frame in -> mask out): median {np.median(ms):.1f} ms, "
               f"p90 {np.percentile(ms, 90):.1f} ms over {len(ms)} frames")
+    per_frame = scores.frame_block_iiou
     if args.per_frame:
-        for frame, value in zip(frames, scores.frame_block_iiou, strict=True):
+        for frame, value in zip(frames, per_frame, strict=True):
             print(f"  {frame.clip} #{frame.index}: block iIoU {value:.4f}")
     if args.json:
         summary.update(model=segmenter.name, split=args.split, frames=len(frames),
                        per_frame_block_iiou={f.key: v for f, v in
-                                             zip(frames, scores.frame_block_iiou, strict=True)})
+                                             zip(frames, per_frame, strict=True)})
         Path(args.json).write_text(json.dumps(summary, indent=1) + "\n")
     segmenter.close()
     sys.stdout.flush()

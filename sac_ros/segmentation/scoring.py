@@ -27,9 +27,7 @@ class Scores:
     four_class: bool
     pixel_roi: np.ndarray = field(default_factory=lambda: np.zeros((2, 2), np.int64))
     pixel_classes: np.ndarray = field(default_factory=lambda: np.zeros((4, 4), np.int64))
-    blocks: np.ndarray = field(default_factory=lambda: np.zeros((2, 2), np.int64))
-    frame_block_iiou: list[float] = field(default_factory=list)
-    frame_blocks: list[np.ndarray] = field(default_factory=list)
+    frame_blocks: list[np.ndarray] = field(default_factory=list)  # 2 x 2 per frame
 
     def add(self, truth: np.ndarray, roi: np.ndarray, blocks: np.ndarray,
             classes: np.ndarray | None = None) -> None:
@@ -42,12 +40,19 @@ class Scores:
         truth_blocks = block_mask(truth_roi)
         if truth_blocks.shape != blocks.shape:
             raise SacError(f"block mask is {blocks.shape}, expected {truth_blocks.shape}")
-        frame = confusion((~truth_blocks).astype(np.uint8), (~blocks).astype(np.uint8), 2)
-        self.blocks += frame
-        self.frame_blocks.append(frame)
-        self.frame_block_iiou.append(iiou(frame, 0))
+        self.frame_blocks.append(
+            confusion((~truth_blocks).astype(np.uint8), (~blocks).astype(np.uint8), 2))
         if self.four_class and classes is not None:
             self.pixel_classes += confusion(truth, classes, 4)
+
+    @property
+    def blocks(self) -> np.ndarray:
+        """The block confusion matrix over all frames."""
+        return sum(self.frame_blocks, np.zeros((2, 2), np.int64))
+
+    @property
+    def frame_block_iiou(self) -> list[float]:
+        return [iiou(frame, 0) for frame in self.frame_blocks]
 
     def block_iiou_interval(self, level: float = 0.95, resamples: int = 2000,
                             seed: int = 0) -> tuple[float, float]:
@@ -72,15 +77,14 @@ class Scores:
         return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
 
     def summary(self) -> dict[str, float]:
+        blocks, per_frame = self.blocks, self.frame_block_iiou
         result = {
             "pixel_iiou": iiou(self.pixel_roi, 0),
             "pixel_miou_roi_vs_non_roi": miou(self.pixel_roi),
-            "block_iiou": iiou(self.blocks, 0),
-            "block_miou": miou(self.blocks),
-            "worst_frame_block_iiou": float(np.nanmin(self.frame_block_iiou))
-            if self.frame_block_iiou else float("nan"),
+            "block_iiou": iiou(blocks, 0),
+            "block_miou": miou(blocks),
+            "worst_frame_block_iiou": float(np.nanmin(per_frame)) if per_frame else float("nan"),
         }
-        result["block_iiou_low"], result["block_iiou_high"] = self.block_iiou_interval()
         if self.four_class:
             result["pixel_miou"] = miou(self.pixel_classes)
             per_class = iou_per_class(self.pixel_classes)
