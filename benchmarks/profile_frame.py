@@ -24,7 +24,8 @@ from sac_ros.core.frames import PlaneLayout, select, split
 from sac_ros.core.io import iter_frames, sample_video
 from sac_ros.core.mask import PolygonMaskSource, block_mask
 from sac_ros.core.sac import SacEncoder
-from sac_ros.nodes.common import image_to_rgb, msg_to_packet, packet_to_msg, rgb_to_image
+from sac_ros.core.wire import packet_from_msg
+from sac_ros.nodes.common import image_to_rgb, packet_to_msg, rgb_to_image
 
 
 def profile(size: str, frames: int, preset: str, model: str) -> dict[str, float]:
@@ -73,7 +74,7 @@ def profile(size: str, frames: int, preset: str, model: str) -> dict[str, float]
         packet.roi.data, packet.non_roi.data = roi_data, non_data
         packet.roi.key_frame, packet.non_roi.key_frame = roi_key, non_key
         msg = timed("sensor: packet -> message", packet_to_msg, packet, header)
-        parsed = timed("ecu: message -> packet", msg_to_packet, msg)
+        parsed = timed("ecu: message -> packet (checks, E2E CRC)", packet_from_msg, msg).packet
         roi_planes = timed("ecu: decode ROI", roi_dec.decode, parsed.roi.data, roi_key)
         non_planes = timed("ecu: decode non-ROI", non_dec.decode, parsed.non_roi.data, non_key)
         timed("ecu: select per block", select, layout, roi_planes, non_planes, blocks, out)

@@ -19,6 +19,7 @@ from sac_ros.core.codec import EncoderSettings
 from sac_ros.core.evaluate import ClipCoder
 from sac_ros.core.mask import block_mask, expand_blocks, roi_pixels
 from sac_ros.core.sac import SacDecoder, SacEncoder
+from sac_ros.core.wire import packet_to_msg
 from sac_ros.report.reproduce import settings_from_config
 
 
@@ -60,17 +61,10 @@ def write_run_bag(path, frames=12, skip=(4, 5), lose=(9,), height=48, width=80):
             blocks = block_mask(~regions["sky"])
             packet = encoder.encode(rgb, blocks)
             decoded = decoder.decode(packet)
-            stream = store_types["sac_ros/msg/EncodedStream"]
-            msg = store_types[PACKET](
-                header=factory.header(stamp), seq=packet.seq, mode=packet.mode,
-                width=width, height=height, block_size=16, block_rows=packet.block_rows,
-                block_cols=packet.block_cols,
-                roi_mask=np.frombuffer(packet.roi_mask, np.uint8),
-                roi=stream(codec="h264", crf=20.0, key_frame=packet.key_frame,
-                           data=np.frombuffer(packet.roi.data, np.uint8)),
-                non_roi=[stream(codec="h264", crf=30.0, key_frame=packet.non_roi.key_frame,
-                                data=np.frombuffer(packet.non_roi.data, np.uint8))],
-                segmentation_ms=1.0, encode_ms=float(packet.encode_ms))
+            packet.segmentation_ms = 1.0
+            msg = packet_to_msg(packet, factory.header(stamp), store_types[PACKET],
+                                store_types["sac_ros/msg/EncodedStream"],
+                                blob=lambda b: np.frombuffer(b, np.uint8))
             bag.write_message("/cam/sac/packets", PACKET, stamp + 20_000_000, msg)
             bag.write("/cam/sac/image", IMAGE, stamp + 40_000_000,
                       factory.image(decoded.rgb, stamp))

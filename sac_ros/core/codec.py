@@ -379,6 +379,9 @@ class StreamEncoder:
         return data, bool(packet.is_keyframe)
 
 
+MAX_DECODE_PIXELS = 8192 * 8192  # the wire's largest frame (sac.MAX_DIMENSION squared)
+
+
 class DecodeError(Exception):
     """A packet could not be decoded; the decoder now waits for a key frame."""
 
@@ -400,22 +403,40 @@ class StreamDecoder:
         self._ctx = None
         self.synced = False
 
-    def decode(self, data: bytes, key_frame: bool) -> np.ndarray | None:
-        """Returns the padded I420 frame, or None while waiting for a key frame."""
-        if not self.synced:
-            if not key_frame:
-                return None
+    def decode(self, data: bytes, key_frame: bool,
+               size: tuple[int, int] | None = None) -> np.ndarray | None:
+        """Returns the padded I420 frame, or None while waiting for a key frame.
+
+        ``size`` (width, height): the frame size the packet promises; a bitstream that
+        decodes to another size is a DecodeError before its pixels are copied.
+        """
+        if key_frame:
+            # A fresh context per key frame: whatever garbage came before (a corrupt
+            # packet that still parsed) leaves no state behind.
+            self._ctx = None
+        elif not self.synced:
+            return None
+        if self._ctx is None:
             self._ctx = av.CodecContext.create(CODECS[self.codec][1], "r")
+            # A hostile SPS must not make the decoder allocate more than the largest frame.
+            self._ctx.options = {"max_pixels": str(MAX_DECODE_PIXELS)}
             self.synced = True
         try:
             frames = self._ctx.decode(av.Packet(data))
-        except av.error.FFmpegError as exc:
+            if len(frames) != 1:
+                raise DecodeError(f"{self.codec} decoder returned {len(frames)} frames for "
+                                  "one packet")
+            frame = frames[0]
+            if size is not None and (frame.width, frame.height) != size:
+                raise DecodeError(f"{self.codec} stream is {frame.width}x{frame.height}, the "
+                                  f"packet says {size[0]}x{size[1]}")
+            if frame.format.name != "yuv420p":
+                frame = frame.reformat(format="yuv420p")
+            return frame.to_ndarray()
+        except DecodeError:
+            self.reset()
+            raise
+        except (av.error.FFmpegError, ValueError, TypeError, MemoryError) as exc:
+            # FFmpeg errors, and PyAV's own on frames it cannot convert.
             self.reset()
             raise DecodeError(f"{self.codec} decode failed: {exc}") from None
-        if len(frames) != 1:
-            self.reset()
-            raise DecodeError(f"{self.codec} decoder returned {len(frames)} frames for one packet")
-        frame = frames[0]
-        if frame.format.name != "yuv420p":
-            frame = frame.reformat(format="yuv420p")
-        return frame.to_ndarray()

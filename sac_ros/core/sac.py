@@ -12,6 +12,7 @@ decoder needs nothing extra for it, as the packet has one stream.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,11 +29,56 @@ from sac_ros.core.codec import (
     Vbv,
     check_crf,
 )
-from sac_ros.core.errors import SacError
+from sac_ros.core.errors import PacketError, SacError
 from sac_ros.core.frames import PlaneLayout, as_rgb, select, split
 from sac_ros.core.mask import BLOCK_SIZE, pack_blocks, unpack_blocks
 
 MODES = ("dual_crf", "uniform", "roi_qp")
+
+# Bounds of a packet from outside (the network, a bag), checked before anything of its
+# shape is allocated: a packet that breaks one is dropped as MALFORMED.
+MALFORMED = "malformed"
+MAX_DIMENSION = 8192           # pixels, width and height
+BLOCK_SIZES = (8, 16, 32, 64)  # the mask sizes the encoder can be configured with
+CODEC_NAMES = ("h264", "hevc")
+MAX_STREAM_BYTES = 16 << 20    # one access unit; far above any CRF-coded 8192x8192 frame
+CRF_RANGE = (0.0, 51.0)
+U64_MAX = (1 << 64) - 1
+
+
+def check_geometry(mode: str, width: int, height: int, block_size: int, block_rows: int,
+                   block_cols: int, mask_bytes: int, streams: int) -> None:
+    """A packet's shape is within bounds and self-consistent (else PacketError)."""
+    if mode not in MODES:
+        raise PacketError(MALFORMED, f"unknown mode '{str(mode)[:32]}'")
+    if not (2 <= width <= MAX_DIMENSION and 2 <= height <= MAX_DIMENSION):
+        raise PacketError(MALFORMED, f"frame size {width}x{height} is outside "
+                                     f"2-{MAX_DIMENSION}")
+    if block_size not in BLOCK_SIZES:
+        raise PacketError(MALFORMED, f"block size {block_size} is not one of "
+                                     f"{', '.join(map(str, BLOCK_SIZES))}")
+    rows, cols = -(-height // block_size), -(-width // block_size)
+    if (block_rows, block_cols) != (rows, cols):
+        raise PacketError(MALFORMED, f"block grid {block_rows}x{block_cols} does not fit "
+                                     f"{width}x{height} in {block_size}x{block_size} blocks")
+    if mask_bytes != -(-rows * cols // 8):
+        raise PacketError(MALFORMED, f"ROI mask has {mask_bytes} bytes for {rows}x{cols} "
+                                     "blocks")
+    wanted = 2 if mode == "dual_crf" else 1
+    if streams != wanted:
+        raise PacketError(MALFORMED, f"mode {mode} with {streams} streams (needs {wanted})")
+
+
+def check_stream(codec: str, crf: float, size: int) -> None:
+    if codec not in CODEC_NAMES:
+        raise PacketError(MALFORMED, f"unknown codec '{str(codec)[:32]}'")
+    if not (math.isfinite(crf) and CRF_RANGE[0] <= crf <= CRF_RANGE[1]):
+        raise PacketError(MALFORMED, f"CRF {crf} is outside {CRF_RANGE[0]:g}-{CRF_RANGE[1]:g}")
+    if size == 0:
+        raise PacketError(MALFORMED, "empty stream payload")
+    if size > MAX_STREAM_BYTES:
+        raise PacketError(MALFORMED, f"stream payload of {size} bytes is over the "
+                                     f"{MAX_STREAM_BYTES} byte limit")
 
 
 @dataclass
@@ -72,6 +118,16 @@ class SacPacket:
 
     def blocks(self) -> np.ndarray:
         return unpack_blocks(self.roi_mask, self.block_rows, self.block_cols)
+
+    def check(self) -> None:
+        """Within the wire's bounds (PacketError if not): the decoder's own guard."""
+        if not isinstance(self.seq, int) or not 0 <= self.seq <= U64_MAX:
+            raise PacketError(MALFORMED, f"sequence number {self.seq!r} is not a uint64")
+        streams = [self.roi] + ([self.non_roi] if self.non_roi is not None else [])
+        check_geometry(self.mode, self.width, self.height, self.block_size, self.block_rows,
+                       self.block_cols, len(self.roi_mask), len(streams))
+        for stream in streams:
+            check_stream(stream.codec, float(stream.crf), len(stream.data))
 
 
 @dataclass
@@ -204,7 +260,7 @@ class SacEncoder:
             encode_ms=(time.perf_counter() - start) * 1e3,
             qp_offset=self._roi_encoder.qp_offset,
         )
-        self._seq += 1
+        self._seq = (self._seq + 1) & U64_MAX  # a uint64 on the wire
         return packet
 
     def close(self) -> None:
@@ -213,10 +269,10 @@ class SacEncoder:
             self._pool = None
 
 
-def _decode_stream(decoder: StreamDecoder, stream: EncodedStream):
+def _decode_stream(decoder: StreamDecoder, stream: EncodedStream, size: tuple[int, int]):
     """(padded I420 frame or None, error message or None)."""
     try:
-        return decoder.decode(stream.data, stream.key_frame), None
+        return decoder.decode(stream.data, stream.key_frame, size), None
     except DecodeError as exc:
         return None, str(exc)
 
@@ -255,8 +311,10 @@ class SacDecoder:
                            f"match its {packet.width}x{packet.height} frame")
 
     def decode(self, packet: SacPacket) -> DecodedFrame | None:
+        """The frame, or None with ``last_drop_reason``; PacketError for a malformed packet."""
         start = time.perf_counter()
         self.last_drop_reason = None
+        packet.check()
         if self._last_seq is not None and packet.seq != self._last_seq + 1:
             for decoder in self._decoders.values():
                 decoder.reset()  # lost or reordered packets: resync at the next key frame
@@ -265,13 +323,13 @@ class SacDecoder:
         blocks = packet.blocks()
         streams = [("roi", packet.roi)] + ([("non_roi", packet.non_roi)]
                                              if packet.non_roi is not None else [])
-        jobs = {role: (self._stream_decoder(role, stream.codec), stream)
+        size = (self._layout.padded_width, self._layout.padded_height)
+        jobs = {role: (self._stream_decoder(role, stream.codec), stream, size)
                 for role, stream in streams}
         results = {}
         if len(jobs) == 2 and self._pool is not None:
             # Both decoders release the GIL: run the non-ROI stream on the helper thread.
-            decoder, stream = jobs["non_roi"]
-            future = self._pool.submit(_decode_stream, decoder, stream)
+            future = self._pool.submit(_decode_stream, *jobs["non_roi"])
             results["roi"] = _decode_stream(*jobs["roi"])
             results["non_roi"] = future.result()
         else:

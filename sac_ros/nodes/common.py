@@ -11,9 +11,11 @@ from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
+from sac_ros.core import wire
 from sac_ros.core.errors import SacError
 from sac_ros.core.imageconv import buffer_to_rgb
-from sac_ros.core.sac import MODES, EncodedStream, SacPacket
+from sac_ros.core.sac import SacPacket
+from sac_ros.core.wire import saturate_u64
 from sac_ros.msg import EncodedStream as EncodedStreamMsg
 from sac_ros.msg import SacPacket as SacPacketMsg
 from sac_ros.msg import SacStats
@@ -68,59 +70,9 @@ def rgb_to_image(pixels: np.ndarray, header) -> Image:
     return msg
 
 
-def _stream_to_msg(stream: EncodedStream) -> EncodedStreamMsg:
-    return EncodedStreamMsg(codec=stream.codec, crf=float(stream.crf),
-                            key_frame=bool(stream.key_frame), data=stream.data)
-
-
 def packet_to_msg(packet: SacPacket, header) -> SacPacketMsg:
-    msg = SacPacketMsg()
-    msg.header = header
-    msg.seq = packet.seq
-    msg.mode = packet.mode
-    msg.width, msg.height = packet.width, packet.height
-    msg.block_size, msg.block_rows, msg.block_cols = (packet.block_size, packet.block_rows,
-                                                      packet.block_cols)
-    msg.roi_mask = packet.roi_mask
-    msg.roi = _stream_to_msg(packet.roi)
-    msg.non_roi = [_stream_to_msg(packet.non_roi)] if packet.non_roi is not None else []
-    msg.segmentation_ms = float(packet.segmentation_ms)
-    msg.encode_ms = float(packet.encode_ms)
-    return msg
-
-
-def msg_to_packet(msg: SacPacketMsg) -> SacPacket:
-    """Validate a packet message and turn it into the core dataclass (SacError if malformed)."""
-    if msg.mode not in MODES:
-        raise SacError(f"unknown mode '{msg.mode}'")
-    if msg.width == 0 or msg.height == 0 or msg.block_size == 0 or msg.block_size % 2:
-        raise SacError(f"bad geometry {msg.width}x{msg.height}, block {msg.block_size}")
-    rows, cols = -(-msg.height // msg.block_size), -(-msg.width // msg.block_size)
-    if (msg.block_rows, msg.block_cols) != (rows, cols):
-        raise SacError(f"block grid {msg.block_rows}x{msg.block_cols} does not fit "
-                       f"{msg.width}x{msg.height}")
-    if len(msg.roi_mask) != -(-rows * cols // 8):
-        raise SacError(f"ROI mask has {len(msg.roi_mask)} bytes for {rows}x{cols} blocks")
-    if (msg.mode == "dual_crf") != (len(msg.non_roi) == 1):
-        raise SacError(f"mode {msg.mode} with {len(msg.non_roi)} non-ROI streams")
-
-    def stream(s: EncodedStreamMsg) -> EncodedStream:
-        if s.codec not in ("h264", "hevc"):
-            raise SacError(f"unknown codec '{s.codec}'")
-        if len(s.data) == 0:
-            raise SacError("empty stream payload")
-        return EncodedStream(s.codec, float(s.crf), bool(s.key_frame), bytes(s.data))
-
-    return SacPacket(
-        seq=int(msg.seq), mode=msg.mode, width=int(msg.width), height=int(msg.height),
-        block_size=int(msg.block_size), block_rows=rows, block_cols=cols,
-        roi_mask=bytes(msg.roi_mask), roi=stream(msg.roi),
-        non_roi=stream(msg.non_roi[0]) if msg.non_roi else None,
-        encode_ms=float(msg.encode_ms), segmentation_ms=float(msg.segmentation_ms))
-
-
-def stamp_ns(header) -> int:
-    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+    """The E2E-protected rclpy message of a core packet (the wire module builds it)."""
+    return wire.packet_to_msg(packet, header, SacPacketMsg, EncodedStreamMsg)
 
 
 class NodeStats:
@@ -149,11 +101,15 @@ class NodeStats:
         drops = dict(self.drops)
         samples = list(self._bytes)
         latencies = list(self._latency_ms)
-        msg = SacStats(header=header, node=node_name, received=self.received,
-                       processed=self.processed, dropped=sum(drops.values()),
-                       output_readers=output_readers, input_writers=input_writers)
+        # Counters are saturated into their uint64 fields: a hostile sequence number
+        # (seq 2**64-1 -> a huge "lost") must not make the publish raise.
+        msg = SacStats(header=header, node=node_name, received=saturate_u64(self.received),
+                       processed=saturate_u64(self.processed),
+                       dropped=saturate_u64(sum(drops.values())),
+                       output_readers=max(0, min(int(output_readers), 0xFFFFFFFF)),
+                       input_writers=max(-1, min(int(input_writers), 0x7FFFFFFF)))
         msg.drop_reasons = list(drops)
-        msg.drop_counts = [int(v) for v in drops.values()]
+        msg.drop_counts = [saturate_u64(v) for v in drops.values()]
         if samples:
             sizes = [b for _, b in samples]
             msg.kbytes_per_frame = float(np.mean(sizes) / 1000.0)

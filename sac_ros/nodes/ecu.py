@@ -1,31 +1,34 @@
-"""sac_ecu: SacPacket -> decode both streams -> recombine -> Image (original header).
+"""sac_ecu: SacPacket -> check -> order -> decode both streams -> recombine -> Image.
 
-A late joiner and a decoder after a lost packet wait for the next key frame;
-malformed packets are logged, counted and dropped. Every packet the sensor sent
-is accounted for: decoded, dropped with a reason, or counted as lost from the
-gap in sequence numbers.
+A thin adapter over the ROS-free ``PacketReceiver`` (sac_ros/core/receiver.py), which
+checks every packet's bounds and end-to-end CRC, drops duplicates, restores order within
+a small window, and decodes. A late joiner and a decoder after a lost packet wait for the
+next key frame. Every packet is accounted for: published, dropped with a reason, or
+counted as lost from the gap in sequence numbers; nothing in a packet can stop the node.
 """
 
 from __future__ import annotations
+
+import time
 
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
-from sac_ros.core.errors import SacError
-from sac_ros.core.sac import SacDecoder
+from sac_ros.core.receiver import PacketReceiver
 from sac_ros.msg import SacPacket as SacPacketMsg
 from sac_ros.msg import SacStats
 from sac_ros.nodes.common import (
     NodeStats,
     declare,
     matched_writers,
-    msg_to_packet,
     qos,
     rgb_to_image,
     run_node,
-    stamp_ns,
 )
+
+QUIET_REASONS = ("waiting_for_key_frame",)  # expected after a join or a loss: not warned
+LOG_EVERY_S = 5.0
 
 
 class EcuNode(Node):
@@ -39,52 +42,66 @@ class EcuNode(Node):
                         choices=("reliable", "best_effort"), read_only=True)
         depth = d("qos_depth", 30, "Packet subscription queue depth (keep >= one GOP).", low=1,
                   high=1000, read_only=True)
-        self.decoder = SacDecoder()
+        window = d("reorder_window", 3, "Packets that may arrive ahead of a missing one "
+                   "before it counts as lost (0 = no reordering).", low=0, high=64,
+                   read_only=True)
+        hold_ms = d("reorder_max_hold_ms", 100.0, "Longest a packet waits for a missing "
+                    "predecessor, ms.", low=0.0, high=2000.0, read_only=True)
+        require_e2e = d("require_e2e", True, "Drop packets without an end-to-end checksum "
+                        "(from sensors older than the checksum) as 'unprotected'.",
+                        read_only=True)
         self.stats = NodeStats()
-        self._last_seq: int | None = None
+        self.receiver = PacketReceiver(reorder_window=window, max_hold_ms=hold_ms,
+                                       require_e2e=require_e2e, on_drop=self._log_drop)
+        self.stats.drops = self.receiver.drops  # one set of books
+        self._last_log: dict[str, float] = {}
         self.image_pub = self.create_publisher(Image, output_topic, qos(reliability, 5))
         self.stats_pub = self.create_publisher(SacStats, "sac/ecu_stats", 10)
         self.packet_sub = self.create_subscription(SacPacketMsg, packet_topic, self._on_packet,
                                                    qos(reliability, depth))
         self.create_timer(1.0, self._publish_stats)
-        self.get_logger().info(f"{packet_topic} -> {output_topic}")
+        if window:
+            self.create_timer(max(hold_ms / 2e3, 0.01), self._on_hold_timer)
+        self.get_logger().info(f"{packet_topic} -> {output_topic} (reorder window {window}, "
+                               f"E2E {'required' if require_e2e else 'optional'})")
+
+    def _log_drop(self, reason: str, detail: str) -> None:
+        """One warning per reason at most every few seconds, not one per packet."""
+        if reason in QUIET_REASONS:
+            return
+        now = time.monotonic()
+        if now - self._last_log.get(reason, -LOG_EVERY_S) >= LOG_EVERY_S:
+            self._last_log[reason] = now
+            self.get_logger().warning(f"dropping packets ({reason}): {detail[:200]}")
 
     def _on_packet(self, msg: SacPacketMsg) -> None:
-        self.stats.received += 1
-        if self._last_seq is not None and msg.seq > self._last_seq + 1:
-            self.stats.drop("lost", int(msg.seq - self._last_seq - 1))
-        self._last_seq = int(msg.seq)
-        try:
-            packet = msg_to_packet(msg)
-        except SacError as exc:
-            self.stats.drop("malformed")
-            self.get_logger().warning(f"dropping malformed packet {msg.seq}: {exc}",
-                                      throttle_duration_sec=2.0)
-            return
-        try:
-            frame = self.decoder.decode(packet)
-        except SacError as exc:
-            frame, self.decoder.last_drop_reason = None, f"malformed: {exc}"
-        if frame is None:
-            reason = (self.decoder.last_drop_reason or "unknown").split(":")[0]
-            self.stats.drop(reason)
-            if reason != "waiting_for_key_frame":
-                self.get_logger().warning(f"dropping packet {msg.seq}: "
-                                          f"{self.decoder.last_drop_reason}",
-                                          throttle_duration_sec=2.0)
-            return
-        self.image_pub.publish(rgb_to_image(frame.rgb, msg.header))
-        latency = (self.get_clock().now().nanoseconds - stamp_ns(msg.header)) / 1e6
-        self.stats.done(packet.num_bytes, latency)
+        self._publish(self.receiver.push(msg))
+
+    def _on_hold_timer(self) -> None:
+        if self.receiver.pending:
+            self._publish(self.receiver.poll())
+
+    def _publish(self, delivered) -> None:
+        for item in delivered:
+            try:
+                self.image_pub.publish(rgb_to_image(item.frame.rgb, item.header))
+            except Exception as exc:  # noqa: BLE001 - a publish failure must not stop the node
+                self.receiver.delivered -= 1
+                self.receiver.drops["publish_error"] += 1
+                self._log_drop("publish_error", repr(exc))
+                continue
+            latency = (self.get_clock().now().nanoseconds - item.received.stamp_ns) / 1e6
+            self.stats.done(item.received.packet.num_bytes, latency)
 
     def _publish_stats(self) -> None:
+        self.stats.received = self.receiver.received
         header = Header(stamp=self.get_clock().now().to_msg())
         self.stats_pub.publish(self.stats.to_msg(self.get_fully_qualified_name(), header,
                                                  self.image_pub.get_subscription_count(),
                                                  matched_writers(self.packet_sub)))
 
     def close(self) -> None:
-        self.decoder.close()
+        self.receiver.close()
 
 
 def main(args=None) -> int:

@@ -19,6 +19,7 @@ from std_msgs.msg import Header
 
 from sac_ros.core import metrics
 from sac_ros.core.errors import SacError
+from sac_ros.core.wire import stamp_ns
 from sac_ros.msg import PerceptionStats
 from sac_ros.nodes.common import (
     LatestWorker,
@@ -30,7 +31,6 @@ from sac_ros.nodes.common import (
     qos,
     rgb_to_image,
     run_node,
-    stamp_ns,
 )
 
 KEEP_ORIGINALS = 60

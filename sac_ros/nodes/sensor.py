@@ -20,7 +20,8 @@ from sac_ros.config import load_core_config, rate_controller
 from sac_ros.core.codec import PRESETS, EncoderSettings
 from sac_ros.core.errors import SacError
 from sac_ros.core.mask import PolygonMaskSource, block_mask, expand_blocks
-from sac_ros.core.sac import MODES, SacEncoder
+from sac_ros.core.sac import MAX_DIMENSION, MODES, SacEncoder
+from sac_ros.core.wire import stamp_ns
 from sac_ros.msg import SacPacket as SacPacketMsg
 from sac_ros.msg import SacStats
 from sac_ros.nodes.common import (
@@ -34,7 +35,6 @@ from sac_ros.nodes.common import (
     qos,
     rgb_to_image,
     run_node,
-    stamp_ns,
 )
 
 DEFAULT_POLYGON = [0.0, 1.0, 0.0, 0.60, 0.44, 0.555, 0.54, 0.555, 1.0, 0.72, 1.0, 1.0]
@@ -163,6 +163,8 @@ class SensorNode(Node):
             self.get_logger().error(f"frame failed: {exc!r}", throttle_duration_sec=5.0)
 
     def _process(self, msg: Image) -> None:
+        if not (2 <= msg.width <= MAX_DIMENSION and 2 <= msg.height <= MAX_DIMENSION):
+            raise SacError(f"image size {msg.width}x{msg.height} is outside 2-{MAX_DIMENSION}")
         rgb = image_to_rgb(msg)
         height, width = rgb.shape[:2]
         if self.encoder is None or (self.encoder.layout.width,

@@ -21,8 +21,9 @@ from sensor_msgs.msg import Image
 
 from sac_ros.core import metrics
 from sac_ros.core.mask import unpack_blocks
+from sac_ros.core.wire import stamp_ns
 from sac_ros.msg import PerceptionStats, SacPacket, SacStats
-from sac_ros.nodes.common import image_to_rgb, qos, stamp_ns
+from sac_ros.nodes.common import image_to_rgb, qos
 
 KEEP_FRAMES = 120  # originals kept for pairing; the pipeline lags far less than this
 QUALITY_BACKLOG = 30  # frames waiting for PSNR; beyond, the oldest is counted as skipped

@@ -26,7 +26,9 @@ from sac_ros.bags.timing import theil_sen
 from sac_ros.bags.types import IMAGE, PACKET, PERCEPTION_STATS, SAC_STATS
 from sac_ros.core.errors import SacError
 from sac_ros.core.imageconv import buffer_to_rgb
-from sac_ros.core.sac import EncodedStream, SacDecoder, SacPacket
+from sac_ros.core.receiver import PacketReceiver
+from sac_ros.core.sac import SacDecoder, SacPacket
+from sac_ros.core.wire import stamp_ns
 
 PACKET_SUFFIX = "sac/packets"
 MAX_PENDING = 120        # frames waiting for their partners before they are given up
@@ -34,31 +36,10 @@ PRUNE_NS = 5_000_000_000  # camera time after which an incomplete frame is given
 LABEL_WAIT_NS = 1_000_000_000  # bag time a complete frame waits for a late label
 
 
-def stamp_of(header) -> int:
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
-
-
 def image_rgb(msg) -> np.ndarray:
     """H x W x 3 uint8 RGB of a (rosbags) sensor_msgs/Image, via the core's conversion."""
     return buffer_to_rgb(bytes(msg.data), int(msg.width), int(msg.height), int(msg.step),
                          msg.encoding, bool(msg.is_bigendian))
-
-
-def packet_from_msg(msg) -> SacPacket:
-    """The core SacPacket of a (rosbags) sac_ros/msg/SacPacket; the decoder validates it."""
-    def stream(s) -> EncodedStream:
-        return EncodedStream(str(s.codec), float(s.crf), bool(s.key_frame), bytes(s.data))
-
-    try:
-        return SacPacket(
-            seq=int(msg.seq), mode=str(msg.mode), width=int(msg.width), height=int(msg.height),
-            block_size=int(msg.block_size), block_rows=int(msg.block_rows),
-            block_cols=int(msg.block_cols), roi_mask=bytes(msg.roi_mask), roi=stream(msg.roi),
-            non_roi=stream(msg.non_roi[0]) if len(msg.non_roi) else None,
-            encode_ms=float(msg.encode_ms), segmentation_ms=float(msg.segmentation_ms))
-    except AttributeError as exc:
-        raise SacError(f"the bag's SacPacket definition differs from this sac_ros: {exc}"
-                       ) from None
 
 
 @dataclass
@@ -110,6 +91,7 @@ class Accounting:
     ecu_received: int | None = None
     ecu_drops: dict[str, int] = field(default_factory=dict)
     offline_drops: dict[str, int] = field(default_factory=dict)
+    e2e_absent: int = 0          # packets recorded without an E2E checksum (older sensors)
     live_vs_offline_max_diff: int | None = None
     perception: dict | None = None
     first_recv_ns: int | None = None
@@ -129,6 +111,9 @@ class Accounting:
             "ecu_drops": dict(self.ecu_drops), "counted_drops": drops,
             "unaccounted": frames - self.reconstructed - drops,
             "offline_decode_drops": dict(self.offline_drops),
+            "e2e_check": ("absent" if self.e2e_absent == self.packets and self.packets
+                          else f"absent on {self.e2e_absent} packets" if self.e2e_absent
+                          else "checked"),
             "live_equals_offline_decode": (None if self.live_vs_offline_max_diff is None
                                            else self.live_vs_offline_max_diff == 0),
             "live_vs_offline_max_diff": self.live_vs_offline_max_diff,
@@ -219,7 +204,7 @@ def read_run(bag: str, on_frame: Callable[[CameraTopics, Frame], None],
                 st.flush(on_frame)
         finally:
             for st in state.values():
-                st.decoder.close()
+                st.receiver.close()
         facts = {"path": str(bag), "duration_s": reader.duration / 1e9,
                  "topics": {c.topic: c.msgcount for c in reader.connections},
                  "messages": sum(c.msgcount for c in connections)}
@@ -246,7 +231,10 @@ class _CameraState:
         self.cam = cam
         self.has_live = has_live
         self.accounting = Accounting()
-        self.decoder = SacDecoder(keep_streams=True)
+        # The ECU's own packet path (wire check, order, decode); older bags have no CRC.
+        self.receiver = PacketReceiver(require_e2e=False,
+                                       decoder=SacDecoder(keep_streams=True))
+        self.accounting.offline_drops = self.receiver.drops
         self.originals: OrderedDict[int, tuple[np.ndarray, int]] = OrderedDict()
         self.labels: OrderedDict[int, tuple[np.ndarray, str]] = OrderedDict()
         self.decoded: OrderedDict[int, tuple] = OrderedDict()
@@ -258,7 +246,7 @@ class _CameraState:
         self._release(recv_ns - LABEL_WAIT_NS, on_frame)
         acc = self.accounting
         if role == "original":
-            stamp = stamp_of(msg.header)
+            stamp = stamp_ns(msg.header)
             acc.originals += 1
             acc.first_recv_ns = recv_ns if acc.first_recv_ns is None else acc.first_recv_ns
             acc.last_recv_ns = recv_ns
@@ -271,23 +259,15 @@ class _CameraState:
             acc.labels += 1
             ids = image_rgb(msg)[:, :, 0].copy()  # mono8 labelIds, or R of a panoptic rgb8
             class_map = "kitti_step" if msg.encoding.lower() == "rgb8" else "cityscapes_label_ids"
-            self.labels[stamp_of(msg.header)] = (ids, class_map)
+            self.labels[stamp_ns(msg.header)] = (ids, class_map)
         elif role == "packets":
             acc.packets += 1
-            packet = packet_from_msg(msg)
-            try:
-                decoded = self.decoder.decode(packet)
-            except SacError as exc:
-                decoded, self.decoder.last_drop_reason = None, f"malformed: {exc}"
-            if decoded is None:
-                reason = (self.decoder.last_drop_reason or "unknown").split(":")[0]
-                acc.offline_drops[reason] = acc.offline_drops.get(reason, 0) + 1
-                return
-            self.decoded[stamp_of(msg.header)] = (packet, decoded, recv_ns)
-            self._complete(stamp_of(msg.header), recv_ns)
+            for item in self.receiver.push(msg, recv_ns):
+                self._take_decoded(item)
+            acc.e2e_absent = self.receiver.e2e_absent
         elif role == "reconstructed":
             acc.reconstructed += 1
-            stamp = stamp_of(msg.header)
+            stamp = stamp_ns(msg.header)
             self.live[stamp] = (image_rgb(msg).copy(), recv_ns)
             self._complete(stamp, recv_ns)
         elif role == "sensor_stats":
@@ -299,6 +279,11 @@ class _CameraState:
                               "miou": float(msg.miou), "iiou": float(msg.iiou)}
         for pending in (self.originals, self.decoded, self.live, self.labels):
             _bound(pending)
+
+    def _take_decoded(self, item) -> None:
+        stamp = item.received.stamp_ns
+        self.decoded[stamp] = (item.received.packet, item.frame, item.arrived_ns)
+        self._complete(stamp, item.arrived_ns)
 
     def _complete(self, stamp: int, recv_ns: int) -> None:
         """Move the frame to the ready queue once it has all its pieces."""
@@ -329,6 +314,8 @@ class _CameraState:
 
     def flush(self, on_frame) -> None:
         """End of the bag: hand on the ready frames; incomplete ones are not evaluated."""
+        for item in self.receiver.flush():
+            self._take_decoded(item)
         self._release(None, on_frame)
         for pending in (self.originals, self.decoded, self.live, self.labels):
             pending.clear()
