@@ -41,7 +41,7 @@ def encoded():
 class Ecu:
     """A running ECU with our packet publisher, output and stats subscriptions."""
 
-    def __init__(self, ros, before_start=None):
+    def __init__(self, ros, before_start=None, params=None):
         self.ros = ros
         self.packets = ros.publisher(SacPacket, "sac/packets", depth=50)
         self.outputs = ros.subscribe(Image, "sac/image")
@@ -49,7 +49,7 @@ class Ecu:
         self.sent: dict[int, int] = {}  # header stamp -> seq
         if before_start:
             before_start(self)
-        self.node = ros.start("sac_ecu")
+        self.node = ros.start("sac_ecu", params)
         ros.wait_discovery(publishers=[(self.packets, 1)], heard_from=[self.stats])
 
     def send(self, packet, expect_output: bool, msg=None) -> int:
@@ -165,3 +165,77 @@ def test_malformed_packets_are_counted_and_survived(ros, encoded):
     log = ecu.node.stderr()
     assert "Traceback" not in log
     assert "block grid" in log and "decode_error" in log
+
+
+# ------------------------------------------------------------ E2E protection and order
+# A long hold: on a busy machine the next packet may take a while, and these tests are
+# about order, not about the timeout.
+PATIENT = {"reorder_max_hold_ms": 2000.0}
+
+
+def test_reordered_packets_are_put_back_in_order(ros, encoded):
+    frames, packets = encoded
+    ecu = Ecu(ros, params=PATIENT)
+    order = [0, 1, 3, 2, 4, 5, 6, 7, 9, 8]
+    for seq in order:
+        ecu.send(packets[seq], expect_output=seq not in (3, 9))
+    ecu.ros.wait_for(lambda: len(ecu.outputs) == 10, "all ten frames")
+
+    assert ecu.output_seqs() == list(range(10))  # in sequence order, every one
+    for msg, seq in zip(ecu.outputs.messages, range(10), strict=True):
+        assert rh.psnr(rh.image_pixels(msg), frames[seq], rh.roi_pixels_of(packets[seq])) > 30
+    stats = ecu.final_stats(received=10)
+    assert drops_of(stats) == {} and stats.processed == 10  # 10 in = 10 out + 0 drops
+
+
+def test_duplicates_are_dropped_not_counted_as_gaps(ros, encoded):
+    frames, packets = encoded
+    ecu = Ecu(ros, params=PATIENT)
+    for seq in [0, 1, 1, 2, 3, 3, 4, 5, 6]:  # two duplicates inside one GOP
+        first_time = seq not in ecu.sent.values()
+        ecu.send(packets[seq], expect_output=first_time)
+    ecu.ros.wait_for(lambda: len(ecu.outputs) == 7, "seven frames")
+
+    assert ecu.output_seqs() == list(range(7))
+    stats = ecu.final_stats(received=9)
+    # 9 in = 7 out + 2 duplicates; no frame of the GOP was lost to them.
+    assert drops_of(stats) == {"duplicate": 2} and stats.processed == 7
+
+
+def _flip(data, index: int) -> bytes:
+    out = bytearray(bytes(data))
+    out[index] ^= 0x5A
+    return bytes(out)
+
+
+def test_corrupt_and_unprotected_packets_are_never_published(ros, encoded):
+    frames, packets = encoded
+    ecu = Ecu(ros, params=PATIENT)
+    for packet in packets[:5]:
+        ecu.send(packet, expect_output=True)
+    # Key frame 5 damaged on the way (one byte of its ROI stream), its CRC not re-made.
+    damaged = ros.packet_msg(packets[5])
+    damaged.roi.data = _flip(damaged.roi.data, len(damaged.roi.data) // 2)
+    ecu.send(None, False, damaged)
+    for packet in packets[6:10]:
+        ecu.send(packet, expect_output=False)  # need the key frame that was dropped
+    # A packet from a sender without E2E protection: refused by default.
+    unprotected = ros.packet_msg(packets[10])
+    unprotected.e2e_profile = 0
+    ecu.send(None, False, unprotected)
+    # A valid packet with an absurd sequence number: must not break the stats publisher.
+    huge = ros.packet_msg(dataclasses.replace(packets[11], seq=2**64 - 1))
+    ecu.send(None, False, huge)
+    stats = ecu.final_stats(received=12)
+
+    assert ecu.output_seqs() == list(range(5))  # nothing damaged went out
+    drops = drops_of(stats)
+    assert drops["corrupt"] == 1 and drops["unprotected"] == 1
+    assert drops["waiting_for_key_frame"] == 4
+    assert ecu.node.running
+    # The stats keep coming after the seq 2**64-1 packet was released.
+    later = ecu.ros.wait_stats(ecu.stats, lambda m: m.dropped >= 2**63, "stats after the "
+                               "huge sequence number", after_ns=rh.stamp_ns(huge.header))
+    assert later.dropped <= 2**64 - 1
+    assert ecu.node.stop() == 0
+    assert "Traceback" not in ecu.node.stderr()
