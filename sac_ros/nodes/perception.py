@@ -19,7 +19,7 @@ from std_msgs.msg import Header
 
 from sac_ros.core import metrics
 from sac_ros.core.errors import SacError
-from sac_ros.core.wire import stamp_ns
+from sac_ros.core.wire import saturate_u64, stamp_ns
 from sac_ros.msg import PerceptionStats
 from sac_ros.nodes.common import (
     LatestWorker,
@@ -114,8 +114,8 @@ class PerceptionNode(Node):
     def _publish_stats(self) -> None:
         msg = PerceptionStats(header=Header(stamp=self.get_clock().now().to_msg()),
                               node=self.get_fully_qualified_name(),
-                              frames_segmented=self.stats.processed,
-                              frames_compared=self.compared)
+                              frames_segmented=saturate_u64(self.stats.processed),
+                              frames_compared=saturate_u64(self.compared))
         if self.compared:
             msg.miou = metrics.miou(self._confusion)
             msg.iiou = metrics.iiou(self._roi_confusion, roi_class=1)

@@ -20,8 +20,9 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 
 from sac_ros.core import metrics
+from sac_ros.core.errors import PacketError, SacError
 from sac_ros.core.mask import unpack_blocks
-from sac_ros.core.wire import stamp_ns
+from sac_ros.core.wire import packet_from_msg, stamp_ns
 from sac_ros.msg import PerceptionStats, SacPacket, SacStats
 from sac_ros.nodes.common import image_to_rgb, qos
 
@@ -146,12 +147,18 @@ class SummaryCollector(Node):
 
     def _on_packet(self, ns: str, msg: SacPacket) -> None:
         cam = self.cameras[ns]
+        try:
+            packet = packet_from_msg(msg).packet  # the ECU's checks: never trust a mask
+        except PacketError:
+            packet = None
         with self._lock:
             cam.packets += 1
             cam.packet_bytes.append(len(msg.roi.data) + sum(len(s.data) for s in msg.non_roi))
+            if packet is None:
+                return  # the ECU counts and drops it; there is no frame to measure
             masks = self._masks[ns]
-            masks[stamp_ns(msg.header)] = (bytes(msg.roi_mask), msg.block_rows, msg.block_cols,
-                                           msg.block_size)
+            masks[stamp_ns(msg.header)] = (packet.roi_mask, packet.block_rows,
+                                           packet.block_cols, packet.block_size)
             while len(masks) > KEEP_FRAMES:
                 masks.popitem(last=False)
         self._measure_when_complete(ns, stamp_ns(msg.header))
@@ -197,8 +204,13 @@ class SummaryCollector(Node):
                 if not self._quality_queue:
                     return
                 cam, original, msg, (data, rows, cols, size) = self._quality_queue.popleft()
-            roi_mse, non_roi_mse = metrics.block_region_mse(
-                original, image_to_rgb(msg), unpack_blocks(data, rows, cols), size)
+            try:
+                roi_mse, non_roi_mse = metrics.block_region_mse(
+                    original, image_to_rgb(msg), unpack_blocks(data, rows, cols), size)
+            except (SacError, ValueError):  # an output that does not match its packet
+                with self._lock:
+                    cam.quality_skipped += 1
+                continue
             with self._lock:
                 cam.roi_psnr.append(metrics.psnr_from_mse(roi_mse))
                 cam.non_roi_psnr.append(metrics.psnr_from_mse(non_roi_mse))
