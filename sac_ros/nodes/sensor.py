@@ -163,8 +163,9 @@ class SensorNode(Node):
             self.get_logger().error(f"frame failed: {exc!r}", throttle_duration_sec=5.0)
 
     def _process(self, msg: Image) -> None:
-        if not (2 <= msg.width <= MAX_DIMENSION and 2 <= msg.height <= MAX_DIMENSION):
-            raise SacError(f"image size {msg.width}x{msg.height} is outside 2-{MAX_DIMENSION}")
+        if msg.width > MAX_DIMENSION or msg.height > MAX_DIMENSION:  # before any allocation
+            raise SacError(f"image size {msg.width}x{msg.height} is over the "
+                           f"{MAX_DIMENSION}x{MAX_DIMENSION} limit")
         rgb = image_to_rgb(msg)
         height, width = rgb.shape[:2]
         if self.encoder is None or (self.encoder.layout.width,
