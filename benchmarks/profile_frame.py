@@ -73,8 +73,8 @@ def profile(size: str, frames: int, preset: str, model: str) -> dict[str, float]
         packet = packer.encode(frame, blocks)
         packet.roi.data, packet.non_roi.data = roi_data, non_data
         packet.roi.key_frame, packet.non_roi.key_frame = roi_key, non_key
-        msg = timed("sensor: packet -> message", packet_to_msg, packet, header)
-        parsed = timed("ecu: message -> packet (checks, E2E CRC)", packet_from_msg, msg).packet
+        msg = timed("sensor: packet -> message (+ CRC)", packet_to_msg, packet, header)
+        parsed = timed("ecu: message -> packet (+ CRC)", packet_from_msg, msg).packet
         roi_planes = timed("ecu: decode ROI", roi_dec.decode, parsed.roi.data, roi_key)
         non_planes = timed("ecu: decode non-ROI", non_dec.decode, parsed.non_roi.data, non_key)
         timed("ecu: select per block", select, layout, roi_planes, non_planes, blocks, out)
