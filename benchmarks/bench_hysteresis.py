@@ -35,7 +35,7 @@ def raw_masks(clip, cfg, jitter: float, seed: int = 0) -> tuple[list[np.ndarray]
             moved = np.clip(polygon + rng.uniform(-1, 1, polygon.shape) * scale, 0, 1)
             masks.append(block_mask(PolygonMaskSource(moved.tolist()).roi_pixels(index, frame)))
         return masks, f"road polygon, vertices jittered by up to {jitter:g} px per frame"
-    from sac_ros.segmentation.cli_support import segmenter_mask_source
+    from sac_ros.segmentation.loader import segmenter_mask_source
 
     source, description = segmenter_mask_source("default", cfg["mask"]["non_roi_classes"] or {})
     masks = [block_mask(source.roi_pixels(i, f, n))

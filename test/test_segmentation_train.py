@@ -18,7 +18,7 @@ pytest.importorskip("cityscapesscripts", reason="label definitions come from cit
 from sac_ros.config import load_segmentation_config  # noqa: E402
 from sac_ros.core.errors import SacError  # noqa: E402
 from sac_ros.segmentation import load_segmenter  # noqa: E402
-from sac_ros.segmentation.checkpoint import (  # noqa: E402
+from sac_ros.segmentation.backends.torch_backend import (  # noqa: E402
     load_checkpoint,
     model_from_checkpoint,
 )
@@ -181,7 +181,7 @@ def test_binary_head_and_bad_dataset_folders(kitti_root, tmp_path):
 
 
 def test_export_to_onnx_matches_torch_and_loads_everywhere(tmp_path):
-    from sac_ros.segmentation.checkpoint import save_checkpoint
+    from sac_ros.segmentation.backends.torch_backend import save_checkpoint
     from sac_ros.segmentation.export import compare, export_onnx
 
     torch.manual_seed(0)

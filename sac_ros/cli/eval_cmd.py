@@ -69,7 +69,7 @@ def _masks(args, cfg, clip):
     if args.model and args.labels:
         raise SacError("give either --model or --labels as the mask source, not both")
     if args.model:
-        from sac_ros.segmentation.cli_support import segmenter_mask_source
+        from sac_ros.segmentation.loader import segmenter_mask_source
 
         source, description = segmenter_mask_source(args.model, non_roi)
     elif args.labels:

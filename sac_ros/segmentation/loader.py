@@ -8,7 +8,7 @@ from typing import Any
 
 from sac_ros.core.errors import SacError
 from sac_ros.segmentation.classmaps import ClassMapAdapter
-from sac_ros.segmentation.segmenter import Segmenter
+from sac_ros.segmentation.segmenter import Segmenter, SegmenterMaskSource
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "sac_roi_default.onnx"
 BACKEND_BY_SUFFIX = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt",
@@ -85,3 +85,17 @@ def load_segmenter(cfg: dict[str, Any] | None = None, model: str | Path | None =
     except BaseException:
         engine.close()
         raise
+
+
+def segmenter_mask_source(model: str, non_roi_classes: dict) -> tuple[SegmenterMaskSource, str]:
+    """A segmenter as the mask source of an offline run (``sac eval --model``), from the config.
+
+    (mask source, description); ``non_roi_classes`` are sac.yaml's overrides.
+    """
+    from sac_ros.config import load_segmentation_config
+
+    segmenter = load_segmenter(load_segmentation_config(), model)
+    overrides = non_roi_classes.get(segmenter.class_adapter.name)
+    if overrides is not None:  # sac.yaml mask.non_roi_classes applies to the model's labels
+        segmenter.set_non_roi_ids(overrides)
+    return segmenter.mask_source(), f"segmenter {segmenter.name}"

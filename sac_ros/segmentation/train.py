@@ -19,8 +19,11 @@ import numpy as np
 from tqdm import tqdm
 
 from sac_ros.core.errors import SacError
-from sac_ros.segmentation.backends.torch_backend import import_torch
-from sac_ros.segmentation.checkpoint import load_checkpoint, save_checkpoint
+from sac_ros.segmentation.backends.torch_backend import (
+    import_torch,
+    load_checkpoint,
+    save_checkpoint,
+)
 from sac_ros.segmentation.datasets import SegmentationDataset, augment, open_dataset
 
 VAL_SPLITS = {"cityscapes": "val", "kitti_step": "val", "evalset": "heldout"}
