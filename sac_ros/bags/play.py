@@ -4,12 +4,16 @@ The serialized CDR from the bag is published untouched (rclpy raw publishing), s
 headers, stamps and payloads are exactly what was recorded. The schedule is absolute
 (message i goes out at ``start + (t_i - t_0) / rate`` on the monotonic clock), so
 sleep jitter never accumulates into a rate error. Optional: loop, a start offset into
-the bag, ``/clock`` at a fixed rate (bag time), and waiting for subscribers.
+the bag, ``/clock`` at a fixed rate (bag time), and waiting for subscribers. SIGINT and
+SIGTERM end the playback cleanly (``--loop`` without a count runs until then): the
+result says how far it got.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +50,7 @@ class PlayResult:
     wall_span_s: float = 0.0           # wall time between them
     loops: int = 0
     max_late_ms: float = 0.0           # worst lateness of a publish against its schedule
+    interrupted: bool = False          # stopped by SIGINT / SIGTERM
     publishes: list[tuple[float, float]] = field(default_factory=list, repr=False)
 
     @property
@@ -60,6 +65,7 @@ class PlayResult:
 
     def record(self, requested: float) -> dict:
         return {"published": self.published, "skipped": self.skipped,
+                "interrupted": self.interrupted,
                 "clock_messages": self.clock_messages, "loops": self.loops,
                 "bag_span_s": self.bag_span_s, "wall_span_s": self.wall_span_s,
                 "max_late_ms": self.max_late_ms, "achieved_rate": self.achieved_rate,
@@ -69,12 +75,36 @@ class PlayResult:
         lines = [f"played {sum(self.published.values())} messages in {self.wall_span_s:.3f} s "
                  f"({self.loops} pass(es)); rate {self.publish_rate:.4f}x over all publishes, "
                  f"{self.achieved_rate:.4f}x first to last (requested {requested:g}x), "
-                 f"worst lateness {self.max_late_ms:.1f} ms"]
+                 f"worst lateness {self.max_late_ms:.1f} ms"
+                 + ("; stopped by a signal" if self.interrupted else "")]
         lines += [f"  {topic}: {count}" for topic, count in self.published.items()]
         lines += [f"  skipped {topic}: {why}" for topic, why in self.skipped.items()]
         if self.clock_messages:
             lines.append(f"  /clock: {self.clock_messages}")
         return "\n".join(lines)
+
+
+class StopFlag:
+    """Set from a signal handler. A plain flag: an Event's lock could deadlock there, and
+    ``wait`` sleeps in short slices because time.sleep resumes after a handler."""
+
+    def __init__(self):
+        self.flag = False
+
+    def set(self) -> None:
+        self.flag = True
+
+    def is_set(self) -> bool:
+        return self.flag
+
+    def wait(self, seconds: float) -> bool:
+        end = time.monotonic() + seconds
+        while not self.flag:
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(min(left, 0.05))
+        return self.flag
 
 
 def parse_remap(items: list[str]) -> dict[str, str]:
@@ -107,10 +137,19 @@ def play(bag: str, options: PlayOptions, progress: Callable[[int], None] | None 
     if options.start_offset < 0 or options.clock_hz < 0 or options.loop < 0:
         raise SacError("--start-offset, --clock and --loop must not be negative")
     reader = open_bag(bag)
+    stop = StopFlag()
+    # Our handler, not rclpy's: rclpy's shuts the context down under a publish (an
+    # RCLError traceback); this one lets the loop finish the message and report.
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return _play(reader, options, progress, log)
+        return _play(reader, options, progress, log, stop)
     finally:
         reader.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _select(reader, options: PlayOptions, result: PlayResult):
@@ -139,13 +178,13 @@ def _select(reader, options: PlayOptions, result: PlayResult):
     return usable, classes
 
 
-def _play(reader, options: PlayOptions, progress, log) -> PlayResult:
+def _play(reader, options: PlayOptions, progress, log, stop: StopFlag) -> PlayResult:
     import rclpy
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
     result = PlayResult()
     connections, classes = _select(reader, options, result)
-    rclpy.init(args=None)
+    rclpy.init(args=None, signal_handler_options=rclpy.SignalHandlerOptions.NO)
     node = None
     try:
         node = rclpy.create_node("sac_bag_player")
@@ -163,9 +202,9 @@ def _play(reader, options: PlayOptions, progress, log) -> PlayResult:
             from rosgraph_msgs.msg import Clock
 
             clock_pub = node.create_publisher(Clock, "/clock", 10)
-        _wait_for_subscribers(node, publishers, options, log)
+        _wait_for_subscribers(node, publishers, options, log, stop)
         if options.delay:
-            time.sleep(options.delay)
+            stop.wait(options.delay)
         start_ns = reader.start_time + round(options.start_offset * 1e9)
         if start_ns >= reader.end_time:
             raise SacError(f"--start-offset {options.start_offset:g} s is past the end of the "
@@ -181,9 +220,11 @@ def _play(reader, options: PlayOptions, progress, log) -> PlayResult:
         pass_span = 0.0         # bag seconds of one pass
         stamps: list[int] = []  # first pass only: for the gap between passes
         passes = 0
-        while options.loop == 0 or passes < options.loop:
+        while (options.loop == 0 or passes < options.loop) and not stop.is_set():
             played = 0
             for conn, stamp, data in reader.messages(connections=connections, start=start_ns):
+                if stop.is_set():
+                    break
                 if first_ns is None:
                     first_ns = stamp
                 if passes == 0:
@@ -204,7 +245,10 @@ def _play(reader, options: PlayOptions, progress, log) -> PlayResult:
                     if now >= target:
                         break
                     wake = target if clock_pub is None else min(target, next_clock)
-                    time.sleep(max(0.0, wake - now))
+                    if stop.wait(max(0.0, wake - now)):
+                        break
+                if stop.is_set():
+                    break
                 publishers[conn.topic].publish(bytes(data))
                 done = time.monotonic()
                 result.max_late_ms = max(result.max_late_ms, (done - target) * 1e3)
@@ -224,10 +268,11 @@ def _play(reader, options: PlayOptions, progress, log) -> PlayResult:
                 step = gaps[len(gaps) // 2] / 1e9 if gaps else 0.1
             pass_offset += pass_span + step
         result.loops = passes
+        result.interrupted = stop.is_set()
         if first_ns is not None:
             result.bag_span_s = last_bag_s
             result.wall_span_s = last_wall - wall0
-        time.sleep(options.linger)
+        stop.wait(options.linger)
         return result
     finally:
         if node is not None:
@@ -244,7 +289,8 @@ def _publish_clock(publisher, bag_ns: int) -> None:
                                        nanosec=bag_ns % 1_000_000_000)))
 
 
-def _wait_for_subscribers(node, publishers, options: PlayOptions, log) -> None:
+def _wait_for_subscribers(node, publishers, options: PlayOptions, log,
+                          stop: StopFlag) -> None:
     if not options.wait_for:
         return
     by_name = {options.remap.get(t, t): p for t, p in publishers.items()}
@@ -262,4 +308,5 @@ def _wait_for_subscribers(node, publishers, options: PlayOptions, log) -> None:
                            f"{options.wait_timeout:g} s: " + ", ".join(
                                f"{t} has {by_name[t].get_subscription_count()} of {n}"
                                for t, n in short.items()))
-        time.sleep(0.05)
+        if stop.wait(0.05):
+            raise KeyboardInterrupt

@@ -6,7 +6,10 @@ appear later than the recorder: the graph is polled and each requested topic is
 subscribed as soon as it has a type. The QoS reliability follows the publishers
 (best effort if any publisher offers only that). Message definitions come from the
 shared typestore (ROS 2 Kilted + sac_ros). The bag is moved to its final name when the
-recording stops (duration reached, SIGINT or SIGTERM); an error removes it.
+recording stops (duration reached, SIGINT or SIGTERM); an error removes it. Every
+``FLUSH_S`` the open MCAP chunk is written out, so a SIGKILL loses at most that much:
+the staging folder ``NAME.partial-PID/`` it leaves is read by every ``sac bag`` tool and
+finalised by ``sac bag recover``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from dataclasses import dataclass, field
 from sac_ros.bags.bagio import BagWriter
 from sac_ros.bags.types import message_class
 from sac_ros.core.errors import SacError
+
+FLUSH_S = 0.5     # bounds what a SIGKILLed recorder loses
 
 SAC_TOPICS = ("image_raw", "labels", "camera_info", "sac/packets", "sac/image",
               "sac/sensor_stats", "sac/ecu_stats", "sac/perception_stats")
@@ -60,6 +65,7 @@ class Recorder:
         self.failure: BaseException | None = None
         self.discover()
         self._timer = node.create_timer(0.25, self.discover)
+        self._flush_timer = node.create_timer(FLUSH_S, self.flush)
 
     def discover(self) -> None:
         """Subscribe to every requested topic that has appeared (with a type) since last time."""
@@ -107,12 +113,22 @@ class Recorder:
             self.stats.first_ns = now if self.stats.first_ns is None else self.stats.first_ns
             self.stats.last_ns = now
 
+    def flush(self) -> None:
+        with self._lock:
+            if self.failure is not None:
+                return
+            try:
+                self.bag.flush()
+            except Exception as exc:  # as in _on_message: it ends the recording
+                self.failure = exc
+
     def matched(self, topic: str) -> int:
         sub = self.subscriptions.get(topic)
         return sub.get_publisher_count() if sub is not None else -1
 
     def close(self) -> None:
         self._timer.cancel()
+        self._flush_timer.cancel()
         with self._lock:
             for sub in self.subscriptions.values():
                 self.node.destroy_subscription(sub)
@@ -138,6 +154,8 @@ def record(output: str, options: RecordOptions, log=print) -> RecordStats:
 
     if not options.topics:
         raise SacError("name the topics to record (--topics or --camera)")
+    if options.qos_depth < 1:
+        raise SacError("--qos-depth must be at least 1")
     for topic in options.topics:
         if not topic.startswith("/"):
             raise SacError(f"topic '{topic}' must be absolute, like /front/sac/packets")

@@ -1,15 +1,32 @@
-"""``sac bag convert | info | play | record | run``: ROS 2 bags without rosbag2."""
+"""``sac bag convert | info | play | record | recover | run``: ROS 2 bags without rosbag2."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+from pathlib import Path
 
 from sac_ros.core.errors import SacError
 
 
+def check_file_output(path: str | None, flag: str) -> None:
+    """Refuse an output file that cannot be written, before the long work starts."""
+    if not path:
+        return
+    target = Path(path)
+    parent = target.resolve().parent
+    if target.is_dir():
+        raise SacError(f"{flag} {target} is a folder")
+    if not parent.is_dir():
+        raise SacError(f"{flag} {target}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise SacError(f"{flag} {target}: not writable")
+
+
 def add_parsers(sub) -> None:
-    bag = sub.add_parser("bag", help="convert datasets/videos to ROS 2 bags; play, record, run",
+    bag = sub.add_parser("bag", help="convert datasets/videos to ROS 2 bags; play, record, "
+                                     "recover, run",
                          description="ROS 2 bags (MCAP or sqlite3) written and read with "
                                      "rosbags; play and record use rclpy.")
     bag_sub = bag.add_subparsers(dest="bag_command", metavar="BAG_COMMAND")
@@ -18,6 +35,7 @@ def add_parsers(sub) -> None:
     _info_parser(bag_sub)
     _play_parser(bag_sub)
     _record_parser(bag_sub)
+    _recover_parser(bag_sub)
     _run_parser(bag_sub)
 
 
@@ -145,6 +163,7 @@ def run_play(args) -> int:
 
     if args.qos_depth < 1:
         raise SacError("--qos-depth must be at least 1")
+    check_file_output(args.json, "--json")
     options = PlayOptions(rate=args.rate, loop=args.loop, start_offset=args.start_offset,
                           clock_hz=args.clock, topics=args.topics,
                           remap=parse_remap(args.remap), wait_for=parse_wait(args.wait_for),
@@ -167,7 +186,8 @@ def run_play(args) -> int:
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(result.record(args.rate), handle, indent=2)
-    return 0
+    # Ctrl-C is how --loop without a count ends; it cuts any other playback short.
+    return 130 if result.interrupted and args.loop != 0 else 0
 
 
 # ------------------------------------------------------------------ record
@@ -197,6 +217,8 @@ def run_record(args) -> int:
 
     if args.duration < 0:
         raise SacError("--duration must not be negative")
+    if args.qos_depth < 1:
+        raise SacError("--qos-depth must be at least 1")
     topics = list(args.topics)
     for camera in args.camera:
         topics += camera_topics(camera, args.input_topic)
@@ -204,6 +226,40 @@ def run_record(args) -> int:
                                               args.compress, args.duration, args.qos_depth),
                    log=lambda s: print(s, file=sys.stderr))
     print(stats.summary(args.output))
+    return 0
+
+
+# ------------------------------------------------------------------ recover
+
+def _recover_parser(sub) -> None:
+    p = sub.add_parser(
+        "recover", help="finish an unfinished, truncated or damaged MCAP recording",
+        description="Read every message that can be trusted from an MCAP a killed recorder "
+                    "left (NAME.partial-PID/), or from a truncated or damaged bag, and write "
+                    "it to a new, finished bag. Says how many messages were recovered and "
+                    "lost. The input is left untouched.")
+    p.add_argument("bag", help="the partial folder, bag folder or .mcap file")
+    p.add_argument("-o", "--output", help="bag folder to create (default: NAME for "
+                   "NAME.partial-PID, else NAME-recovered)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output bag")
+    p.add_argument("--json", help="write the result as JSON here")
+    p.set_defaults(func=run_recover)
+
+
+def run_recover(args) -> int:
+    from dataclasses import asdict
+
+    from sac_ros.bags.bagio import check_output
+    from sac_ros.bags.recover import default_output, recover
+
+    check_file_output(args.json, "--json")
+    output = args.output or default_output(args.bag)
+    check_output(output, args.overwrite)
+    result = recover(args.bag, output, args.overwrite)
+    print(result.summary())
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(asdict(result), handle, indent=2)
     return 0
 
 
@@ -235,8 +291,11 @@ def _run_parser(sub) -> None:
 
 
 def run_run(args) -> int:
+    from sac_ros.bags.bagio import check_output
     from sac_ros.bags.run import RunOptions, format_run, run_pipeline
 
+    check_output(args.output, args.overwrite)
+    check_file_output(args.json, "--json")
     options = RunOptions(rate=args.rate, config=args.config, input_topic=args.input_topic,
                          model=args.model, params=args.param, perception=not args.no_perception,
                          storage=args.storage, overwrite=args.overwrite,
