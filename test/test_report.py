@@ -40,10 +40,28 @@ def error_line(capsys, command: str, *args) -> str:
 
 # ------------------------------------------------------------------ report (no ROS)
 
-def write_run_bag(path, frames=12, skip=(4, 5), lose=(9,), height=48, width=80):
+def old_packet_store():
+    """A typestore whose SacPacket is the definition from before the E2E fields."""
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+    from sac_ros.bags.types import msg_dir
+
+    store = get_typestore(Stores.ROS2_KILTED)
+    for path in sorted(msg_dir().glob("*.msg")):
+        text = path.read_text()
+        if path.stem == "SacPacket":
+            text = "\n".join(line for line in text.splitlines() if "e2e" not in line)
+        store.register(get_types_from_msg(text, f"sac_ros/msg/{path.stem}"))
+    assert "e2e_crc" not in [name for name, _ in store.fielddefs[PACKET][1]]
+    return store
+
+
+def write_run_bag(path, frames=12, skip=(4, 5), lose=(9,), height=48, width=80,
+                  old_definition=False):
     """A recorded run, built with the core coder: originals, packets, reconstructions and
     the sensor's statistics. ``skip`` frames are dropped and counted as superseded;
-    ``lose`` frames are dropped without being counted (the report must notice)."""
+    ``lose`` frames are dropped without being counted (the report must notice).
+    ``old_definition``: packets as a sensor from before the E2E checksum recorded them."""
     encoder = SacEncoder(width, height, 20, 30, EncoderSettings(gop=6, preset="ultrafast"))
     decoder = SacDecoder()
     store_types = None
@@ -65,7 +83,18 @@ def write_run_bag(path, frames=12, skip=(4, 5), lose=(9,), height=48, width=80):
             msg = packet_to_msg(packet, factory.header(stamp), store_types[PACKET],
                                 store_types["sac_ros/msg/EncodedStream"],
                                 blob=lambda b: np.frombuffer(b, np.uint8))
-            bag.write_message("/cam/sac/packets", PACKET, stamp + 20_000_000, msg)
+            if old_definition:
+                old = old_packet_store()
+                fields = {k: v for k, v in vars(msg).items() if not k.startswith("e2e")}
+                fields["roi"] = old.types["sac_ros/msg/EncodedStream"](**vars(msg.roi))
+                fields["non_roi"] = [old.types["sac_ros/msg/EncodedStream"](**vars(s))
+                                     for s in msg.non_roi]
+                bag.connection("/cam/sac/packets", PACKET, old.generate_msgdef(PACKET)[0],
+                               old.hash_rihs01(PACKET))
+                bag.write("/cam/sac/packets", PACKET, stamp + 20_000_000,
+                          old.serialize_cdr(old.types[PACKET](**fields), PACKET))
+            else:
+                bag.write_message("/cam/sac/packets", PACKET, stamp + 20_000_000, msg)
             bag.write("/cam/sac/image", IMAGE, stamp + 40_000_000,
                       factory.image(decoded.rgb, stamp))
             expected[stamp] = (rgb, decoded.rgb, expand_blocks(blocks, height, width),
@@ -96,6 +125,7 @@ def test_report_of_an_offline_bag(tmp_path, capsys):
     assert (acc["source_frames"], acc["packets"], acc["reconstructed"]) == (12, 9, 9)
     assert acc["sensor_drops"] == {"superseded": 2} and acc["unaccounted"] == 1
     assert acc["live_equals_offline_decode"] is True
+    assert acc["e2e_check"] == "checked"
     assert "unaccounted 1" in stdout
     # Per-frame figures recomputed here with the metrics module.
     assert cam["frames_evaluated"] == 9
@@ -121,6 +151,18 @@ def test_report_of_an_offline_bag(tmp_path, capsys):
     for png in cam["plots"].values():
         with Image.open(out / png) as image:
             image.verify()
+
+
+def test_report_of_a_bag_from_before_the_checksum(tmp_path, capsys):
+    """Older bags still decode, with the E2E check reported as absent."""
+    write_run_bag(tmp_path / "run", old_definition=True)
+    out = tmp_path / "rep"
+    code, _, err = cli(capsys, "report", tmp_path / "run", "--out", out, "--model", "none",
+                       "--no-progress")
+    assert code == 0, err
+    cam = json.loads((out / "report.json").read_text())["cameras"][0]
+    assert cam["accounting"]["e2e_check"] == "absent"
+    assert cam["frames_evaluated"] == 9 and cam["accounting"]["offline_decode_drops"] == {}
 
 
 # ------------------------------------------------------------------ reproduce
