@@ -313,7 +313,7 @@ def test_conversion_and_report_import_without_ros():
     import sys
 
     code = ("import sys; import sac_ros.bags.convert, sac_ros.bags.info, sac_ros.report.report, "
-            "sac_ros.report.reproduce, sac_ros.cli.main; "
+            "sac_ros.eval.reproduce, sac_ros.cli.main; "
             "ros = ('rclpy', 'sensor_msgs', 'sac_ros.msg'); "
             "bad = [m for m in sys.modules if m.startswith(ros)]; "
             "print(bad); sys.exit(1 if bad else 0)")

@@ -40,7 +40,7 @@ CHECK = textwrap.dedent("""
     for name in names:
         importlib.import_module(f"sac_ros.core.{name}")
     for name in ("sac_ros.config", "sac_ros.cli.main", "sac_ros.cli.eval_cmd",
-                 "sac_ros.cli.plots"):
+                 "sac_ros.eval.plots", "sac_ros.eval.reproduce"):
         importlib.import_module(name)
     from sac_ros.cli.main import build_parser
     build_parser()

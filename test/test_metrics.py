@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sac_ros.core import metrics
-from sac_ros.core.evaluate import RunResult
+from sac_ros.eval.coder import RunResult
 
 C1, C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
 

@@ -10,9 +10,9 @@ import pytest
 from sac_ros.config import load_core_config
 from sac_ros.core.codec import EncoderSettings
 from sac_ros.core.errors import SacError
-from sac_ros.core.evaluate import ClipCoder
 from sac_ros.core.mask import PolygonMaskSource, block_mask
 from sac_ros.core.ratematch import MatchResult, match_crf
+from sac_ros.eval.coder import ClipCoder
 
 
 class Curve:

@@ -16,11 +16,11 @@ from sac_ros.cli.main import main
 from sac_ros.core import metrics
 from sac_ros.core.classes import get_class_map
 from sac_ros.core.codec import EncoderSettings
-from sac_ros.core.evaluate import ClipCoder
 from sac_ros.core.mask import block_mask, expand_blocks, roi_pixels
 from sac_ros.core.sac import SacDecoder, SacEncoder
 from sac_ros.core.wire import packet_to_msg
-from sac_ros.report.reproduce import settings_from_config
+from sac_ros.eval.coder import ClipCoder
+from sac_ros.eval.reproduce import settings_from_config
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:

@@ -15,9 +15,9 @@ from tqdm import tqdm
 from sac_ros.config import encoder_settings, load_core_config
 from sac_ros.core.codec import CODECS, canonical_codec, check_crf
 from sac_ros.core.errors import SacError
-from sac_ros.core.evaluate import BdResult, ClipCoder, bd_against, sweep
 from sac_ros.core.io import load_clip
 from sac_ros.core.mask import LabelMaskSource, PolygonMaskSource, block_mask, hold_blocks
+from sac_ros.eval.coder import BdResult, ClipCoder, bd_against, sweep
 
 TABLE_COLUMNS = (
     ("method", "Method", "{}"), ("c_roi", "C_roi", "{:g}"), ("c_non", "C_non", "{:g}"),
@@ -109,7 +109,7 @@ def format_table(records: list[dict]) -> str:
 
 
 def run(args) -> int:
-    from sac_ros.cli import plots  # matplotlib: imported only when needed
+    from sac_ros.eval import plots  # matplotlib: imported only when needed
 
     cfg = load_core_config(args.config)
     ev = cfg["eval"]

@@ -20,7 +20,7 @@ from sac_ros.config import rate_controller, rate_gop
 from sac_ros.core import metrics
 from sac_ros.core.codec import CODECS, Vbv
 from sac_ros.core.errors import SacError
-from sac_ros.core.evaluate import ClipCoder
+from sac_ros.eval.coder import ClipCoder
 
 # The acceptance band for 1-second windows after the first GOP, relative to the target.
 BAND = (0.85, 1.05)

@@ -89,7 +89,7 @@ def run_reproduce(args) -> int:
     from tqdm import tqdm
 
     from sac_ros.core.io import parse_size
-    from sac_ros.report.reproduce import (
+    from sac_ros.eval.reproduce import (
         ReproduceOptions,
         format_reproduction,
         reproduce,

@@ -1,6 +1,6 @@
 """Per-frame measurements of a recorded run, with the one metrics module's functions.
 
-The conventions are ``ClipCoder``'s (``sac_ros.core.evaluate``): PSNR on RGB, SSIM on
+The conventions are ``ClipCoder``'s (``sac_ros.eval.coder``): PSNR on RGB, SSIM on
 luma, ROI / non-ROI over the pixels of the ROI / non-ROI blocks, per-frame values
 averaged; SA-PSNR / SA-SSIM in the two readings (``region``: the reconstruction's ROI
 and non-ROI pixels; ``stream``: each decoded stream against the masked original over
@@ -21,8 +21,8 @@ import numpy as np
 
 from sac_ros.core import metrics
 from sac_ros.core.classes import get_class_map
-from sac_ros.core.evaluate import method_name
 from sac_ros.core.mask import block_mask, expand_blocks, roi_pixels
+from sac_ros.eval.coder import method_name
 from sac_ros.report.runbag import CameraTopics, Frame
 
 

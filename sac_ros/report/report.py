@@ -12,10 +12,7 @@ import numpy as np
 
 from sac_ros.bags.bagio import open_bag
 from sac_ros.core.errors import SacError
-from sac_ros.report import figures
-from sac_ros.report.measure import RunEvaluator, distribution, segmentation_scores, summarise
-from sac_ros.report.runbag import find_cameras, read_run
-from sac_ros.report.tables import (
+from sac_ros.eval.tables import (
     PAPER_TABLE_II,
     PAPER_TABLE_IV,
     TABLE_II_HEADER,
@@ -24,6 +21,9 @@ from sac_ros.report.tables import (
     table_iv_cells,
     text_table,
 )
+from sac_ros.report import figures
+from sac_ros.report.measure import RunEvaluator, distribution, segmentation_scores, summarise
+from sac_ros.report.runbag import find_cameras, read_run
 
 
 @dataclass

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sac_ros.core.evaluate import RunResult, SweepPoint  # noqa: E402
+from sac_ros.eval.coder import RunResult, SweepPoint  # noqa: E402
 
 
 def rd_curves(path: Path, title: str, curves: dict[str, list[SweepPoint]],

@@ -34,10 +34,10 @@ from sac_ros.core import metrics
 from sac_ros.core.classes import get_class_map
 from sac_ros.core.codec import CODECS
 from sac_ros.core.errors import SacError
-from sac_ros.core.evaluate import ClipCoder, RunResult, method_name
 from sac_ros.core.mask import block_mask, roi_pixels
 from sac_ros.core.ratematch import match_crf
-from sac_ros.report.tables import (
+from sac_ros.eval.coder import ClipCoder, RunResult, method_name
+from sac_ros.eval.tables import (
     PAPER_TABLE_II,
     PAPER_TABLE_III,
     PAPER_TABLE_IV,
