@@ -1,14 +1,14 @@
 """Coding experiments on a clip: one run of a method, RD sweeps, BD-rate, size matching.
 
-Shared by ``sac eval`` and the benchmarks, so every figure comes from the same code
-the nodes run (SacEncoder / SacDecoder).
+Shared by ``sac eval`` and ``sac reproduce``, so every figure comes from the same code the
+nodes run (SacEncoder / SacDecoder), measured by ``quality.frame_quality``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,6 +18,7 @@ from sac_ros.core.codec import CODECS, EncoderSettings, Vbv
 from sac_ros.core.mask import expand_blocks
 from sac_ros.core.ratematch import MatchResult, match_crf
 from sac_ros.core.sac import SacDecoder, SacEncoder
+from sac_ros.eval.quality import frame_quality, sa_values
 
 if TYPE_CHECKING:
     from sac_ros.core.ratecontrol import RateController
@@ -53,6 +54,7 @@ class RunResult:
     size_match_error_pct: float | None = None
     sample_frame: np.ndarray | None = field(default=None, repr=False)
     frame_bytes: list[int] = field(default_factory=list, repr=False)
+    captured: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def kb_per_frame(self) -> float:
@@ -66,22 +68,16 @@ class RunResult:
     def compression_ratio(self) -> float:
         return metrics.compression_ratio(self.total_bytes / self.frames, self.width, self.height)
 
-    def sa(self, region_value: float, non_value: float) -> float:
-        return metrics.sa_metric(region_value, non_value, self.c_roi, self.c_non)
-
     def record(self) -> dict:
         """The JSON/CSV record: Table II fields in snake_case plus rate figures."""
         keys = ("method", "codec", "mode", "c_roi", "c_non", "frames", "width", "height",
                 "total_bytes", "roi_share", "psnr", "ssim", "roi_psnr", "non_roi_psnr",
                 "roi_ssim", "non_roi_ssim", "flash_fraction", "size_match_error_pct")
-        data = {k: v for k, v in asdict(self).items() if k in keys}
+        data = {k: v for k, v in vars(self).items() if k in keys}
         data.update(
             kb_per_frame=self.kb_per_frame, bpp=self.bpp,
             compression_ratio=self.compression_ratio,
-            sa_psnr_region=self.sa(self.roi_psnr, self.non_roi_psnr),
-            sa_psnr_stream=self.sa(self.stream_roi_psnr, self.stream_non_roi_psnr),
-            sa_ssim_region=self.sa(self.roi_ssim, self.non_roi_ssim),
-            sa_ssim_stream=self.sa(self.stream_roi_ssim, self.stream_non_roi_ssim),
+            **sa_values(vars(self), self.c_roi, self.c_non),
         )
         return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in data.items()}
 
@@ -145,8 +141,11 @@ class ClipCoder:
 
     def run(self, codec: str, mode: str, c_roi: float, c_non: float | None = None,
             full: bool = False, keep_frame: int | None = None, vbv: Vbv | None = None,
-            controller: RateController | None = None) -> RunResult:
-        """Encode, decode and measure. ``full`` adds SSIM, stream readings and flash.
+            controller: RateController | None = None,
+            capture: Collection[int] = ()) -> RunResult:
+        """Encode, decode and measure (``quality.frame_quality``). ``full`` adds SSIM,
+        stream readings and flash; the decoded frames of the ``capture`` indexes are kept
+        in ``RunResult.captured``.
 
         ``vbv`` caps the (single) stream; ``controller`` sets the CRFs and caps from
         its first decision on, then after every GOP (``c_roi`` / ``c_non`` are ignored).
@@ -183,9 +182,14 @@ class ClipCoder:
                                        f"{decoder.last_drop_reason}")
                 mask = self.pixel_mask(index)
                 roi_px += int(mask.sum())
-                self._measure(frame, decoded, mask, full, add, index)
+                for key, value in frame_quality(
+                        frame, decoded.rgb, mask, self.band(index) if full else None,
+                        decoded.roi_stream_rgb, decoded.non_roi_stream_rgb, full).items():
+                    add(key, value)
                 if keep_frame == index:
                     result.sample_frame = decoded.rgb.copy()
+                if index in capture:
+                    result.captured[index] = decoded.rgb.copy()
                 self.progress(1)
         finally:
             encoder.close()
@@ -196,30 +200,6 @@ class ClipCoder:
             setattr(result, key, float(np.nanmean(values)) if not np.all(np.isnan(values))
                     else float("nan"))
         return result
-
-    def _measure(self, frame, decoded, mask, full, add, index) -> None:
-        sq = np.square(frame.astype(np.float32) - decoded.rgb.astype(np.float32)).mean(axis=2)
-        add("psnr", metrics.psnr_from_mse(float(sq.mean())))
-        add("roi_psnr", metrics.psnr_from_mse(metrics.masked_mean(sq, mask)))
-        add("non_roi_psnr", metrics.psnr_from_mse(metrics.masked_mean(sq, ~mask)))
-        if not full:
-            return
-        smap = metrics.ssim_map(frame, decoded.rgb)
-        add("ssim", float(smap.mean()))
-        add("roi_ssim", metrics.masked_mean(smap, mask))
-        add("non_roi_ssim", metrics.masked_mean(smap, ~mask))
-        add("flash_fraction", metrics.flash_fraction(frame, decoded.rgb, self.band(index)))
-        # "stream" reading: each stream frame against the masked original, black area included.
-        for key, region, stream in (
-                ("roi", mask, decoded.roi_stream_rgb),
-                ("non_roi", ~mask, decoded.non_roi_stream_rgb)):
-            if not region.any():
-                continue
-            reference = frame * region[:, :, None]
-            if stream is None:  # uniform: the one stream, masked the same way
-                stream = decoded.rgb * region[:, :, None]
-            add(f"stream_{key}_psnr", metrics.psnr(reference, stream))
-            add(f"stream_{key}_ssim", float(metrics.ssim_map(reference, stream).mean()))
 
     def match_uniform(self, codec: str, target_bytes: int, tolerance: float = 0.01,
                       guess: float | None = None, vbv: Vbv | None = None) -> MatchResult:

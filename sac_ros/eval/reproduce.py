@@ -68,20 +68,6 @@ class ReproduceOptions:
     out: str = "sac_reproduce_out"
 
 
-class _CapturingCoder(ClipCoder):
-    """ClipCoder that also hands out the decoded frames of chosen indexes."""
-
-    def __init__(self, *args, capture: set[int] | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.capture = capture or set()
-        self.captured: dict[int, np.ndarray] = {}
-
-    def _measure(self, frame, decoded, mask, full, add, index) -> None:
-        super()._measure(frame, decoded, mask, full, add, index)
-        if index in self.capture:
-            self.captured[index] = decoded.rgb.copy()
-
-
 @dataclass
 class _Accumulator:
     """Frame-weighted sums of one configuration over sequences."""
@@ -209,28 +195,28 @@ def reproduce(options: ReproduceOptions, settings, progress: Callable[[int], Non
             blocks = _masks(frames, labels, class_map, segmenter, options.mask)
             seg_frames = sorted(labels) if segmenter is not None else []
             originals_seg = {i: segmenter.predict(frames[i]) for i in seg_frames}
-            coder = _CapturingCoder(frames, blocks, settings, progress, capture=set(seg_frames))
+            coder = ClipCoder(frames, blocks, settings, progress)
             seq_bytes = {}
             for key in configs:
                 codec, c_roi, c_non = key
                 mode = acc[key].mode
-                coder.captured.clear()
-                run = coder.run(codec, mode, float(c_roi), float(c_non), full=True)
+                capture = seg_frames if key in TABLE_IV_ROWS else ()
+                run = coder.run(codec, mode, float(c_roi), float(c_non), full=True,
+                                capture=capture)
                 acc[key].add(run)
                 seq_bytes[key] = run.total_bytes
                 if key in TABLE_IV_ROWS and seg_frames:
-                    _segment(acc[key], coder.captured, originals_seg, labels, class_map,
+                    _segment(acc[key], run.captured, originals_seg, labels, class_map,
                              segmenter)
             for codec in options.codecs:
                 roi, non = PAPER_PAIRS[codec]
                 pair = seq_bytes[(codec, roi, non)]
                 match = _match(coder, codec, pair, options.tolerance, notes, seq.name)
-                coder.captured.clear()
-                run = coder.run(codec, "uniform", match.crf, full=True)
+                run = coder.run(codec, "uniform", match.crf, full=True, capture=seg_frames)
                 matched = acc[(codec, "matched")]
                 matched.add(run)
                 if seg_frames:
-                    _segment(matched, coder.captured, originals_seg, labels, class_map,
+                    _segment(matched, run.captured, originals_seg, labels, class_map,
                              segmenter)
             sequences.append({"name": seq.name, "frames": len(frames), "labels": len(labels),
                               "width": frames[0].shape[1], "height": frames[0].shape[0]})

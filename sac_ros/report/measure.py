@@ -1,10 +1,6 @@
-"""Per-frame measurements of a recorded run, with the one metrics module's functions.
-
-The conventions are ``ClipCoder``'s (``sac_ros.eval.coder``): PSNR on RGB, SSIM on
-luma, ROI / non-ROI over the pixels of the ROI / non-ROI blocks, per-frame values
-averaged; SA-PSNR / SA-SSIM in the two readings (``region``: the reconstruction's ROI
-and non-ROI pixels; ``stream``: each decoded stream against the masked original over
-the whole frame, uniform runs masking their one stream the same way).
+"""Per-frame measurements of a recorded run: ``sac_ros.eval.quality.frame_quality``, the
+one per-frame measurement ``ClipCoder`` uses too, on each frame of the bag, plus its
+sizes, timings and segmentation scores (an empty region's stream reading is NaN here).
 
 Segmentation (when a segmenter is given) runs the same network on the original and the
 reconstructed frame: mIoU over the model's classes and iIoU (IoU of the ROI) of the
@@ -23,6 +19,7 @@ from sac_ros.core import metrics
 from sac_ros.core.classes import get_class_map
 from sac_ros.core.mask import block_mask, expand_blocks, roi_pixels
 from sac_ros.eval.coder import method_name
+from sac_ros.eval.quality import REGION_KEYS, STREAM_KEYS, frame_quality, sa_values
 from sac_ros.report.runbag import CameraTopics, Frame
 
 
@@ -89,8 +86,8 @@ class RunEvaluator:
         c_roi = packet.roi.crf
         c_non = packet.non_roi.crf if packet.non_roi is not None else c_roi
         method = method_name(packet.roi.codec, packet.mode, c_roi, c_non)
-        sq = np.square(original.astype(np.float32) - test.astype(np.float32)).mean(axis=2)
-        smap = metrics.ssim_map(original, test)
+        quality = frame_quality(original, test, mask, self._band(mask),
+                                decoded.roi_stream_rgb, decoded.non_roi_stream_rgb)
         rec = {
             "stamp_ns": frame.stamp_ns, "seq": packet.seq, "method": method,
             "codec": packet.roi.codec, "mode": packet.mode, "c_roi": c_roi, "c_non": c_non,
@@ -99,33 +96,14 @@ class RunEvaluator:
             "non_roi_bytes": len(packet.non_roi.data) if packet.non_roi is not None else 0,
             "kb": packet.num_bytes / 1000.0, "roi_share": float(mask.mean()),
             "width": width, "height": height,
-            "psnr": metrics.psnr_from_mse(float(sq.mean())),
-            "roi_psnr": metrics.psnr_from_mse(metrics.masked_mean(sq, mask)),
-            "non_roi_psnr": metrics.psnr_from_mse(metrics.masked_mean(sq, ~mask)),
-            "ssim": float(smap.mean()), "roi_ssim": metrics.masked_mean(smap, mask),
-            "non_roi_ssim": metrics.masked_mean(smap, ~mask),
-            "flash_fraction": metrics.flash_fraction(original, test, self._band(mask)),
+            **{k: quality[k] for k in REGION_KEYS},
             "original_recv_ns": frame.original_recv_ns, "packet_recv_ns": frame.packet_recv_ns,
             "reconstructed_recv_ns": frame.reconstructed_recv_ns,
             "encode_ms": packet.encode_ms, "segmentation_ms": packet.segmentation_ms,
             "live": frame.reconstructed is not None,
+            **{k: quality.get(k, float("nan")) for k in STREAM_KEYS},
         }
-        for key, region, stream in (("roi", mask, decoded.roi_stream_rgb),
-                                    ("non_roi", ~mask, decoded.non_roi_stream_rgb)):
-            if not region.any():
-                rec[f"stream_{key}_psnr"] = rec[f"stream_{key}_ssim"] = float("nan")
-                continue
-            reference = original * region[:, :, None]
-            if stream is None:  # uniform: the one stream, masked the same way
-                stream = test * region[:, :, None]
-            rec[f"stream_{key}_psnr"] = metrics.psnr(reference, stream)
-            rec[f"stream_{key}_ssim"] = float(metrics.ssim_map(reference, stream).mean())
-        for name, roi_key, non_key in (
-                ("sa_psnr_region", "roi_psnr", "non_roi_psnr"),
-                ("sa_psnr_stream", "stream_roi_psnr", "stream_non_roi_psnr"),
-                ("sa_ssim_region", "roi_ssim", "non_roi_ssim"),
-                ("sa_ssim_stream", "stream_roi_ssim", "stream_non_roi_ssim")):
-            rec[name] = metrics.sa_metric(rec[roi_key], rec[non_key], c_roi, c_non)
+        rec.update(sa_values(rec, c_roi, c_non))
         conf = result.confusions.setdefault(method, Confusions())
         conf.frames += 1
         if frame.label is not None:
