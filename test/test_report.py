@@ -13,6 +13,7 @@ from sac_ros.bags.bagio import BagWriter
 from sac_ros.bags.convert import MessageFactory
 from sac_ros.bags.types import IMAGE, PACKET, SAC_STATS
 from sac_ros.cli.main import main
+from sac_ros.config import config_dir, load_core_config
 from sac_ros.core import metrics
 from sac_ros.core.classes import get_class_map
 from sac_ros.core.codec import EncoderSettings
@@ -188,7 +189,7 @@ def test_reproduce_cityscapes(tmp_path, capsys):
     frames = [rgb for _, rgb in data["frames"]]
     labels = list(data["labels"].values())
     cmap = get_class_map("cityscapes_label_ids")
-    settings = settings_from_config(None, "ultrafast", 17.0)
+    settings = settings_from_config(load_core_config(), "ultrafast", 17.0)
     runs = []
     for chunk, ids in ((frames[:5], labels[0]), (frames[5:], labels[1])):
         blocks = [block_mask(roi_pixels(ids, cmap))] * len(chunk)
@@ -230,6 +231,28 @@ def test_reproduce_kitti_step_with_model_masks(tmp_path, capsys):
     assert result["mask"] == "model" and {r["codec"] for r in result["rows"]} == {"h264"}
     line = next(x for x in stdout.splitlines() if x.startswith("SA-X264 18/23 "))
     assert "33.60" in line and "Table III (KITTI-STEP)" in stdout   # the paper's KITTI row
+
+
+def test_reproduce_takes_the_papers_pair_from_the_config(tmp_path, capsys):
+    """config/sac.yaml's eval.paper_pairs is the one definition of the pair; another pair
+    (not a Table II row) is run and matched in its place."""
+    import yaml
+
+    root = tmp_path / "kitti-step"
+    make_kitti(root, [("train", "0000", 3)])
+    cfg = yaml.safe_load((config_dir() / "sac.yaml").read_text())
+    cfg["eval"]["paper_pairs"]["h264"] = [20, 30]
+    config = tmp_path / "sac.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    code, stdout, err = cli(capsys, "reproduce", "--kitti-step", root, "--codecs", "h264",
+                            "--preset", "ultrafast", "--config", config, "--out",
+                            tmp_path / "out", "--no-progress")
+    assert code == 0, err
+    rows = {r["method"]: r for r in json.loads((tmp_path / "out" / "results.json")
+                                               .read_text())["rows"]}
+    assert rows["SA-X264 20/30"]["mode"] == "dual_crf"
+    assert "H.264 (= size of SA-X264 20/30)" in rows and "SA-X264 18/27" in rows
+    assert "  SA-X264 20/30 " in stdout   # the equal-bytes lines use the config's pair
 
 
 def test_reproduce_bad_input(tmp_path, capsys):

@@ -88,10 +88,12 @@ def run_report(args) -> int:
 def run_reproduce(args) -> int:
     from tqdm import tqdm
 
+    from sac_ros.config import load_core_config
     from sac_ros.core.io import parse_size
     from sac_ros.eval.reproduce import (
         ReproduceOptions,
         format_reproduction,
+        paper_crfs,
         reproduce,
         settings_from_config,
     )
@@ -108,10 +110,12 @@ def run_reproduce(args) -> int:
         if value is not None and value < 1:
             raise SacError(f"--{name.replace('_', '-')} must be at least 1")
     rate = 17.0 if dataset == "cityscapes" else 10.0
-    settings = settings_from_config(args.config, args.preset, rate)
+    cfg = load_core_config(args.config)
+    settings = settings_from_config(cfg, args.preset, rate)
     options = ReproduceOptions(dataset, args.cityscapes or args.kitti_step, size,
                                tuple(args.codecs), args.mask, args.model,
-                               args.frames_per_sequence, args.max_sequences, out=args.out)
+                               args.frames_per_sequence, args.max_sequences, out=args.out,
+                               paper=paper_crfs(cfg))
     bar = tqdm(unit="frame", desc="sac reproduce", file=sys.stderr,
                disable=args.no_progress or None)
     try:
@@ -119,6 +123,6 @@ def run_reproduce(args) -> int:
                            log=lambda s: bar.write(s, file=sys.stderr))
     finally:
         bar.close()
-    print(format_reproduction(result))
+    print(format_reproduction(result, options.paper))
     print(f"wrote {args.out}/results.json and {args.out}/tables.txt")
     return 0

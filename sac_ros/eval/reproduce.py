@@ -6,10 +6,11 @@ For every sequence of the dataset (a Cityscapes snippet, a KITTI-STEP sequence):
 2. ROI block masks from the ground-truth labels (a snippet's frames use the nearest
    labelled frame: Cityscapes labels the 20th frame of each 30-frame snippet) or, with
    ``--mask model``, from a segmenter on every frame (the papers' S1);
-3. ``ClipCoder`` (the core) runs every Table II configuration (uniform H.264 18/23/27,
+3. ``ClipCoder`` runs every Table II configuration (uniform H.264 18/23/27,
    SA-X264 18/23, 18/27, 23/27, uniform H.265 23/28/32, SA-X265 23/28, 23/32, 28/32),
    plus, per codec, the uniform CRF that matches the papers' SA pair's bytes within 1%
-   (the "equal bytes" comparison);
+   (the "equal bytes" comparison; the pair and the uniform baseline the search starts
+   from are config ``eval.paper_pairs`` / ``eval.uniform_reference``);
 4. with a segmenter, Table IV: the network on the decoded frames that have labels, against
    the labels (ROI / non-ROI mIoU, iIoU = IoU of the ROI) and against its own output on
    the original frames.
@@ -30,6 +31,7 @@ import numpy as np
 from PIL import Image as PILImage
 
 from sac_ros.bags import sources
+from sac_ros.config import encoder_settings, load_core_config
 from sac_ros.core import metrics
 from sac_ros.core.classes import get_class_map
 from sac_ros.core.codec import CODECS
@@ -48,10 +50,29 @@ from sac_ros.eval.tables import (
     text_table,
 )
 
-PAPER_PAIRS = {"h264": (18.0, 27.0), "hevc": (23.0, 32.0)}
-PAPER_UNIFORM = {"h264": 23.0, "hevc": 28.0}
 PAPER_RATIO = {"h264": 250, "hevc": 375}     # "around 1:250 and 1:375" (seed 001, IV.D)
 LABEL_MAPS = {"cityscapes": "cityscapes_label_ids", "kitti_step": "kitti_step"}
+
+
+@dataclass(frozen=True)
+class PaperCrfs:
+    """The papers' SA pair and uniform baseline per codec: config ``eval.paper_pairs`` and
+    ``eval.uniform_reference`` (config/sac.yaml is their one home)."""
+
+    pairs: dict[str, tuple[float, float]]
+    uniform: dict[str, float]
+
+
+def paper_crfs(cfg: dict) -> PaperCrfs:
+    """The papers' CRFs of a loaded core config (``load_core_config``)."""
+    ev = cfg["eval"]
+    return PaperCrfs({codec: (float(pair[0]), float(pair[1]))
+                      for codec, pair in ev["paper_pairs"].items()},
+                     {codec: float(crf) for codec, crf in ev["uniform_reference"].items()})
+
+
+def _default_paper_crfs() -> PaperCrfs:
+    return paper_crfs(load_core_config())
 
 
 @dataclass
@@ -66,6 +87,7 @@ class ReproduceOptions:
     max_sequences: int | None = None
     tolerance: float = 0.01
     out: str = "sac_reproduce_out"
+    paper: PaperCrfs = field(default_factory=_default_paper_crfs)
 
 
 @dataclass
@@ -159,11 +181,12 @@ def _nearest(index: int, labelled: list[int]) -> int:
 
 def reproduce(options: ReproduceOptions, settings, progress: Callable[[int], None],
               log: Callable[[str], None]) -> dict:
+    """Run the experiment, write ``results.json`` and ``tables.txt``, return the result."""
     source = sources.find_source(options.path, mixed_sizes_ok=options.size is not None)
     if source.kind != options.dataset:
         raise SacError(f"{options.path} is in the {source.kind} layout, not {options.dataset}")
     for codec in options.codecs:
-        if codec not in PAPER_PAIRS:
+        if codec not in options.paper.pairs or codec not in options.paper.uniform:
             raise SacError(f"unknown codec '{codec}'; choose h264 or hevc")
     segmenter = None
     if options.model:
@@ -172,84 +195,105 @@ def reproduce(options: ReproduceOptions, settings, progress: Callable[[int], Non
         segmenter = load_segmenter(model=options.model)
     if options.mask == "model" and segmenter is None:
         raise SacError("--mask model needs a segmentation model (--model default or a path)")
-    class_map = get_class_map(LABEL_MAPS[options.dataset])
-    configs = [row for row in TABLE_II_ROWS if row[0] in options.codecs]
-    acc: dict[tuple, _Accumulator] = {}
-    for codec, c_roi, c_non in configs:
-        mode = "uniform" if c_roi == c_non else "dual_crf"
-        acc[(codec, c_roi, c_non)] = _Accumulator(codec, mode, c_roi, c_non,
-                                                  method_name(codec, mode, c_roi, c_non))
-    for codec in options.codecs:
-        label = CODECS[codec][2].upper()
-        roi, non = PAPER_PAIRS[codec]
-        acc[(codec, "matched")] = _Accumulator(
-            codec, "uniform", float("nan"), float("nan"),
-            f"{'H.264' if codec == 'h264' else 'H.265'} (= size of SA-{label} {roi:g}/{non:g})")
-    notes: list[str] = []
+    experiment = _Experiment(options, settings, progress, segmenter)
     sequences = []
     try:
         for seq, frames, labels in _load_sequences(source, options):
             if options.mask == "labels" and not labels:
-                notes.append(f"{seq.name}: no labels, skipped (use --mask model)")
+                experiment.notes.append(f"{seq.name}: no labels, skipped (use --mask model)")
                 continue
-            blocks = _masks(frames, labels, class_map, segmenter, options.mask)
-            seg_frames = sorted(labels) if segmenter is not None else []
-            originals_seg = {i: segmenter.predict(frames[i]) for i in seg_frames}
-            coder = ClipCoder(frames, blocks, settings, progress)
-            seq_bytes = {}
-            for key in configs:
-                codec, c_roi, c_non = key
-                mode = acc[key].mode
-                capture = seg_frames if key in TABLE_IV_ROWS else ()
-                run = coder.run(codec, mode, float(c_roi), float(c_non), full=True,
-                                capture=capture)
-                acc[key].add(run)
-                seq_bytes[key] = run.total_bytes
-                if key in TABLE_IV_ROWS and seg_frames:
-                    _segment(acc[key], run.captured, originals_seg, labels, class_map,
-                             segmenter)
-            for codec in options.codecs:
-                roi, non = PAPER_PAIRS[codec]
-                pair = seq_bytes[(codec, roi, non)]
-                match = _match(coder, codec, pair, options.tolerance, notes, seq.name)
-                run = coder.run(codec, "uniform", match.crf, full=True, capture=seg_frames)
-                matched = acc[(codec, "matched")]
-                matched.add(run)
-                if seg_frames:
-                    _segment(matched, run.captured, originals_seg, labels, class_map,
-                             segmenter)
+            experiment.sequence(seq.name, frames, labels)
             sequences.append({"name": seq.name, "frames": len(frames), "labels": len(labels),
                               "width": frames[0].shape[1], "height": frames[0].shape[0]})
             log(f"sac reproduce: {seq.name}: {len(frames)} frames, {len(labels)} labelled")
     finally:
         if segmenter is not None:
             segmenter.close()
+    notes = experiment.notes
     if not sequences:
         raise SacError("no sequence could be evaluated" + (f" ({notes[0]})" if notes else ""))
-    rows = [a.record() for a in acc.values() if a.frames]
+    rows = [a.record() for a in experiment.acc.values() if a.frames]
     result = {"dataset": options.dataset, "path": str(source.path),
               "mask": options.mask, "segmenter": getattr(segmenter, "name", None),
               "preset": settings.preset, "gop": settings.gop, "sequences": sequences,
               "frames": sum(s["frames"] for s in sequences), "rows": rows, "notes": notes}
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
-    text = format_reproduction(result)
+    text = format_reproduction(result, options.paper)
     (out / "results.json").write_text(json.dumps(result, indent=2, default=_json) + "\n")
     (out / "tables.txt").write_text(text + "\n")
     return result
+
+
+class _Experiment:
+    """The configurations' accumulators, filled one sequence at a time."""
+
+    def __init__(self, options: ReproduceOptions, settings, progress, segmenter):
+        self.options, self.settings, self.progress = options, settings, progress
+        self.segmenter = segmenter
+        self.class_map = get_class_map(LABEL_MAPS[options.dataset])
+        self.notes: list[str] = []
+        # Table II's rows (and the papers' pair, should the config name another), then
+        # per codec the uniform CRF matched to the pair's bytes.
+        self.configs = [row for row in TABLE_II_ROWS if row[0] in options.codecs]
+        self.configs += [(codec, *options.paper.pairs[codec]) for codec in options.codecs
+                         if (codec, *options.paper.pairs[codec]) not in self.configs]
+        self.acc: dict[tuple, _Accumulator] = {}
+        for codec, c_roi, c_non in self.configs:
+            mode = "uniform" if c_roi == c_non else "dual_crf"
+            self.acc[(codec, c_roi, c_non)] = _Accumulator(
+                codec, mode, c_roi, c_non, method_name(codec, mode, c_roi, c_non))
+        for codec in options.codecs:
+            label = CODECS[codec][2].upper()
+            roi, non = options.paper.pairs[codec]
+            self.acc[(codec, "matched")] = _Accumulator(
+                codec, "uniform", float("nan"), float("nan"),
+                f"{'H.264' if codec == 'h264' else 'H.265'} (= size of SA-{label} {roi:g}/{non:g})")
+
+    def sequence(self, name: str, frames: list[np.ndarray], labels: dict) -> None:
+        segmenter = self.segmenter
+        blocks = _masks(frames, labels, self.class_map, segmenter, self.options.mask)
+        seg_frames = sorted(labels) if segmenter is not None else []
+        originals_seg = {i: segmenter.predict(frames[i]) for i in seg_frames}
+        coder = ClipCoder(frames, blocks, self.settings, self.progress)
+
+        def score(acc: _Accumulator, run: RunResult) -> None:
+            if seg_frames:
+                _segment(acc, run.captured, originals_seg, labels, self.class_map, segmenter)
+
+        seq_bytes = {}
+        for key in self.configs:
+            codec, c_roi, c_non = key
+            capture = seg_frames if key in TABLE_IV_ROWS else ()
+            run = self.coder_run(coder, codec, self.acc[key].mode, c_roi, c_non, capture)
+            self.acc[key].add(run)
+            seq_bytes[key] = run.total_bytes
+            if key in TABLE_IV_ROWS:
+                score(self.acc[key], run)
+        for codec in self.options.codecs:
+            pair = seq_bytes[(codec, *self.options.paper.pairs[codec])]
+            match = _match(coder, codec, pair, self.options.tolerance,
+                           self.options.paper.uniform[codec], self.notes, name)
+            run = self.coder_run(coder, codec, "uniform", match.crf, match.crf, seg_frames)
+            self.acc[(codec, "matched")].add(run)
+            score(self.acc[(codec, "matched")], run)
+
+    @staticmethod
+    def coder_run(coder: ClipCoder, codec: str, mode: str, c_roi, c_non, capture) -> RunResult:
+        return coder.run(codec, mode, float(c_roi), float(c_non), full=True, capture=capture)
 
 
 def _json(value):
     return None if isinstance(value, float) and value != value else float(value)
 
 
-def _match(coder: ClipCoder, codec: str, target: int, tolerance: float, notes: list[str],
-           name: str):
+def _match(coder: ClipCoder, codec: str, target: int, tolerance: float, guess: float,
+           notes: list[str], name: str):
     """The uniform CRF matching ``target`` bytes; tiny clips may need a looser tolerance."""
     for tol in (tolerance, 0.05, 0.15):
         try:
             match = match_crf(lambda crf: coder.total_bytes(codec, "uniform", crf, crf), target,
-                              tol, guess=PAPER_UNIFORM[codec])
+                              tol, guess=guess)
         except SacError:
             continue
         if tol != tolerance:
@@ -294,41 +338,58 @@ def _segment(acc: _Accumulator, decoded: dict[int, np.ndarray], originals_seg: d
         acc.seg_frames += 1
 
 
-def format_reproduction(result: dict) -> str:
-    paper_ii = PAPER_TABLE_II if result["dataset"] == "cityscapes" else PAPER_TABLE_III
+def format_reproduction(result: dict, paper: PaperCrfs) -> str:
+    """The tables of ``tables.txt``: every figure beside the paper's."""
     table_name = "Table II (Cityscapes)" if result["dataset"] == "cityscapes" else \
         "Table III (KITTI-STEP)"
     lines = [f"{result['dataset']} {result['path']}: {len(result['sequences'])} sequence(s), "
              f"{result['frames']} frames, masks from {result['mask']}, preset "
              f"{result['preset']}, GOP {result['gop']}", "",
              f"Quality: ours beside seed 001 {table_name} (SA in the stream / region reading)"]
+    lines.append(_quality_table(result))
+    lines += ["", "Compression ratio of the uniform baselines (paper: about 1:250 for H.264 "
+              "CRF 23, 1:375 for H.265 CRF 28):"]
+    for r in result["rows"]:
+        if r["mode"] == "uniform" and r["c_roi"] == paper.uniform.get(r["codec"]):
+            lines.append(f"  {r['method']}: 1:{fmt(r.get('compression_ratio'), '.0f')} "
+                         f"(paper 1:{PAPER_RATIO[r['codec']]})")
+    lines += ["", "Equal bytes: the papers' pair against the uniform CRF matched to its size "
+              "(within 1%) and the papers' uniform baseline:"]
+    lines += _equal_bytes_lines(result["rows"], paper)
+    lines += ["", "Segmentation: ours beside seed 001 Table IV (Cityscapes), %:"]
+    lines += _segmentation_lines(result)
+    for note in result["notes"]:
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
+
+
+def _crf(value: float) -> str:
+    return fmt(value, ".2f" if value % 1 else "g")
+
+
+def _quality_table(result: dict) -> str:
+    paper_ii = PAPER_TABLE_II if result["dataset"] == "cityscapes" else PAPER_TABLE_III
     header = ["Method", "C_roi", "C_non", "kB/frame", "1:N", "PSNR", "paper", "SSIM", "paper",
               "SA-PSNR str", "reg", "paper", "SA-SSIM str", "reg", "paper"]
     rows = []
     for r in result["rows"]:
         ref = paper_row(paper_ii, r["codec"], r["c_roi"], r["c_non"]) or (None,) * 4
-        rows.append([r["method"], fmt(r["c_roi"], ".2f" if r["c_roi"] % 1 else "g"),
-                     fmt(r["c_non"], ".2f" if r["c_non"] % 1 else "g"),
+        rows.append([r["method"], _crf(r["c_roi"]), _crf(r["c_non"]),
                      fmt(r.get("kb_per_frame"), ".2f"), fmt(r.get("compression_ratio"), ".0f"),
                      fmt(r.get("psnr"), ".2f"), fmt(ref[0], ".2f"),
                      fmt(r.get("ssim"), ".4f"), fmt(ref[1], ".2f"),
                      fmt(r.get("sa_psnr_stream"), ".2f"), fmt(r.get("sa_psnr_region"), ".2f"),
                      fmt(ref[2], ".2f"), fmt(r.get("sa_ssim_stream"), ".4f"),
                      fmt(r.get("sa_ssim_region"), ".4f"), fmt(ref[3], ".2f")])
-    lines.append(text_table(header, rows))
-    lines += ["", "Compression ratio of the uniform baselines (paper: about 1:250 for H.264 "
-              "CRF 23, 1:375 for H.265 CRF 28):"]
-    for r in result["rows"]:
-        if r["mode"] == "uniform" and (r["codec"], r["c_roi"]) in (("h264", 23), ("hevc", 28)):
-            lines.append(f"  {r['method']}: 1:{fmt(r.get('compression_ratio'), '.0f')} "
-                         f"(paper 1:{PAPER_RATIO[r['codec']]})")
-    lines += ["", "Equal bytes: the papers' pair against the uniform CRF matched to its size "
-              "(within 1%) and the papers' uniform baseline:"]
-    by_method = {r["method"]: r for r in result["rows"]}
-    for codec, (roi, non) in PAPER_PAIRS.items():
-        pair = next((r for r in result["rows"] if (r["codec"], r["c_roi"], r["c_non"],
-                                                     r["mode"]) == (codec, roi, non,
-                                                                    "dual_crf")), None)
+    return text_table(header, rows)
+
+
+def _equal_bytes_lines(rows: list[dict], paper: PaperCrfs) -> list[str]:
+    lines = []
+    by_method = {r["method"]: r for r in rows}
+    for codec, (roi, non) in paper.pairs.items():
+        pair = next((r for r in rows if (r["codec"], r["c_roi"], r["c_non"], r["mode"])
+                     == (codec, roi, non, "dual_crf")), None)
         matched = next((r for m, r in by_method.items() if m.startswith(
             "H.264 (= size" if codec == "h264" else "H.265 (= size")), None)
         if pair is None or matched is None:
@@ -339,38 +400,34 @@ def format_reproduction(result: dict) -> str:
                          f"{fmt(r.get('non_roi_psnr'), '.2f')}  PSNR {fmt(r.get('psnr'), '.2f')}"
                          f"  SA-PSNR str {fmt(r.get('sa_psnr_stream'), '.2f')} / reg "
                          f"{fmt(r.get('sa_psnr_region'), '.2f')}")
+    return lines
+
+
+def _segmentation_lines(result: dict) -> list[str]:
     seg_rows = [r for r in result["rows"] if "segmented_frames" in r]
-    lines += ["", "Segmentation: ours beside seed 001 Table IV (Cityscapes), %:"]
     if not seg_rows:
-        lines.append("  not measured: no segmentation model (pass --model default or a path)")
-    else:
-        header = ["Method", "C_roi", "C_non", "SA-PSNR str", "SA-SSIM str", "mIoU vs GT",
-                  "paper mIoU", "iIoU vs GT", "paper iIoU", "mIoU vs orig", "iIoU vs orig",
-                  "frames"]
-        rows = []
-        for r in seg_rows:
-            ref = (paper_row(PAPER_TABLE_IV, r["codec"], r["c_roi"], r["c_non"])
-                   if result["dataset"] == "cityscapes" else None) or (None,) * 4
-            pct = lambda v: fmt(None if v is None else 100 * v, ".2f")  # noqa: E731
-            rows.append([r["method"], fmt(r["c_roi"], ".2f" if r["c_roi"] % 1 else "g"),
-                         fmt(r["c_non"], ".2f" if r["c_non"] % 1 else "g"),
-                         fmt(r.get("sa_psnr_stream"), ".2f"), fmt(r.get("sa_ssim_stream"), ".4f"),
-                         pct(r.get("miou_vs_labels")), fmt(ref[2], ".2f"),
-                         pct(r.get("iiou_vs_labels")), fmt(ref[3], ".2f"),
-                         pct(r.get("miou_vs_original")), pct(r.get("iiou_vs_original")),
-                         str(r["segmented_frames"])])
-        lines.append(text_table(header, rows))
-        lines.append("  (ours: ROI / non-ROI mIoU and the ROI IoU of the segmenter on the labelled "
-                     "frames; the paper's mIoU is over its 4 classes)")
-    for note in result["notes"]:
-        lines.append(f"note: {note}")
-    return "\n".join(lines)
+        return ["  not measured: no segmentation model (pass --model default or a path)"]
+    header = ["Method", "C_roi", "C_non", "SA-PSNR str", "SA-SSIM str", "mIoU vs GT",
+              "paper mIoU", "iIoU vs GT", "paper iIoU", "mIoU vs orig", "iIoU vs orig",
+              "frames"]
+    rows = []
+    for r in seg_rows:
+        ref = (paper_row(PAPER_TABLE_IV, r["codec"], r["c_roi"], r["c_non"])
+               if result["dataset"] == "cityscapes" else None) or (None,) * 4
+        pct = lambda v: fmt(None if v is None else 100 * v, ".2f")  # noqa: E731
+        rows.append([r["method"], _crf(r["c_roi"]), _crf(r["c_non"]),
+                     fmt(r.get("sa_psnr_stream"), ".2f"), fmt(r.get("sa_ssim_stream"), ".4f"),
+                     pct(r.get("miou_vs_labels")), fmt(ref[2], ".2f"),
+                     pct(r.get("iiou_vs_labels")), fmt(ref[3], ".2f"),
+                     pct(r.get("miou_vs_original")), pct(r.get("iiou_vs_original")),
+                     str(r["segmented_frames"])])
+    return [text_table(header, rows),
+            "  (ours: ROI / non-ROI mIoU and the ROI IoU of the segmenter on the labelled "
+            "frames; the paper's mIoU is over its 4 classes)"]
 
 
-def settings_from_config(config: str | None, preset: str | None, fps: float):
-    from sac_ros.config import encoder_settings, load_core_config
-
-    cfg = load_core_config(config)
+def settings_from_config(cfg: dict, preset: str | None, fps: float):
+    """Encoder settings of a loaded core config, with ``preset`` (if given) and ``fps``."""
     section = dict(cfg["codec"])
     if preset:
         section["preset"] = preset
