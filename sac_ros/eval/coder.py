@@ -161,10 +161,6 @@ class ClipCoder:
         decoder = SacDecoder(keep_streams=full)
         sums: dict[str, list[float]] = {}
         total, roi_px = 0, 0
-
-        def add(key: str, value: float) -> None:
-            sums.setdefault(key, []).append(value)
-
         result = RunResult(method_name(codec, mode, c_roi, c_non), codec, mode, c_roi, c_non,
                            len(self.frames), self.width, self.height, 0, 0.0)
         try:
@@ -185,7 +181,7 @@ class ClipCoder:
                 for key, value in frame_quality(
                         frame, decoded.rgb, mask, self.band(index) if full else None,
                         decoded.roi_stream_rgb, decoded.non_roi_stream_rgb, full).items():
-                    add(key, value)
+                    sums.setdefault(key, []).append(value)
                 if keep_frame == index:
                     result.sample_frame = decoded.rgb.copy()
                 if index in capture:
@@ -196,7 +192,7 @@ class ClipCoder:
             decoder.close()
         result.total_bytes = total
         result.roi_share = roi_px / (len(self.frames) * self.width * self.height)
-        for key, values in sums.items():
+        for key, values in sums.items():  # a reading no frame had stays NaN
             setattr(result, key, float(np.nanmean(values)) if not np.all(np.isnan(values))
                     else float("nan"))
         return result

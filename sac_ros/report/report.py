@@ -227,6 +227,26 @@ def _table(header: list[str], rows: list[list[str]], paper_from: int | None = No
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
+def _accounting_html(acc: dict) -> str:
+    unaccounted = acc["unaccounted"]
+    status = ("<span class=ok>every frame accounted for</span>" if unaccounted == 0 else
+              f"<span class=bad>{unaccounted} frame(s) unaccounted for</span>")
+    acc_rows = [["source frames", str(acc["source_frames"])],
+                ["originals recorded", str(acc["originals_recorded"])],
+                ["received by the sensor", _s(acc["sensor_received"])],
+                ["packets", str(acc["packets"])],
+                ["received by the ECU", _s(acc["ecu_received"])],
+                ["reconstructed", str(acc["reconstructed"])],
+                ["sensor drops", _drops(acc["sensor_drops"])],
+                ["ECU drops", _drops(acc["ecu_drops"])],
+                ["unaccounted", str(unaccounted)],
+                ["ground-truth labels", str(acc["labels"])],
+                ["input rate (received / camera time)",
+                 f"{_f(acc['input_rate_hz'], '.3f')} / {_f(acc['nominal_rate_hz'], '.3f')} Hz"],
+                ["live output equals offline decode", _s(acc["live_equals_offline_decode"])]]
+    return f"<h3>Frame accounting: {status}</h3>" + _table(["", "value"], acc_rows)
+
+
 def _html(report: dict) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>sac report</title>"
              f"<style>{_CSS}</style></head><body>",
@@ -236,26 +256,8 @@ def _html(report: dict) -> str:
              f"evaluated. {html.escape(report['segmentation'])}. "
              "Data: <a href='report.json'>report.json</a>.</p>"]
     for cam in report["cameras"]:
-        acc = cam["accounting"]
         parts.append(f"<h2>Camera {html.escape(cam['namespace'])}</h2>")
-        unaccounted = acc["unaccounted"]
-        status = ("<span class=ok>every frame accounted for</span>" if unaccounted == 0 else
-                  f"<span class=bad>{unaccounted} frame(s) unaccounted for</span>")
-        acc_rows = [["source frames", str(acc["source_frames"])],
-                    ["originals recorded", str(acc["originals_recorded"])],
-                    ["received by the sensor", _s(acc["sensor_received"])],
-                    ["packets", str(acc["packets"])],
-                    ["received by the ECU", _s(acc["ecu_received"])],
-                    ["reconstructed", str(acc["reconstructed"])],
-                    ["sensor drops", _drops(acc["sensor_drops"])],
-                    ["ECU drops", _drops(acc["ecu_drops"])],
-                    ["unaccounted", str(unaccounted)],
-                    ["ground-truth labels", str(acc["labels"])],
-                    ["input rate (received / camera time)",
-                     f"{_f(acc['input_rate_hz'], '.3f')} / {_f(acc['nominal_rate_hz'], '.3f')} Hz"],
-                    ["live output equals offline decode",
-                     _s(acc["live_equals_offline_decode"])]]
-        parts.append(f"<h3>Frame accounting: {status}</h3>" + _table(["", "value"], acc_rows))
+        parts.append(_accounting_html(cam["accounting"]))
         if not cam.get("frames_evaluated"):
             continue
         parts.append(f"<p>{cam['frames_evaluated']} frames evaluated.</p>")
