@@ -10,17 +10,20 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from sac_ros.pipeline import TRANSPORTS_VAR, load_layout, pipeline_nodes
+from sac_ros.shm import reclaim_dead_segments
 
 
 def _nodes(context):
+    # Before any node starts: the shared memory of nodes that were SIGKILLed earlier.
+    reclaimed = reclaim_dead_segments()
     config = LaunchConfiguration("config").perform(context)
     layout = load_layout(config)
-    actions = []
+    actions = [LogInfo(msg=f"sac_ros: {reclaimed.summary()}")] if reclaimed.files else []
     if layout.fastdds_transports:
         actions.append(SetEnvironmentVariable(TRANSPORTS_VAR, layout.fastdds_transports))
     for spec in pipeline_nodes(layout,

@@ -230,3 +230,21 @@ def test_version_and_help(run_sac):
     assert result.returncode == 0 and "--labels" in result.stdout
     result = run_sac()
     assert result.returncode != 0 and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("option", ["--json", "--csv"])
+def test_output_file_in_a_missing_folder_fails_before_the_run(run_sac, tiny_config, tmp_path,
+                                                               option):
+    missing = tmp_path / "missing" / "dir" / "x.out"
+    result = run_sac("eval", "sample", "--frames", "2", "--codecs", "h264", "--config",
+                     tiny_config, "--no-progress", "--out", tmp_path / "out", option, missing)
+    assert_one_line_error(result, f"{option} {missing}: folder {missing.parent} does not exist")
+    assert not (tmp_path / "out").exists()  # nothing ran
+
+
+def test_output_folder_that_is_a_file_fails_before_the_run(run_sac, tiny_config, tmp_path):
+    (tmp_path / "taken").write_text("a file\n")
+    for out in (tmp_path / "taken", tmp_path / "taken" / "sub"):
+        result = run_sac("eval", "sample", "--frames", "2", "--target-mbps", "1",
+                         "--config", tiny_config, "--no-progress", "--out", out)
+        assert_one_line_error(result, f"--out {out}: ")

@@ -101,6 +101,18 @@ def test_launch_file_builds_its_nodes_from_pipeline_nodes(launch_tree):
     assert used <= declared == {"config", "input_topic", "model"}
 
 
+def test_launch_file_reclaims_dead_shared_memory_before_any_node(launch_tree):
+    """Issue 14: as `sac pipeline` does on start (tested with real nodes in test_shm)."""
+    imports = {(n.module, a.name) for n in ast.walk(launch_tree)
+               if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert ("sac_ros.shm", "reclaim_dead_segments") in imports
+    nodes = next(n for n in ast.walk(launch_tree)
+                 if isinstance(n, ast.FunctionDef) and n.name == "_nodes")
+    first = nodes.body[0]  # reclaimed = reclaim_dead_segments(), before the nodes are built
+    assert isinstance(first, ast.Assign) and isinstance(first.value, ast.Call), ast.dump(first)
+    assert _is_name(first.value.func, "reclaim_dead_segments") and not first.value.args
+
+
 def _console_scripts() -> dict[str, str]:
     tree = ast.parse((REPO / "setup.py").read_text())
     setup = next(c for c in _calls(tree, "setup"))

@@ -7,8 +7,10 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 import ros_helpers as rh
 import yaml
 from conftest import sac_command
@@ -117,3 +119,54 @@ def test_two_cameras_through_the_runner(tmp_path):
         assert row["quality_frames"] + row["quality_skipped"] == row["frames_out"], row
         assert 5.0 < row["input_fps"] < 15.0, (camera, row)  # the config's 10 fps
         assert f"camera {camera}: frames in {FRAMES}" in stdout
+
+
+def test_runner_reclaims_dead_memory_and_stops_on_a_missing_model_quietly(tmp_path):
+    """Issue 14: the runner's start reclaims a SIGKILLed node's shared memory; a missing
+    model is one line, with no sibling traceback around it."""
+    from test_shm import Node, leaked
+
+    domain, _ = rh.unique_ids()
+    victim = Node(tmp_path, domain, "victim")
+    try:
+        files = victim.wait_for_segment()
+    finally:
+        victim.kill()
+    assert leaked(files)
+    config = yaml.safe_load((REPO / "config" / "pipeline.yaml").read_text())
+    # Three cameras: the siblings are still starting when the first sensor fails.
+    config["sac_pipeline"]["ros__parameters"]["cameras"] = ["cam_a", "cam_b", "cam_c"]
+    config_path = tmp_path / "pipeline.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "ROS_LOG_DIR": str(tmp_path / "log")}
+    env.pop("ROS_AUTOMATIC_DISCOVERY_RANGE", None)
+    missing = tmp_path / "missing.onnx"
+    result = subprocess.run([*sac_command(), "pipeline", "--config", str(config_path),
+                             "--model", str(missing)],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert f"sac_sensor: error: model {missing} does not exist" in result.stderr
+    assert "sac pipeline: reclaimed " in result.stderr, result.stderr
+    assert leaked(files) == {}, leaked(files)
+
+
+@pytest.mark.parametrize("delay", [0.1, 0.4, 0.8, 1.5])
+def test_nodes_stopped_while_starting_exit_quietly(tmp_path, capfd, delay):
+    """The runner stops its nodes at any point of their start-up (here: importing, rclpy
+    starting, the node being built, spinning) without a traceback."""
+    from sac_ros.cli.pipeline_cmd import Children, node_command
+    from sac_ros.pipeline import NodeSpec
+
+    domain, namespace = rh.unique_ids()
+    env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "ROS_LOG_DIR": str(tmp_path / "log")}
+    children = Children(env)
+    for executable in ("sac_ecu", "sac_perception"):
+        children.start(executable, node_command(NodeSpec(executable, namespace),
+                                                str(REPO / "config" / "pipeline.yaml")))
+    time.sleep(delay)  # the point of start-up being tested, not a wait for something
+    children.stop()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err, err
+    for label, proc in children.procs:
+        assert proc.returncode in Children.STOPPED, (label, proc.returncode, err)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from sac_ros.cli.outputs import check_outputs
 from sac_ros.config import encoder_settings, load_core_config
 from sac_ros.core.codec import CODECS, canonical_codec, check_crf
 from sac_ros.core.errors import SacError
@@ -127,6 +128,7 @@ def run(args) -> int:
         for key in ("crf_sweep", "paper_pairs", "uniform_reference", "matched_sac_roi_crf"):
             if codec not in ev[key]:
                 raise SacError(f"config eval.{key} has no entry for codec {codec}")
+    check_outputs("--out", args.out, {"--json": args.json, "--csv": args.csv})
     clip = load_clip(args.input or str(ev.get("input", "sample")), start, frames)
     section = dict(cfg["codec"])
     if args.preset:

@@ -19,6 +19,7 @@ import time
 from sac_ros.core.errors import SacError
 from sac_ros.core.io import parse_size
 from sac_ros.pipeline import EXECUTABLES, NodeSpec, load_layout, pipeline_nodes
+from sac_ros.shm import reclaim_and_report
 
 MATCH_SETTLE_S = 0.5  # after the writers report their readers, before the first frame
 
@@ -84,14 +85,22 @@ def node_command(spec: NodeSpec, config: str, extra: dict | None = None) -> list
 
 
 class Children:
-    """Node processes, stopped together with SIGINT (then SIGKILL)."""
+    """Node processes, stopped together with SIGTERM (then SIGKILL).
+
+    SIGTERM, not SIGINT: a node still importing when it comes (a sibling failed at
+    start-up) dies silently, where SIGINT printed a KeyboardInterrupt traceback; once
+    rclpy is up, it handles both the same way. Each node has its own session, so the
+    terminal's Ctrl-C reaches the runner only, and the runner stops them.
+    """
+
+    STOPPED = (0, -signal.SIGINT, -signal.SIGTERM)
 
     def __init__(self, env: dict):
         self.env = env
         self.procs: list[tuple[str, subprocess.Popen]] = []
 
     def start(self, label: str, cmd: list[str]) -> subprocess.Popen:
-        proc = subprocess.Popen(cmd, env=self.env)
+        proc = subprocess.Popen(cmd, env=self.env, start_new_session=True)
         self.procs.append((label, proc))
         return proc
 
@@ -110,19 +119,27 @@ class Children:
 
     def failed(self) -> list[str]:
         return [f"{label} (exit {p.returncode})" for label, p in self.procs
-                if p.poll() is not None and p.returncode not in (0, -signal.SIGINT)]
+                if p.poll() is not None and p.returncode not in self.STOPPED]
 
     def stop(self) -> None:
         for _, proc in self.procs:
             if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
+                proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 10
+        killed = False
         for _, proc in self.procs:
             try:
                 proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+                killed = True
+        if killed:  # a SIGKILLed node leaves its shared memory behind
+            reclaim_and_report("sac pipeline")
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM to the runner stops its nodes, as Ctrl-C does
 
 
 def run(args) -> int:
@@ -147,6 +164,9 @@ def run(args) -> int:
         for spec in specs:
             if spec.executable == executable:
                 spec.overrides[name] = value
+    signal.signal(signal.SIGTERM, _interrupt)
+    # Shared memory of nodes SIGKILLed earlier; only segments whose owner is dead.
+    reclaim_and_report("sac pipeline")
     children = Children(env)
     config = str(layout.config)
     try:

@@ -161,6 +161,11 @@ def run_node(name: str, node_factory, args=None) -> int:
         return 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if rclpy.ok():
+            raise
+        # Stopped while starting: the signal shut rclpy down, and the rclpy calls after
+        # it fail. That is the stop, not an error (no traceback around a sibling's error).
     finally:
         if node is not None:
             close = getattr(node, "close", None)

@@ -132,12 +132,15 @@ class VideoSourceNode(Node):
 
 
 def main(args=None) -> int:
+    import signal
     import sys
 
     import rclpy
     from rclpy.duration import Duration
     from rclpy.exceptions import ParameterException
 
+    # The runner stops nodes with SIGTERM: leave the publishing loop as Ctrl-C does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     rclpy.init(args=args)
     try:
         node = VideoSourceNode()
@@ -150,6 +153,9 @@ def main(args=None) -> int:
         return 2
     except KeyboardInterrupt:
         pass
+    except Exception:
+        if rclpy.ok():
+            raise  # stopped while starting: see run_node
     finally:
         if rclpy.ok():
             rclpy.shutdown()
