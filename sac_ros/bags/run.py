@@ -189,7 +189,7 @@ def _drain(recorder: Recorder, namespaces, children) -> None:
 
 def _summary(output: str, source: dict, namespaces, input_name: str, options: RunOptions,
              play_summary: str, seconds: float) -> dict:
-    from sac_ros.report.runbag import read_run
+    from sac_ros.bags.runbag import read_run
 
     _, accounting, _ = read_run(output, lambda cam, frame: None, input_name)
     cameras = []

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sac_ros.bags.runbag import CameraTopics, Frame
 from sac_ros.core import metrics
 from sac_ros.core.classes import get_class_map
 from sac_ros.core.mask import block_mask, expand_blocks, roi_pixels
 from sac_ros.eval.coder import method_name
 from sac_ros.eval.quality import REGION_KEYS, STREAM_KEYS, frame_quality, sa_values
-from sac_ros.report.runbag import CameraTopics, Frame
 
 
 @dataclass

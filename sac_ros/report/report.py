@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from sac_ros.bags.bagio import open_bag
+from sac_ros.bags.runbag import find_cameras, read_run
 from sac_ros.core.errors import SacError
 from sac_ros.eval.tables import (
     PAPER_TABLE_II,
@@ -23,7 +24,6 @@ from sac_ros.eval.tables import (
 )
 from sac_ros.report import figures
 from sac_ros.report.measure import RunEvaluator, distribution, segmentation_scores, summarise
-from sac_ros.report.runbag import find_cameras, read_run
 
 
 @dataclass
