@@ -1,4 +1,4 @@
-"""sac_ros.core and the CLI import in a Python where rclpy cannot be imported."""
+"""sac_ros.core, sac_ros.eval and the CLI import in a Python where rclpy cannot be imported."""
 
 from __future__ import annotations
 
@@ -39,9 +39,11 @@ CHECK = textwrap.dedent("""
     names = sorted(m.name for m in pkgutil.iter_modules(sac_ros.core.__path__))
     for name in names:
         importlib.import_module(f"sac_ros.core.{name}")
-    for name in ("sac_ros.config", "sac_ros.cli.main", "sac_ros.cli.eval_cmd",
-                 "sac_ros.eval.plots", "sac_ros.eval.reproduce"):
+    for name in ("sac_ros.config", "sac_ros.cli.main", "sac_ros.cli.eval_cmd"):
         importlib.import_module(name)
+    import sac_ros.eval  # the offline experiments: ROS-free as well
+    for info in pkgutil.iter_modules(sac_ros.eval.__path__):
+        importlib.import_module(f"sac_ros.eval.{info.name}")
     from sac_ros.cli.main import build_parser
     build_parser()
     leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)

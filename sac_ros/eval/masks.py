@@ -1,0 +1,46 @@
+"""Per-frame ROI block masks of a clip: from the static polygon, label PNGs or a segmenter."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sac_ros.core.io import Clip
+from sac_ros.core.mask import LabelMaskSource, PolygonMaskSource, block_mask, hold_blocks
+
+
+def clip_blocks(clip: Clip, mask_cfg: dict, model: str | None = None,
+                labels: str | None = None,
+                label_layout: str = "cityscapes") -> tuple[list[np.ndarray], str]:
+    """(one block mask per frame, a description of the source), config ``mask`` settings.
+
+    The source is the segmenter ``model`` or the ``labels`` folder (one of them at most),
+    else the config's static polygon; the config's hysteresis is applied.
+    """
+    non_roi = mask_cfg.get("non_roi_classes") or {}
+    if model:
+        from sac_ros.segmentation.loader import segmenter_mask_source
+
+        source, description = segmenter_mask_source(model, non_roi)
+    elif labels:
+        class_map = "cityscapes_label_ids" if label_layout == "cityscapes" else "kitti_step"
+        source = LabelMaskSource(labels, label_layout, non_roi.get(class_map))
+        description = f"labels {labels} ({label_layout})"
+    else:
+        source = PolygonMaskSource(mask_cfg["roi_polygon"])
+        description = "static ROI polygon from config"
+    size = int(mask_cfg.get("block_size", 16))
+    blocks, cache = [], {}
+    for index, (frame, name) in enumerate(zip(clip.frames, clip.names, strict=False)):
+        roi = source.roi_pixels(index, frame, name)
+        key = roi.tobytes() if isinstance(source, PolygonMaskSource) else None
+        if key is not None and key in cache:
+            blocks.append(cache[key])  # static mask: share one array across frames
+            continue
+        block = block_mask(roi, size)
+        if key is not None:
+            cache[key] = block
+        blocks.append(block)
+    hold = mask_cfg["hysteresis_frames"]
+    if hold:
+        description += f", hysteresis {hold} frames"
+    return hold_blocks(blocks, hold), description
