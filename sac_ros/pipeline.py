@@ -1,17 +1,29 @@
-"""Which nodes a pipeline config starts, shared by the launch file and `sac pipeline`.
+"""Which nodes a pipeline config starts, and the processes that run them.
 
-ROS-free: it only reads config/pipeline.yaml (a ROS 2 parameter file).
+Shared by the launch file, `sac pipeline` and `sac bag run`: the node list
+(``pipeline_nodes``), their command lines (``node_command``), the node processes
+(``Children``, which first reclaims the shared memory of dead nodes) and, for
+`sac pipeline --source`, a measured run (``run_with_source``).
+
+ROS-free at import: it reads config/pipeline.yaml (a ROS 2 parameter file) and starts
+processes; only ``run_with_source`` imports rclpy, when called.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import signal
+import subprocess
+import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sac_ros.config import config_dir, load_yaml
 from sac_ros.core.errors import SacError
+from sac_ros.shm import reclaim_and_report
 
 # executable name -> Python module with main(); setup.py, bin/ and CMakeLists.txt list the same.
 EXECUTABLES = {
@@ -136,3 +148,193 @@ def pipeline_nodes(layout: PipelineLayout, input_topic: str = "", model: str = "
         if layout.perception:
             specs.append(NodeSpec("sac_perception", namespace, dict(perception)))
     return specs
+
+
+def parse_params(items: list[str]) -> list[tuple[str, str, str]]:
+    """``NODE.NAME=VALUE`` overrides as (executable, name, value)."""
+    parsed = []
+    for item in items:
+        target, sep, value = item.partition("=")
+        executable, dot, name = target.partition(".")
+        if not sep or not dot or executable not in EXECUTABLES or not name:
+            raise SacError(f"--param '{item}' must look like NODE.NAME=VALUE with NODE one of "
+                           f"{', '.join(EXECUTABLES)}")
+        parsed.append((executable, name, value))
+    return parsed
+
+
+def apply_params(specs: list[NodeSpec], items: list[str]) -> None:
+    """Apply ``NODE.NAME=VALUE`` overrides to every node of that executable."""
+    for executable, name, value in parse_params(items):
+        for spec in specs:
+            if spec.executable == executable:
+                spec.overrides[name] = value
+
+
+def node_command(spec: NodeSpec, config: str, extra: dict | None = None) -> list[str]:
+    """The command line that starts one node: the same executable and parameters as launch."""
+    cmd = [sys.executable, "-m", spec.module, "--ros-args", "-r", f"__node:={spec.name}",
+           "-r", f"__ns:={spec.namespace}", "--params-file", config]
+    for key, value in {**spec.overrides, **(extra or {})}.items():
+        cmd += ["-p", f"{key}:={value}"]
+    return cmd
+
+
+class Children:
+    """Node processes, stopped together with SIGTERM (then SIGKILL).
+
+    SIGTERM, not SIGINT: a node still importing when it comes (a sibling failed at
+    start-up) dies silently, where SIGINT printed a KeyboardInterrupt traceback; once
+    rclpy is up, it handles both the same way. Each node has its own session, so the
+    terminal's Ctrl-C reaches the runner only, and the runner stops them.
+    """
+
+    STOPPED = (0, -signal.SIGINT, -signal.SIGTERM)
+
+    def __init__(self, env: dict, label: str = "sac pipeline"):
+        self.env = env
+        self.label = label  # prefixes the shared-memory clean-up's line
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, label: str, cmd: list[str]) -> subprocess.Popen:
+        proc = subprocess.Popen(cmd, env=self.env, start_new_session=True)
+        self.procs.append((label, proc))
+        return proc
+
+    def wait_until(self, ready, deadline: float, timeout_message) -> None:
+        """Poll ``ready()`` until true; SacError if a node stops or ``deadline`` passes."""
+        while not ready():
+            if self.failed():
+                raise SacError(f"node(s) stopped: {', '.join(self.failed())}")
+            if time.monotonic() > deadline:
+                raise SacError(timeout_message())
+            time.sleep(0.1)
+
+    def reclaim(self) -> None:
+        """Remove the shared memory of nodes SIGKILLed earlier (only whose owner is dead)."""
+        reclaim_and_report(self.label)
+
+    def start_nodes(self, specs, config: str) -> None:
+        for spec in specs:
+            self.start(f"{spec.namespace} {spec.name}", node_command(spec, config))
+
+    def failed(self) -> list[str]:
+        return [f"{label} (exit {p.returncode})" for label, p in self.procs
+                if p.poll() is not None and p.returncode not in self.STOPPED]
+
+    def stop(self) -> None:
+        for _, proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        killed = False
+        for _, proc in self.procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                killed = True
+        if killed:  # a SIGKILLed node leaves its shared memory behind
+            reclaim_and_report(self.label)
+
+
+def source_size(source: str) -> tuple[int, int]:
+    """(width, height) of a video / folder / sample source, from its first frame."""
+    from sac_ros.core.io import iter_frames, resolve_input
+
+    for rgb, _ in iter_frames(resolve_input(source), 0, 1):
+        return rgb.shape[1], rgb.shape[0]
+    raise SacError(f"{source} has no frames")
+
+
+@dataclass
+class SourceRun:
+    """What `sac pipeline --source` publishes and measures."""
+
+    source: str
+    frames: int = 0                          # 0: the source once; N: N frames, looping
+    size: tuple[int, int] | None = None
+    fps: float = 0.0                         # 0: the config's sac_video_source fps
+    quality_every: int = 1
+    startup_timeout: float = 60.0
+    input_topic: str = ""                    # "": the config's (image_raw)
+
+
+MATCH_SETTLE_S = 0.5  # after the writers report their readers, before the first frame
+
+
+def run_with_source(run: SourceRun, layout: PipelineLayout, specs: list[NodeSpec],
+                    children: Children, config: str, log=print) -> list[dict]:
+    """Publish the source on every camera once the pipeline is matched, let it drain,
+    and return the summary listener's row per camera."""
+    import rclpy
+
+    from sac_ros.nodes.common import make_executor
+    from sac_ros.nodes.summary import SummaryCollector
+
+    namespaces = [f"/{c}" if c else "/" for c in layout.cameras]
+    rclpy.init()
+    collector = SummaryCollector(namespaces, run.input_topic or "image_raw", run.quality_every)
+    executor = make_executor()
+    executor.add_node(collector)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    try:
+        _wait_matched(run, layout, namespaces, collector, children)
+        sources = _start_sources(run, specs, children, config, layout.readers()["input"])
+        log(f"sac pipeline: publishing {run.source} on {len(sources)} camera(s)")
+        for proc in sources:
+            proc.wait()
+            if proc.returncode != 0:
+                raise SacError(f"the video source failed (exit {proc.returncode})")
+        while not collector.settled(idle_s=3.0):  # let the pipeline drain
+            time.sleep(0.2)
+        time.sleep(1.2)  # one more stats period from every node
+        collector.finish_quality()
+        return [cam.row() for cam in collector.cameras.values()]
+    finally:
+        collector.finish_quality()
+        executor.shutdown()
+        collector.destroy_node()
+        rclpy.shutdown()
+
+
+def _wait_matched(run: SourceRun, layout: PipelineLayout, namespaces: list[str], collector,
+                  children: Children) -> None:
+    """Discovery, then every hop's writers matched to their readers."""
+    from sac_ros.nodes.common import ReadinessProbe
+
+    input_topic = run.input_topic or "image_raw"
+    deadline = time.monotonic() + run.startup_timeout
+    readers = layout.readers()
+    # Discovery: every sensor subscribes to its camera topic, every ECU publishes images.
+    children.wait_until(
+        lambda: all(
+            collector.count_subscribers(collector.topic(ns, input_topic)) >= readers["input"]
+            and collector.count_publishers(collector.topic(ns, "sac/image")) >= 1
+            for ns in namespaces),
+        deadline, lambda: f"nodes not discovered after {run.startup_timeout:g} s")
+    # The graph shows endpoints before every writer has matched every reader (sensor ->
+    # ECU was seen to lag by 1-2 s, losing the first GOP): wait for the nodes to report
+    # their outputs matched.
+    probe = ReadinessProbe(collector, namespaces, readers, collector.output_subscriptions)
+    try:
+        children.wait_until(probe.ready, deadline,
+                            lambda: f"node outputs not matched after "
+                                    f"{run.startup_timeout:g} s: {probe.missing()}")
+    finally:
+        probe.destroy()
+    time.sleep(MATCH_SETTLE_S)
+
+
+def _start_sources(run: SourceRun, specs: list[NodeSpec], children: Children, config: str,
+                   input_readers: int) -> list[subprocess.Popen]:
+    # --frames N publishes N frames, looping a shorter source.
+    params = {"input": run.source, "max_frames": run.frames, "loop": run.frames > 0,
+              "wait_for_subscribers": input_readers}
+    if run.fps:  # otherwise the config's rate (whose 0 means the source's own)
+        params["fps"] = run.fps
+    if run.size:
+        params.update(width=run.size[0], height=run.size[1])
+    return [children.start(f"{spec.namespace} source", node_command(spec, config, params))
+            for spec in specs if spec.executable == "sac_video_source"]

@@ -16,9 +16,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sac_ros.cli.pipeline_cmd import node_command
 from sac_ros.core.errors import SacError
-from sac_ros.pipeline import EXECUTABLES, TRANSPORTS_VAR, load_layout, pipeline_nodes
+from sac_ros.pipeline import (
+    EXECUTABLES,
+    TRANSPORTS_VAR,
+    load_layout,
+    node_command,
+    pipeline_nodes,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH = REPO / "launch" / "pipeline.launch.py"

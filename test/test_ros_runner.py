@@ -155,8 +155,7 @@ def test_runner_reclaims_dead_memory_and_stops_on_a_missing_model_quietly(tmp_pa
 def test_nodes_stopped_while_starting_exit_quietly(tmp_path, capfd, delay):
     """The runner stops its nodes at any point of their start-up (here: importing, rclpy
     starting, the node being built, spinning) without a traceback."""
-    from sac_ros.cli.pipeline_cmd import Children, node_command
-    from sac_ros.pipeline import NodeSpec
+    from sac_ros.pipeline import Children, NodeSpec, node_command
 
     domain, namespace = rh.unique_ids()
     env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "ROS_LOG_DIR": str(tmp_path / "log")}

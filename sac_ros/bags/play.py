@@ -7,16 +7,20 @@ sleep jitter never accumulates into a rate error. Optional: loop, a start offset
 the bag, ``/clock`` at a fixed rate (bag time), and waiting for subscribers. SIGINT and
 SIGTERM end the playback cleanly (``--loop`` without a count runs until then): the
 result says how far it got.
+
+``python -m sac_ros.bags.play`` (``main``) is the player process `sac bag run` starts.
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sac_ros.bags.bagio import open_bag
 from sac_ros.bags.timing import theil_sen
@@ -150,6 +154,57 @@ def play(bag: str, options: PlayOptions, progress: Callable[[int], None] | None 
         reader.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def play_with_bar(bag: str, options: PlayOptions, show_progress: bool = True) -> PlayResult:
+    """``play`` with a progress bar on stderr (out of the message count, when it is known)."""
+    from tqdm import tqdm
+
+    reader = open_bag(bag)
+    total = sum(c.msgcount for c in reader.connections
+                if not options.topics or c.topic in options.topics) if options.loop else None
+    reader.close()
+    if total is not None:
+        total *= options.loop
+    bar = tqdm(total=total, unit="msg", desc="sac bag play", file=sys.stderr,
+               disable=not show_progress or None)
+    try:
+        return play(bag, options, bar.update)
+    finally:
+        bar.close()
+
+
+def exit_code(result: PlayResult, options: PlayOptions) -> int:
+    """Ctrl-C is how ``loop=0`` ends; it cuts any other playback short (130)."""
+    return 130 if result.interrupted and options.loop != 0 else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sac_ros.bags.play BAG OPTIONS RESULT [--no-progress]``.
+
+    OPTIONS: ``PlayOptions`` fields as a JSON object. Prints the summary on stdout and
+    writes ``PlayResult.record`` to the file RESULT as JSON.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m sac_ros.bags.play",
+                                     description="Play a bag (the player of `sac bag run`).")
+    parser.add_argument("bag")
+    parser.add_argument("options", help="PlayOptions fields as a JSON object")
+    parser.add_argument("result", help="write the playback record here (JSON)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        options = PlayOptions(**json.loads(args.options))
+        result = play_with_bar(args.bag, options, not args.no_progress)
+    except SacError as exc:
+        print(f"sac bag play: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    print(result.summary(options.rate))
+    Path(args.result).write_text(json.dumps(result.record(options.rate), indent=2))
+    return exit_code(result, options)
 
 
 def _select(reader, options: PlayOptions, result: PlayResult):
@@ -310,3 +365,7 @@ def _wait_for_subscribers(node, publishers, options: PlayOptions, log,
                                for t, n in short.items()))
         if stop.wait(0.05):
             raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -2,7 +2,7 @@
 
 It starts the pipeline's nodes (each in its own process, as ``sac pipeline`` does),
 records every camera's topics in this process (raw subscriptions), plays the source
-bag with ``sac bag play`` in another process once every consumer is discovered, waits
+bag in another process (``python -m sac_ros.bags.play``) once every consumer is discovered, waits
 until the pipeline has drained and every node has published fresh statistics, and then
 checks the frame accounting from the recorded bag:
 
@@ -22,12 +22,14 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sac_ros.bags.bagio import BagWriter, open_bag
+from sac_ros.bags.play import PlayOptions
 from sac_ros.bags.record import Recorder, camera_topics
 from sac_ros.core.errors import SacError
+from sac_ros.pipeline import Children, PipelineLayout, apply_params, load_layout, pipeline_nodes
 
 DRAIN_IDLE_S = 2.0
 SETTLE_S = 0.5           # after discovery, before the first frame (reliable handshakes)
@@ -71,12 +73,6 @@ def _source_facts(bag: str, topics: list[str]) -> dict[str, dict]:
 
 def run_pipeline(source_bag: str, output: str, options: RunOptions,
                  log=lambda s: print(s, file=sys.stderr)) -> dict:
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-
-    from sac_ros.cli.pipeline_cmd import Children, parse_params
-    from sac_ros.pipeline import load_layout, pipeline_nodes
-
     if not 0.01 <= options.rate <= 100:
         raise SacError(f"--rate {options.rate:g} is outside 0.01-100")
     layout = load_layout(options.config)
@@ -86,20 +82,37 @@ def run_pipeline(source_bag: str, output: str, options: RunOptions,
     inputs = [f"{ns}/{input_name}" for ns in namespaces]
     source = _source_facts(source_bag, inputs)
     specs = pipeline_nodes(layout, options.input_topic, options.model)
-    for executable, name, value in parse_params(options.params):
-        for spec in specs:
-            if spec.executable == executable:
-                spec.overrides[name] = value
+    apply_params(specs, options.params)
     env = layout.environment()
     os.environ.update(env)  # the player and recorder use the same transports
     record_topics = [t for ns in namespaces for t in camera_topics(ns or "/", input_name)]
-    readers = layout.readers()  # the recorder is this run's listener
+    started = time.monotonic()
     children = Children(env)
-    config = str(layout.config)
+    try:
+        play_summary, play_record = _record_run(
+            source_bag, output, options, layout, specs, children, record_topics, namespaces,
+            input_name, [t for t in record_topics if t in source["all"]], log)
+    finally:
+        children.stop()
+    summary = _summary(output, source, namespaces, input_name, options, play_summary,
+                       time.monotonic() - started)
+    summary["player_rate"] = play_record["publish_rate"]
+    summary["player_rate_error_pct"] = 100.0 * (play_record["publish_rate"] / options.rate - 1)
+    return summary
+
+
+def _record_run(source_bag: str, output: str, options: RunOptions, layout: PipelineLayout,
+                specs: list, children: Children, record_topics: list[str],
+                namespaces: list[str], input_name: str, wanted: list[str],
+                log) -> tuple[str, dict]:
+    """Record while the nodes run and the player plays; (player summary, player record)."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    readers = layout.readers()  # the recorder is this run's listener
     rclpy.init(args=None)
     node = None
     executor = None
-    started = time.monotonic()
     try:
         with BagWriter(output, options.storage, options.overwrite) as bag:
             node = rclpy.create_node("sac_bag_run_recorder")
@@ -108,34 +121,19 @@ def run_pipeline(source_bag: str, output: str, options: RunOptions,
             executor.add_node(node)
             spin = threading.Thread(target=executor.spin, daemon=True)
             spin.start()
-            children.start_nodes(specs, config)
+            children.start_nodes(specs, str(layout.config))
             _wait_ready(node, recorder, namespaces, input_name, children, options,
                         readers)
-            cmd = [sys.executable, "-m", "sac_ros.cli.main", "bag", "play", source_bag,
-                   "--rate", repr(options.rate), "--wait-timeout",
-                   str(options.startup_timeout), "--delay", str(SETTLE_S)]
-            for topic in inputs:
-                cmd += ["--wait-for", f"{topic}={readers['input']}"]
-            wanted = [t for t in record_topics if t in source["all"]]
-            cmd += ["--topics", *wanted]
-            if not options.progress:
-                cmd.append("--no-progress")
-            play_json = Path(tempfile.mkdtemp(prefix="sac_bag_run_")) / "play.json"
-            cmd += ["--json", str(play_json)]
-            log(f"sac bag run: playing {source_bag} at {options.rate:g}x into "
-                f"{', '.join(inputs)}")
-            player = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
-            if player.returncode != 0:
-                raise SacError(f"sac bag play failed (exit {player.returncode})")
-            play_summary = player.stdout.strip()
-            play_record = json.loads(play_json.read_text())
-            shutil.rmtree(play_json.parent, ignore_errors=True)
+            inputs = [f"{ns}/{input_name}" for ns in namespaces]
+            played = _play(source_bag, options, inputs, readers["input"], wanted,
+                           children.env, log)
             _drain(recorder, namespaces, children)
             recorder.close()
             if recorder.failure is not None:
                 raise SacError(f"writing the run bag failed: {recorder.failure}")
             executor.shutdown()
             executor = None
+            return played
     finally:
         if executor is not None:
             executor.shutdown()
@@ -143,12 +141,28 @@ def run_pipeline(source_bag: str, output: str, options: RunOptions,
             node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
-        children.stop()
-    summary = _summary(output, source, namespaces, input_name, options, play_summary,
-                       time.monotonic() - started)
-    summary["player_rate"] = play_record["publish_rate"]
-    summary["player_rate_error_pct"] = 100.0 * (play_record["publish_rate"] / options.rate - 1)
-    return summary
+
+
+def _play(source_bag: str, options: RunOptions, inputs: list[str], input_readers: int,
+          topics: list[str], env: dict, log) -> tuple[str, dict]:
+    """Play the source bag in its own process (``python -m sac_ros.bags.play``) once every
+    input has its readers; (its summary, its record)."""
+    play = PlayOptions(rate=options.rate, topics=topics,
+                       wait_for={topic: input_readers for topic in inputs},
+                       wait_timeout=options.startup_timeout, delay=SETTLE_S)
+    folder = Path(tempfile.mkdtemp(prefix="sac_bag_run_"))
+    try:
+        play_json = folder / "play.json"
+        cmd = [sys.executable, "-m", "sac_ros.bags.play", source_bag, json.dumps(asdict(play)),
+               str(play_json)] + ([] if options.progress else ["--no-progress"])
+        log(f"sac bag run: playing {source_bag} at {options.rate:g}x into "
+            f"{', '.join(inputs)}")
+        player = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
+        if player.returncode != 0:
+            raise SacError(f"sac bag play failed (exit {player.returncode})")
+        return player.stdout.strip(), json.loads(play_json.read_text())
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _wait_ready(node, recorder: Recorder, namespaces, input_name, children, options,

@@ -156,10 +156,7 @@ def _play_parser(sub) -> None:
 
 
 def run_play(args) -> int:
-    from tqdm import tqdm
-
-    from sac_ros.bags.bagio import open_bag
-    from sac_ros.bags.play import PlayOptions, parse_remap, parse_wait, play
+    from sac_ros.bags.play import PlayOptions, exit_code, parse_remap, parse_wait, play_with_bar
 
     if args.qos_depth < 1:
         raise SacError("--qos-depth must be at least 1")
@@ -170,24 +167,12 @@ def run_play(args) -> int:
                           wait_timeout=args.wait_timeout, delay=args.delay,
                           qos_depth=args.qos_depth, reliability=args.qos_reliability,
                           skip_unknown=args.skip_unknown)
-    reader = open_bag(args.bag)
-    total = sum(c.msgcount for c in reader.connections
-                if not args.topics or c.topic in args.topics) if args.loop else None
-    reader.close()
-    if total is not None:
-        total *= args.loop
-    bar = tqdm(total=total, unit="msg", desc="sac bag play", file=sys.stderr,
-               disable=args.no_progress or None)
-    try:
-        result = play(args.bag, options, bar.update)
-    finally:
-        bar.close()
+    result = play_with_bar(args.bag, options, not args.no_progress)
     print(result.summary(args.rate))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(result.record(args.rate), handle, indent=2)
-    # Ctrl-C is how --loop without a count ends; it cuts any other playback short.
-    return 130 if result.interrupted and args.loop != 0 else 0
+    return exit_code(result, options)
 
 
 # ------------------------------------------------------------------ record
