@@ -23,6 +23,7 @@ from pathlib import Path
 
 from sac_ros.config import config_dir, load_yaml
 from sac_ros.core.errors import SacError
+from sac_ros.core.wire import IMAGE_TOPIC, INPUT_TOPIC, PACKET_TOPIC, topic_in
 from sac_ros.shm import reclaim_and_report
 
 # executable name -> Python module with main(); setup.py, bin/ and CMakeLists.txt list the same.
@@ -63,6 +64,7 @@ class PipelineLayout:
     cameras: list[str]
     perception: bool
     fastdds_transports: str  # FASTDDS_BUILTIN_TRANSPORTS for the nodes; "" = Fast DDS default
+    packet_topic: str = PACKET_TOPIC  # the sensors' packet_topic in the parameter file
 
     def environment(self, base: dict[str, str] | None = None) -> dict[str, str]:
         """The environment the nodes start with: ``base`` plus the configured transports."""
@@ -106,7 +108,27 @@ def load_layout(config: str | Path | None = None) -> PipelineLayout:
     transports = section.get("fastdds_builtin_transports", "")
     _check_transports(path, transports)
     return PipelineLayout(path.resolve(), cameras, bool(section.get("perception", True)),
-                          transports)
+                          transports, str(node_parameter(data, "sac_sensor", "packet_topic",
+                                                         PACKET_TOPIC)))
+
+
+def node_parameter(data: dict, executable: str, name: str, default):
+    """A node's parameter in a parameter file's contents (under ``/**/NODE``, ``NODE`` or
+    ``/NS/NODE``: the first that sets it), else ``default``."""
+    for key, section in data.items():
+        if str(key).rstrip("/").rsplit("/", 1)[-1] == executable and isinstance(section, dict):
+            params = section.get("ros__parameters") or {}
+            if isinstance(params, dict) and name in params:
+                return params[name]
+    return default
+
+
+def packet_topic(layout: PipelineLayout, specs: list[NodeSpec]) -> str:
+    """The packet topic the sensors publish on: a ``-p`` override, else the config's."""
+    for spec in specs:
+        if spec.executable == "sac_sensor" and "packet_topic" in spec.overrides:
+            return str(spec.overrides["packet_topic"])
+    return layout.packet_topic
 
 
 def _check_transports(path: Path, transports) -> None:
@@ -275,7 +297,8 @@ def run_with_source(run: SourceRun, layout: PipelineLayout, specs: list[NodeSpec
 
     namespaces = [f"/{c}" if c else "/" for c in layout.cameras]
     rclpy.init()
-    collector = SummaryCollector(namespaces, run.input_topic or "image_raw", run.quality_every)
+    collector = SummaryCollector(namespaces, run.input_topic or INPUT_TOPIC, run.quality_every,
+                                 packet_topic(layout, specs))
     executor = make_executor()
     executor.add_node(collector)
     threading.Thread(target=executor.spin, daemon=True).start()
@@ -304,14 +327,14 @@ def _wait_matched(run: SourceRun, layout: PipelineLayout, namespaces: list[str],
     """Discovery, then every hop's writers matched to their readers."""
     from sac_ros.nodes.common import ReadinessProbe
 
-    input_topic = run.input_topic or "image_raw"
+    input_topic = run.input_topic or INPUT_TOPIC
     deadline = time.monotonic() + run.startup_timeout
     readers = layout.readers()
     # Discovery: every sensor subscribes to its camera topic, every ECU publishes images.
     children.wait_until(
         lambda: all(
-            collector.count_subscribers(collector.topic(ns, input_topic)) >= readers["input"]
-            and collector.count_publishers(collector.topic(ns, "sac/image")) >= 1
+            collector.count_subscribers(topic_in(ns, input_topic)) >= readers["input"]
+            and collector.count_publishers(topic_in(ns, IMAGE_TOPIC)) >= 1
             for ns in namespaces),
         deadline, lambda: f"nodes not discovered after {run.startup_timeout:g} s")
     # The graph shows endpoints before every writer has matched every reader (sensor ->

@@ -30,15 +30,16 @@ from sac_ros.bags.bagio import BagWriter, bag_size
 from sac_ros.bags.calibration import Calibration, load_calibration
 from sac_ros.bags.types import CAMERA_INFO, IMAGE
 from sac_ros.core.errors import SacError
+from sac_ros.core.wire import CAMERA_INFO_TOPIC, INPUT_TOPIC, LABELS_TOPIC, topic_in
 
 SEQUENCE_GAP_NS = 1_000_000_000
 
 
 @dataclass
 class ConvertOptions:
-    topic: str = "/front/image_raw"
-    labels_topic: str = "/front/labels"
-    camera_info_topic: str = "/front/camera_info"
+    topic: str = topic_in("front", INPUT_TOPIC)
+    labels_topic: str = topic_in("front", LABELS_TOPIC)
+    camera_info_topic: str = topic_in("front", CAMERA_INFO_TOPIC)
     frame_id: str = "camera"
     size: tuple[int, int] | None = None      # (width, height)
     storage: str = "mcap"

@@ -21,18 +21,26 @@ from dataclasses import dataclass, field
 from sac_ros.bags.bagio import BagWriter
 from sac_ros.bags.types import message_class
 from sac_ros.core.errors import SacError
+from sac_ros.core.wire import (
+    CAMERA_INFO_TOPIC,
+    ECU_STATS_TOPIC,
+    IMAGE_TOPIC,
+    INPUT_TOPIC,
+    LABELS_TOPIC,
+    PACKET_TOPIC,
+    PERCEPTION_STATS_TOPIC,
+    SENSOR_STATS_TOPIC,
+    topic_in,
+)
 
 FLUSH_S = 0.5     # bounds what a SIGKILLed recorder loses
 
-SAC_TOPICS = ("image_raw", "labels", "camera_info", "sac/packets", "sac/image",
-              "sac/sensor_stats", "sac/ecu_stats", "sac/perception_stats")
-
-
-def camera_topics(namespace: str, input_topic: str = "image_raw") -> list[str]:
+def camera_topics(namespace: str, input_topic: str = INPUT_TOPIC,
+                  packet_topic: str = PACKET_TOPIC) -> list[str]:
     """The topics of one camera of the pipeline, for --camera."""
-    prefix = "/" + namespace.strip("/") if namespace.strip("/") else ""
-    names = [input_topic if t == "image_raw" else t for t in SAC_TOPICS]
-    return [f"{prefix}/{name}" for name in names]
+    names = (input_topic, LABELS_TOPIC, CAMERA_INFO_TOPIC, packet_topic, IMAGE_TOPIC,
+             SENSOR_STATS_TOPIC, ECU_STATS_TOPIC, PERCEPTION_STATS_TOPIC)
+    return [topic_in(namespace, name) for name in names]
 
 
 @dataclass

@@ -28,8 +28,17 @@ from pathlib import Path
 from sac_ros.bags.bagio import BagWriter, open_bag
 from sac_ros.bags.play import PlayOptions
 from sac_ros.bags.record import Recorder, camera_topics
+from sac_ros.bags.runbag import read_run
 from sac_ros.core.errors import SacError
-from sac_ros.pipeline import Children, PipelineLayout, apply_params, load_layout, pipeline_nodes
+from sac_ros.core.wire import IMAGE_TOPIC, INPUT_TOPIC, topic_in
+from sac_ros.pipeline import (
+    Children,
+    PipelineLayout,
+    apply_params,
+    load_layout,
+    packet_topic,
+    pipeline_nodes,
+)
 
 DRAIN_IDLE_S = 2.0
 SETTLE_S = 0.5           # after discovery, before the first frame (reliable handshakes)
@@ -71,63 +80,79 @@ def _source_facts(bag: str, topics: list[str]) -> dict[str, dict]:
         reader.close()
 
 
+@dataclass
+class _Plan:
+    """What one run starts, records and checks, per camera namespace."""
+
+    layout: PipelineLayout
+    specs: list
+    namespaces: list[str]      # "/front", or "" for the root namespace
+    input_name: str
+    packet_topic: str
+
+    def topics(self, name: str) -> list[str]:
+        return [topic_in(ns, name) for ns in self.namespaces]
+
+    def record_topics(self) -> list[str]:
+        return [t for ns in self.namespaces
+                for t in camera_topics(ns or "/", self.input_name, self.packet_topic)]
+
+
+def _plan(options: RunOptions) -> _Plan:
+    layout = load_layout(options.config)
+    layout.perception = layout.perception and options.perception
+    specs = pipeline_nodes(layout, options.input_topic, options.model)
+    apply_params(specs, options.params)
+    return _Plan(layout, specs, ["/" + c if c else "" for c in layout.cameras],
+                 options.input_topic or INPUT_TOPIC, packet_topic(layout, specs))
+
+
 def run_pipeline(source_bag: str, output: str, options: RunOptions,
                  log=lambda s: print(s, file=sys.stderr)) -> dict:
     if not 0.01 <= options.rate <= 100:
         raise SacError(f"--rate {options.rate:g} is outside 0.01-100")
-    layout = load_layout(options.config)
-    layout.perception = layout.perception and options.perception
-    input_name = options.input_topic or "image_raw"
-    namespaces = ["/" + c if c else "" for c in layout.cameras]
-    inputs = [f"{ns}/{input_name}" for ns in namespaces]
-    source = _source_facts(source_bag, inputs)
-    specs = pipeline_nodes(layout, options.input_topic, options.model)
-    apply_params(specs, options.params)
-    env = layout.environment()
+    plan = _plan(options)
+    source = _source_facts(source_bag, plan.topics(plan.input_name))
+    env = plan.layout.environment()
     os.environ.update(env)  # the player and recorder use the same transports
-    record_topics = [t for ns in namespaces for t in camera_topics(ns or "/", input_name)]
     started = time.monotonic()
     children = Children(env)
     try:
         play_summary, play_record = _record_run(
-            source_bag, output, options, layout, specs, children, record_topics, namespaces,
-            input_name, [t for t in record_topics if t in source["all"]], log)
+            source_bag, output, options, plan, children,
+            [t for t in plan.record_topics() if t in source["all"]], log)
     finally:
         children.stop()
-    summary = _summary(output, source, namespaces, input_name, options, play_summary,
+    summary = _summary(output, source, plan, options, play_summary,
                        time.monotonic() - started)
     summary["player_rate"] = play_record["publish_rate"]
     summary["player_rate_error_pct"] = 100.0 * (play_record["publish_rate"] / options.rate - 1)
     return summary
 
 
-def _record_run(source_bag: str, output: str, options: RunOptions, layout: PipelineLayout,
-                specs: list, children: Children, record_topics: list[str],
-                namespaces: list[str], input_name: str, wanted: list[str],
-                log) -> tuple[str, dict]:
+def _record_run(source_bag: str, output: str, options: RunOptions, plan: _Plan,
+                children: Children, wanted: list[str], log) -> tuple[str, dict]:
     """Record while the nodes run and the player plays; (player summary, player record)."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
-    readers = layout.readers()  # the recorder is this run's listener
+    readers = plan.layout.readers()  # the recorder is this run's listener
     rclpy.init(args=None)
     node = None
     executor = None
     try:
         with BagWriter(output, options.storage, options.overwrite) as bag:
             node = rclpy.create_node("sac_bag_run_recorder")
-            recorder = Recorder(node, bag, record_topics, log=log)
+            recorder = Recorder(node, bag, plan.record_topics(), log=log)
             executor = SingleThreadedExecutor()
             executor.add_node(node)
             spin = threading.Thread(target=executor.spin, daemon=True)
             spin.start()
-            children.start_nodes(specs, str(layout.config))
-            _wait_ready(node, recorder, namespaces, input_name, children, options,
-                        readers)
-            inputs = [f"{ns}/{input_name}" for ns in namespaces]
-            played = _play(source_bag, options, inputs, readers["input"], wanted,
-                           children.env, log)
-            _drain(recorder, namespaces, children)
+            children.start_nodes(plan.specs, str(plan.layout.config))
+            _wait_ready(node, recorder, plan, children, options, readers)
+            played = _play(source_bag, options, plan.topics(plan.input_name),
+                           readers["input"], wanted, children.env, log)
+            _drain(recorder, plan, children)
             recorder.close()
             if recorder.failure is not None:
                 raise SacError(f"writing the run bag failed: {recorder.failure}")
@@ -165,19 +190,19 @@ def _play(source_bag: str, options: RunOptions, inputs: list[str], input_readers
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _wait_ready(node, recorder: Recorder, namespaces, input_name, children, options,
-                readers: dict[str, int]) -> None:
+def _wait_ready(node, recorder: Recorder, plan: _Plan, children: Children,
+                options: RunOptions, readers: dict[str, int]) -> None:
     """Every camera: the recorder has subscribed to its input and hears packets and images."""
     from sac_ros.nodes.common import ReadinessProbe
 
     deadline = time.monotonic() + options.startup_timeout
-    probe = ReadinessProbe(node, namespaces, readers)
+    probe = ReadinessProbe(node, plan.namespaces, readers)
     try:
         children.wait_until(
-            lambda: all(f"{ns}/{input_name}" in recorder.subscriptions
-                        and recorder.matched(f"{ns}/sac/packets") >= 1
-                        and recorder.matched(f"{ns}/sac/image") >= 1
-                        for ns in namespaces) and probe.ready(),
+            lambda: all(topic_in(ns, plan.input_name) in recorder.subscriptions
+                        and recorder.matched(topic_in(ns, plan.packet_topic)) >= 1
+                        and recorder.matched(topic_in(ns, IMAGE_TOPIC)) >= 1
+                        for ns in plan.namespaces) and probe.ready(),
             deadline, lambda: f"pipeline nodes not discovered after "
                               f"{options.startup_timeout:g} s (output readers: "
                               f"{probe.missing() or 'all'})")
@@ -185,9 +210,10 @@ def _wait_ready(node, recorder: Recorder, namespaces, input_name, children, opti
         probe.destroy()
 
 
-def _drain(recorder: Recorder, namespaces, children) -> None:
+def _drain(recorder: Recorder, plan: _Plan, children: Children) -> None:
     """Wait until no packet or image has arrived for a while, then for fresh statistics."""
-    watched = [f"{ns}/{t}" for ns in namespaces for t in ("sac/packets", "sac/image")]
+    watched = [topic_in(ns, t) for ns in plan.namespaces
+               for t in (plan.packet_topic, IMAGE_TOPIC)]
     last, changed = None, time.monotonic()
     while True:
         state = tuple(recorder.stats.counts.get(t, 0) for t in watched)
@@ -201,15 +227,14 @@ def _drain(recorder: Recorder, namespaces, children) -> None:
     time.sleep(FINAL_STATS_S)  # every node publishes its statistics once a second
 
 
-def _summary(output: str, source: dict, namespaces, input_name: str, options: RunOptions,
-             play_summary: str, seconds: float) -> dict:
-    from sac_ros.bags.runbag import read_run
-
-    _, accounting, _ = read_run(output, lambda cam, frame: None, input_name)
+def _summary(output: str, source: dict, plan: _Plan, options: RunOptions, play_summary: str,
+             seconds: float) -> dict:
+    _, accounting, _ = read_run(output, lambda cam, frame: None, plan.input_name,
+                                packet_topic=plan.packet_topic)
     cameras = []
-    for ns in namespaces:
+    for ns in plan.namespaces:
         key = ns or "/"
-        facts = source["topics"][f"{ns}/{input_name}"]
+        facts = source["topics"][topic_in(ns, plan.input_name)]
         acc = accounting.get(key)
         if acc is None:
             raise SacError(f"the recorded run has no packets for camera {key}")

@@ -1,8 +1,9 @@
 """Reading a recorded pipeline run from a bag, frame by frame (ROS-free, rosbags).
 
 Per camera namespace ``NS`` a recorded run has ``NS/image_raw`` (the originals, as the
-camera or ``sac bag play`` published them), ``NS/sac/packets``, ``NS/sac/image`` (the ECU's
-reconstruction, same header), and optionally ``NS/labels`` and the stats topics. Bag
+camera or ``sac bag play`` published them), ``NS/sac/packets`` (or the configured packet
+topic), ``NS/sac/image`` (the ECU's reconstruction, same header), and optionally
+``NS/labels`` and the stats topics (names: ``sac_ros.core.wire``). Bag
 times are receive times on the recorder's clock, so the latency between an original and
 its reconstruction is the difference of their bag times.
 
@@ -28,9 +29,18 @@ from sac_ros.core.errors import SacError
 from sac_ros.core.imageconv import buffer_to_rgb
 from sac_ros.core.receiver import PacketReceiver
 from sac_ros.core.sac import SacDecoder, SacPacket
-from sac_ros.core.wire import stamp_ns
+from sac_ros.core.wire import (
+    ECU_STATS_TOPIC,
+    IMAGE_TOPIC,
+    INPUT_TOPIC,
+    LABELS_TOPIC,
+    PACKET_TOPIC,
+    PERCEPTION_STATS_TOPIC,
+    SENSOR_STATS_TOPIC,
+    stamp_ns,
+    topic_in,
+)
 
-PACKET_SUFFIX = "sac/packets"
 MAX_PENDING = 120        # frames waiting for their partners before they are given up
 PRUNE_NS = 5_000_000_000  # camera time after which an incomplete frame is given up
 LABEL_WAIT_NS = 1_000_000_000  # bag time a complete frame waits for a late label
@@ -54,12 +64,15 @@ class CameraTopics:
     perception_stats: str
 
     @classmethod
-    def for_packets(cls, packets: str, input_topic: str = "image_raw") -> CameraTopics:
-        ns = (packets[:-len(PACKET_SUFFIX)] if packets.endswith(PACKET_SUFFIX)
+    def for_packets(cls, packets: str, input_topic: str = INPUT_TOPIC,
+                    packet_topic: str = PACKET_TOPIC) -> CameraTopics:
+        """The camera whose packets are on ``packets`` (``NS/packet_topic``)."""
+        suffix = packet_topic.strip("/")
+        ns = (packets[:-len(suffix)] if packets.endswith(suffix)
               else packets.rsplit("/", 1)[0] + "/").rstrip("/")
-        return cls(ns or "/", packets, f"{ns}/{input_topic}", f"{ns}/sac/image", f"{ns}/labels",
-                   f"{ns}/sac/sensor_stats", f"{ns}/sac/ecu_stats",
-                   f"{ns}/sac/perception_stats")
+        return cls(ns or "/", packets, *(topic_in(ns, name) for name in (
+            input_topic, IMAGE_TOPIC, LABELS_TOPIC, SENSOR_STATS_TOPIC, ECU_STATS_TOPIC,
+            PERCEPTION_STATS_TOPIC)))
 
 
 @dataclass
@@ -145,10 +158,11 @@ def _drops(stats) -> dict[str, int]:
     return {str(r): int(c) for r, c in zip(stats.drop_reasons, stats.drop_counts, strict=False)}
 
 
-def find_cameras(reader, input_topic: str = "image_raw",
-                 namespaces: list[str] | None = None) -> list[CameraTopics]:
+def find_cameras(reader, input_topic: str = INPUT_TOPIC, namespaces: list[str] | None = None,
+                 packet_topic: str = PACKET_TOPIC) -> list[CameraTopics]:
     packets = sorted(c.topic for c in reader.connections if c.msgtype == PACKET)
-    cameras = [CameraTopics.for_packets(t, input_topic) for t in dict.fromkeys(packets)]
+    cameras = [CameraTopics.for_packets(t, input_topic, packet_topic)
+               for t in dict.fromkeys(packets)]
     if namespaces:
         wanted = {"/" + n.strip("/") if n.strip("/") else "/" for n in namespaces}
         cameras = [c for c in cameras if c.namespace in wanted]
@@ -163,8 +177,9 @@ def find_cameras(reader, input_topic: str = "image_raw",
 
 
 def read_run(bag: str, on_frame: Callable[[CameraTopics, Frame], None],
-             input_topic: str = "image_raw", namespaces: list[str] | None = None,
-             max_frames: int | None = None, progress: Callable[[int], None] | None = None
+             input_topic: str = INPUT_TOPIC, namespaces: list[str] | None = None,
+             max_frames: int | None = None, progress: Callable[[int], None] | None = None,
+             packet_topic: str = PACKET_TOPIC
              ) -> tuple[list[CameraTopics], dict[str, Accounting], dict]:
     """Stream the run; ``on_frame`` gets every frame that has an original and a packet.
 
@@ -172,7 +187,7 @@ def read_run(bag: str, on_frame: Callable[[CameraTopics, Frame], None],
     """
     reader = open_bag(bag)
     try:
-        cameras = find_cameras(reader, input_topic, namespaces)
+        cameras = find_cameras(reader, input_topic, namespaces, packet_topic)
         by_topic: dict[str, tuple[CameraTopics, str]] = {}
         for cam in cameras:
             for role in ("packets", "original", "reconstructed", "labels", "sensor_stats",

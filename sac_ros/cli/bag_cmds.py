@@ -8,6 +8,13 @@ import sys
 from pathlib import Path
 
 from sac_ros.core.errors import SacError
+from sac_ros.core.wire import (
+    CAMERA_INFO_TOPIC,
+    INPUT_TOPIC,
+    LABELS_TOPIC,
+    PACKET_TOPIC,
+    topic_in,
+)
 
 
 def check_file_output(path: str | None, flag: str) -> None:
@@ -58,10 +65,11 @@ def _convert_parser(sub) -> None:
                    help="zstd compression (MCAP chunks; sqlite3 per message)")
     p.add_argument("--size", help="resize frames (and labels, nearest) to WIDTHxHEIGHT, e.g. "
                    "1024x512 as in the papers")
-    p.add_argument("--topic", default="/front/image_raw", help="image topic")
-    p.add_argument("--labels-topic", default="/front/labels", help="ground-truth label topic")
+    p.add_argument("--topic", default=topic_in("front", INPUT_TOPIC), help="image topic")
+    p.add_argument("--labels-topic", default=topic_in("front", LABELS_TOPIC),
+                   help="ground-truth label topic")
     p.add_argument("--no-labels", action="store_true", help="do not write labels")
-    p.add_argument("--camera-info-topic", default="/front/camera_info",
+    p.add_argument("--camera-info-topic", default=topic_in("front", CAMERA_INFO_TOPIC),
                    help="CameraInfo topic (written when --calibration is given)")
     p.add_argument("--calibration", help="ROS camera_info .yaml, Cityscapes camera .json, or "
                    "KITTI calib .txt[:KEY] (default key P2)")
@@ -186,8 +194,10 @@ def _record_parser(sub) -> None:
     p.add_argument("--camera", action="append", default=[], metavar="NAMESPACE",
                    help="record a pipeline camera's topics: image_raw, labels, camera_info, "
                         "sac/packets, sac/image and the stats (repeatable)")
-    p.add_argument("--input-topic", default="image_raw",
-                   help="with --camera: the camera image topic name (default image_raw)")
+    p.add_argument("--input-topic", default=INPUT_TOPIC,
+                   help=f"with --camera: the camera image topic name (default {INPUT_TOPIC})")
+    p.add_argument("--packet-topic", default=PACKET_TOPIC,
+                   help=f"with --camera: the sensor's packet_topic (default {PACKET_TOPIC})")
     p.add_argument("--duration", type=float, default=0.0,
                    help="stop after this many seconds (default: until Ctrl-C)")
     p.add_argument("--storage", default="mcap", choices=("mcap", "sqlite3"))
@@ -206,7 +216,7 @@ def run_record(args) -> int:
         raise SacError("--qos-depth must be at least 1")
     topics = list(args.topics)
     for camera in args.camera:
-        topics += camera_topics(camera, args.input_topic)
+        topics += camera_topics(camera, args.input_topic, args.packet_topic)
     stats = record(args.output, RecordOptions(topics, args.storage, args.overwrite,
                                               args.compress, args.duration, args.qos_depth),
                    log=lambda s: print(s, file=sys.stderr))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from sac_ros.core.errors import SacError
+from sac_ros.core.wire import INPUT_TOPIC
 
 
 def add_parsers(sub) -> None:
@@ -21,7 +22,7 @@ def add_parsers(sub) -> None:
                    "installed), default, a .onnx/.engine/.pt path, or none")
     p.add_argument("--camera", action="append", default=None, metavar="NAMESPACE",
                    help="only this camera (repeatable; default: every camera in the bag)")
-    p.add_argument("--input-topic", default="image_raw",
+    p.add_argument("--input-topic", default=INPUT_TOPIC,
                    help="name of the camera image topic under each namespace")
     p.add_argument("--max-frames", type=int, help="evaluate at most this many frames per camera")
     p.add_argument("--source-frames", type=int,

@@ -38,6 +38,28 @@ CORRUPT = "corrupt"
 UNPROTECTED = "unprotected"
 
 
+# ------------------------------------------------------------------ topic names
+# Each camera's topics, relative to its namespace (``topic_in`` makes them absolute).
+# The nodes' topic parameters default to these; everything else names them from here.
+INPUT_TOPIC = "image_raw"                  # the camera's frames (sensor input)
+PACKET_TOPIC = "sac/packets"               # SacPacket, sensor -> ECU
+IMAGE_TOPIC = "sac/image"                  # reconstructed frames, ECU -> perception
+ROI_MASK_TOPIC = "sac/roi_mask"            # the sensor's block mask (mono8, optional)
+SENSOR_STATS_TOPIC = "sac/sensor_stats"
+ECU_STATS_TOPIC = "sac/ecu_stats"
+PERCEPTION_STATS_TOPIC = "sac/perception_stats"
+CLASS_MAP_TOPIC = "sac/perception/class_map"
+OVERLAY_TOPIC = "sac/perception/overlay"
+LABELS_TOPIC = "labels"                    # ground truth in converted and recorded bags
+CAMERA_INFO_TOPIC = "camera_info"
+
+
+def topic_in(namespace: str, name: str) -> str:
+    """The absolute topic ``name`` in a camera ``namespace`` ("/front", "front", "/" or "")."""
+    prefix = namespace.strip("/")
+    return f"/{prefix}/{name}" if prefix else f"/{name}"
+
+
 @dataclass
 class Received:
     """A checked packet with what the wire said about it."""

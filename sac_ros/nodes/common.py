@@ -15,7 +15,7 @@ from sac_ros.core import wire
 from sac_ros.core.errors import SacError
 from sac_ros.core.imageconv import buffer_to_rgb
 from sac_ros.core.sac import SacPacket
-from sac_ros.core.wire import saturate_u64
+from sac_ros.core.wire import ECU_STATS_TOPIC, SENSOR_STATS_TOPIC, saturate_u64, topic_in
 from sac_ros.msg import EncodedStream as EncodedStreamMsg
 from sac_ros.msg import SacPacket as SacPacketMsg
 from sac_ros.msg import SacStats
@@ -265,7 +265,8 @@ class ReadinessProbe:
         self.extra = list(extra or [])
         self._subs = [
             node.create_subscription(
-                SacStats, f"{ns.rstrip('/')}/sac/{kind}",
+                SacStats, topic_in(ns, {"sensor_stats": SENSOR_STATS_TOPIC,
+                                        "ecu_stats": ECU_STATS_TOPIC}[kind]),
                 lambda m, key=(ns, kind): self.latest.__setitem__(key, m), 10)
             for ns in namespaces for kind in self.wanted]
         self._namespaces, self._node = namespaces, node

@@ -16,6 +16,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 from sac_ros.core.receiver import PacketReceiver
+from sac_ros.core.wire import ECU_STATS_TOPIC, IMAGE_TOPIC, PACKET_TOPIC
 from sac_ros.msg import SacPacket as SacPacketMsg
 from sac_ros.msg import SacStats
 from sac_ros.nodes.common import (
@@ -35,8 +36,8 @@ class EcuNode(Node):
     def __init__(self):
         super().__init__("sac_ecu")
         d = lambda *a, **k: declare(self, *a, **k)  # noqa: E731
-        packet_topic = d("packet_topic", "sac/packets", "SacPacket input topic.", read_only=True)
-        output_topic = d("output_topic", "sac/image", "Reconstructed Image topic.",
+        packet_topic = d("packet_topic", PACKET_TOPIC, "SacPacket input topic.", read_only=True)
+        output_topic = d("output_topic", IMAGE_TOPIC, "Reconstructed Image topic.",
                          read_only=True)
         reliability = d("qos_reliability", "reliable", "QoS reliability of all topics.",
                         choices=("reliable", "best_effort"), read_only=True)
@@ -56,7 +57,7 @@ class EcuNode(Node):
         self.stats.drops = self.receiver.drops  # one set of books
         self._last_log: dict[str, float] = {}
         self.image_pub = self.create_publisher(Image, output_topic, qos(reliability, 5))
-        self.stats_pub = self.create_publisher(SacStats, "sac/ecu_stats", 10)
+        self.stats_pub = self.create_publisher(SacStats, ECU_STATS_TOPIC, 10)
         self.packet_sub = self.create_subscription(SacPacketMsg, packet_topic, self._on_packet,
                                                    qos(reliability, depth))
         self.create_timer(1.0, self._publish_stats)

@@ -19,7 +19,14 @@ from std_msgs.msg import Header
 
 from sac_ros.core import metrics
 from sac_ros.core.errors import SacError
-from sac_ros.core.wire import saturate_u64, stamp_ns
+from sac_ros.core.wire import (
+    CLASS_MAP_TOPIC,
+    IMAGE_TOPIC,
+    OVERLAY_TOPIC,
+    PERCEPTION_STATS_TOPIC,
+    saturate_u64,
+    stamp_ns,
+)
 from sac_ros.msg import PerceptionStats
 from sac_ros.nodes.common import (
     LatestWorker,
@@ -44,7 +51,7 @@ class PerceptionNode(Node):
     def __init__(self):
         super().__init__("sac_perception")
         d = lambda *a, **k: declare(self, *a, **k)  # noqa: E731
-        input_topic = d("input_topic", "sac/image", "Reconstructed Image topic.", read_only=True)
+        input_topic = d("input_topic", IMAGE_TOPIC, "Reconstructed Image topic.", read_only=True)
         raw_topic = d("raw_topic", "", "Original camera topic to compare with; empty = off.",
                       read_only=True)
         model = d("model", "default", "Segmentation model: 'default' or a path.", read_only=True)
@@ -62,11 +69,9 @@ class PerceptionNode(Node):
         self._seg_ms: deque[float] = deque(maxlen=300)
         self._originals: OrderedDict[int, Image] = OrderedDict()
         self._lock = threading.Lock()
-        self.class_pub = self.create_publisher(Image, "sac/perception/class_map",
-                                               qos("reliable", 5))
-        self.overlay_pub = self.create_publisher(Image, "sac/perception/overlay",
-                                                 qos("reliable", 2))
-        self.stats_pub = self.create_publisher(PerceptionStats, "sac/perception_stats", 10)
+        self.class_pub = self.create_publisher(Image, CLASS_MAP_TOPIC, qos("reliable", 5))
+        self.overlay_pub = self.create_publisher(Image, OVERLAY_TOPIC, qos("reliable", 2))
+        self.stats_pub = self.create_publisher(PerceptionStats, PERCEPTION_STATS_TOPIC, 10)
         self._worker = LatestWorker("sac_perception", self._process,
                                     lambda: self.stats.drop("superseded"), self._on_error)
         self.create_subscription(Image, input_topic, self._on_image, qos("reliable", 2))

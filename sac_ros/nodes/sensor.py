@@ -21,7 +21,13 @@ from sac_ros.core.codec import PRESETS, EncoderSettings
 from sac_ros.core.errors import SacError
 from sac_ros.core.mask import PolygonMaskSource, block_mask, expand_blocks
 from sac_ros.core.sac import MAX_DIMENSION, MODES, SacEncoder
-from sac_ros.core.wire import stamp_ns
+from sac_ros.core.wire import (
+    INPUT_TOPIC,
+    PACKET_TOPIC,
+    ROI_MASK_TOPIC,
+    SENSOR_STATS_TOPIC,
+    stamp_ns,
+)
 from sac_ros.msg import SacPacket as SacPacketMsg
 from sac_ros.msg import SacStats
 from sac_ros.nodes.common import (
@@ -44,8 +50,8 @@ class SensorNode(Node):
     def __init__(self):
         super().__init__("sac_sensor")
         d = lambda *a, **k: declare(self, *a, **k)  # noqa: E731
-        self.input_topic = d("input_topic", "image_raw", "Camera Image topic.", read_only=True)
-        self.packet_topic = d("packet_topic", "sac/packets", "SacPacket output topic.",
+        self.input_topic = d("input_topic", INPUT_TOPIC, "Camera Image topic.", read_only=True)
+        self.packet_topic = d("packet_topic", PACKET_TOPIC, "SacPacket output topic.",
                               read_only=True)
         self.mode = d("mode", "dual_crf", "Coding mode.", choices=MODES, read_only=True)
         self.codec = d("codec", "h264", "Codec.", choices=("h264", "hevc"), read_only=True)
@@ -110,8 +116,8 @@ class SensorNode(Node):
         self._bad_problems: set[str] = set()
         self.packet_pub = self.create_publisher(SacPacketMsg, self.packet_topic,
                                                 qos(reliability, depth))
-        self.mask_pub = self.create_publisher(Image, "sac/roi_mask", qos(reliability, 2))
-        self.stats_pub = self.create_publisher(SacStats, "sac/sensor_stats", 10)
+        self.mask_pub = self.create_publisher(Image, ROI_MASK_TOPIC, qos(reliability, 2))
+        self.stats_pub = self.create_publisher(SacStats, SENSOR_STATS_TOPIC, 10)
         # Depth >= a burst of frames: the callback is cheap and the worker counts what it
         # skips as 'superseded'; a depth of 2 let DDS overwrite frames uncounted while the
         # executor was busy (found replaying bags with perception on 2 cores).

@@ -22,7 +22,17 @@ from sensor_msgs.msg import Image
 from sac_ros.core import metrics
 from sac_ros.core.errors import PacketError, SacError
 from sac_ros.core.mask import unpack_blocks
-from sac_ros.core.wire import packet_from_msg, stamp_ns
+from sac_ros.core.wire import (
+    ECU_STATS_TOPIC,
+    IMAGE_TOPIC,
+    INPUT_TOPIC,
+    PACKET_TOPIC,
+    PERCEPTION_STATS_TOPIC,
+    SENSOR_STATS_TOPIC,
+    packet_from_msg,
+    stamp_ns,
+    topic_in,
+)
 from sac_ros.msg import PerceptionStats, SacPacket, SacStats
 from sac_ros.nodes.common import image_to_rgb, qos
 
@@ -87,8 +97,8 @@ def _node_latency(stats: SacStats | None) -> list[float]:
 
 
 class SummaryCollector(Node):
-    def __init__(self, namespaces: list[str], input_topic: str = "image_raw",
-                 quality_every: int = 1):
+    def __init__(self, namespaces: list[str], input_topic: str = INPUT_TOPIC,
+                 quality_every: int = 1, packet_topic: str = PACKET_TOPIC):
         super().__init__("sac_pipeline_summary")
         self.quality_every = max(1, int(quality_every))
         self._quality_queue: deque = deque(maxlen=QUALITY_BACKLOG)
@@ -109,26 +119,22 @@ class SummaryCollector(Node):
         self._last_change = time.monotonic()
         self.output_subscriptions: list = []
         for ns in namespaces:
-            prefix = ns.rstrip("/")
             # Packets and images: their writers exist before the run (see ReadinessProbe).
             self.output_subscriptions += [
-                self.create_subscription(SacPacket, f"{prefix}/sac/packets",
+                self.create_subscription(SacPacket, topic_in(ns, packet_topic),
                                          lambda m, ns=ns: self._on_packet(ns, m),
                                          qos("reliable", 30)),
-                self.create_subscription(Image, f"{prefix}/sac/image",
+                self.create_subscription(Image, topic_in(ns, IMAGE_TOPIC),
                                          lambda m, ns=ns: self._on_output(ns, m),
                                          qos("reliable", 30))]
-            self.create_subscription(Image, f"{prefix}/{input_topic}",
+            self.create_subscription(Image, topic_in(ns, input_topic),
                                      lambda m, ns=ns: self._on_raw(ns, m), qos("reliable", 30))
-            for topic, kind, attr in (("sac/sensor_stats", SacStats, "sensor_stats"),
-                                      ("sac/ecu_stats", SacStats, "ecu_stats"),
-                                      ("sac/perception_stats", PerceptionStats, "perception")):
+            for topic, kind, attr in ((SENSOR_STATS_TOPIC, SacStats, "sensor_stats"),
+                                      (ECU_STATS_TOPIC, SacStats, "ecu_stats"),
+                                      (PERCEPTION_STATS_TOPIC, PerceptionStats, "perception")):
                 self.create_subscription(
-                    kind, f"{prefix}/{topic}",
+                    kind, topic_in(ns, topic),
                     lambda m, ns=ns, attr=attr: setattr(self.cameras[ns], attr, m), 10)
-
-    def topic(self, ns: str, name: str) -> str:
-        return f"{ns.rstrip('/')}/{name}"
 
     def _on_raw(self, ns: str, msg: Image) -> None:
         cam = self.cameras[ns]

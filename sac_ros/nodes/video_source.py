@@ -20,6 +20,7 @@ from std_msgs.msg import Header
 
 from sac_ros.core.errors import SacError
 from sac_ros.core.io import iter_frames, resolve_input, video_fps
+from sac_ros.core.wire import INPUT_TOPIC
 from sac_ros.nodes.common import declare, qos, rgb_to_image
 
 
@@ -29,7 +30,7 @@ class VideoSourceNode(Node):
         d = lambda *a, **k: declare(self, *a, **k)  # noqa: E731
         self.source = d("input", "sample", "Video file, image folder, or sample[:clip].",
                         read_only=True)
-        topic = d("topic", "image_raw", "Image output topic.", read_only=True)
+        topic = d("topic", INPUT_TOPIC, "Image output topic.", read_only=True)
         self.frame_id = d("frame_id", "camera", "frame_id of the published images.",
                           read_only=True)
         fps = d("fps", 0.0, "Publish rate; 0 = the source's own rate.", low=0.0, high=1000.0,

@@ -13,6 +13,7 @@ import numpy as np
 from sac_ros.bags.bagio import open_bag
 from sac_ros.bags.runbag import find_cameras, read_run
 from sac_ros.core.errors import SacError
+from sac_ros.core.wire import INPUT_TOPIC
 from sac_ros.eval.tables import (
     PAPER_TABLE_II,
     PAPER_TABLE_IV,
@@ -30,7 +31,7 @@ from sac_ros.report.measure import RunEvaluator, distribution, segmentation_scor
 class ReportOptions:
     out: str = "sac_report"
     model: str | None = "auto"          # auto: the default model if installed; None: off
-    input_topic: str = "image_raw"
+    input_topic: str = INPUT_TOPIC
     cameras: list[str] | None = None
     max_frames: int | None = None
     source_frames: int | None = None    # frames the source had (for the accounting)
