@@ -35,6 +35,9 @@ from sac_ros.core.wire import Received, packet_from_msg
 LOST, DUPLICATE, LATE, STALE = "lost", "duplicate", "late", "stale"
 INTERNAL = "internal_error"
 HISTORY = 1024  # sequence numbers remembered for duplicate / late detection
+# A forward jump no link outage can explain (4.5 years at 30 Hz): a sender that lost
+# its count, not lost packets. It is followed like a restart.
+MAX_GAP = 1 << 32
 
 
 @dataclass
@@ -75,6 +78,7 @@ class PacketReceiver:
         # Packets dropped before their (untrusted) seq could be used: a later gap in the
         # sequence is theirs first, so one bad packet is not counted twice.
         self._unsequenced = 0
+        self._uncounted_gap = False
 
     @property
     def pending(self) -> int:
@@ -132,8 +136,9 @@ class PacketReceiver:
             self._drop(DUPLICATE, f"packet {seq} arrived twice")
             return []
         if state == "lost":
-            # Given up on already: too late to show it in order.
-            self.drops[LOST] -= 1
+            # Given up on already: too late to show it in order. (Not below 0: its slot
+            # may have been put down to a packet dropped unread.)
+            self.drops[LOST] = max(0, self.drops[LOST] - 1)
             self._remember(seq, "done")
             self._drop(LATE, f"packet {seq} arrived after the reorder window")
             return []
@@ -144,13 +149,26 @@ class PacketReceiver:
                 self._drop(LATE if self._next - seq <= HISTORY else STALE,
                            f"packet {seq} is older than {self._next}")
                 return []
-            # Far behind but newer in time: the sensor restarted its sequence.
-            out = self._release(None, force=True)
-            self.resyncs += 1
-            self._next = seq
-            self._seen.clear()
-            return out + self._hold(received, header, now_ns)
+            # Far behind but newer in time: the sensor restarted, counting from 0.
+            return self._resync(received, header, now_ns, 0)
+        if seq - self._next > MAX_GAP and self._last_stamp_ns is not None:
+            # Its predecessors may still be on the way: wait for them in the window.
+            return self._resync(received, header, now_ns, max(0, seq - self.reorder_window),
+                                count_gap=False)
         return self._hold(received, header, now_ns)
+
+    def _resync(self, received: Received, header, now_ns: int, first: int,
+                count_gap: bool = True) -> list[Delivered]:
+        """Follow a sender whose numbering started again at ``first``, so that packets
+        that overtook the first ones still come out in order. ``count_gap``: the
+        numbers before the first packet seen were sent (a restart counts from 0);
+        after a jump nobody knows, and they are not called lost."""
+        out = self._release(None, force=True)
+        self.resyncs += 1
+        self._next = first
+        self._uncounted_gap = not count_gap
+        self._seen.clear()
+        return out + self._hold(received, header, now_ns)
 
     def _hold(self, received: Received, header, now_ns: int) -> list[Delivered]:
         self._held[received.packet.seq] = _Held(received, header, now_ns)
@@ -161,6 +179,7 @@ class PacketReceiver:
         while self._held:
             held = self._held.pop(self._next, None)
             if held is not None:
+                self._uncounted_gap = False
                 self._remember(self._next, "done")
                 self._next += 1
                 frame = self._decode(held)
@@ -174,14 +193,17 @@ class PacketReceiver:
                 break
             # The gap outlived the window: those packets are lost, unless packets already
             # dropped unread (corrupt, malformed) account for them.
-            gap = oldest - self._next
-            explained = min(gap, self._unsequenced)
-            self._unsequenced -= explained
-            if gap > explained:
-                self._drop(LOST, f"packets {self._next}-{oldest - 1} never arrived",
-                           gap - explained)
-            for seq in range(max(self._next, oldest - HISTORY), oldest):
-                self._remember(seq, "lost")
+            if self._uncounted_gap:  # the unknown numbers before a jump: not lost
+                self._uncounted_gap = False
+            else:
+                gap = oldest - self._next
+                explained = min(gap, self._unsequenced)
+                self._unsequenced -= explained
+                if gap > explained:
+                    self._drop(LOST, f"packets {self._next}-{oldest - 1} never arrived",
+                               gap - explained)
+                for seq in range(max(self._next, oldest - HISTORY), oldest):
+                    self._remember(seq, "lost")
             self._next = oldest
         return out
 

@@ -180,6 +180,8 @@ def packet_from_msg(msg, require_e2e: bool = False) -> Received:
                        len(streams))
         for s in streams:
             check_stream(_str(s.codec, "codec", 16), float(s.crf), _bytes_len(s.data))
+        if not 0 <= int(msg.seq) <= U64_MAX:  # rclpy only checks types when asked to
+            raise PacketError(MALFORMED, f"sequence number {int(msg.seq)} is not a uint64")
         _str(msg.header.frame_id, "frame_id", MAX_FRAME_ID)
         if not 0 <= int(msg.header.stamp.nanosec) < 1_000_000_000:
             raise PacketError(MALFORMED, f"stamp nanosec {int(msg.header.stamp.nanosec)} "
