@@ -68,7 +68,8 @@ def subscriber(frames: int) -> dict:
     import rclpy
     from sensor_msgs.msg import Image
 
-    from sac_ros.nodes.common import qos, stamp_ns
+    from sac_ros.core.wire import stamp_ns
+    from sac_ros.nodes.common import qos
 
     rclpy.init()
     node = rclpy.create_node("bench_transport_sub")

@@ -25,7 +25,7 @@ from sac_ros.core.io import iter_frames, sample_video
 from sac_ros.core.mask import PolygonMaskSource, block_mask
 from sac_ros.core.sac import SacEncoder
 from sac_ros.core.wire import packet_from_msg
-from sac_ros.nodes.common import image_to_rgb, packet_to_msg, rgb_to_image
+from sac_ros.nodes.messages import image_to_rgb, packet_to_msg, rgb_to_image
 
 
 def profile(size: str, frames: int, preset: str, model: str) -> dict[str, float]:

@@ -325,7 +325,7 @@ def run_with_source(run: SourceRun, layout: PipelineLayout, specs: list[NodeSpec
 def _wait_matched(run: SourceRun, layout: PipelineLayout, namespaces: list[str], collector,
                   children: Children) -> None:
     """Discovery, then every hop's writers matched to their readers."""
-    from sac_ros.nodes.common import ReadinessProbe
+    from sac_ros.nodes.readiness import ReadinessProbe
 
     input_topic = run.input_topic or INPUT_TOPIC
     deadline = time.monotonic() + run.startup_timeout

@@ -45,7 +45,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 # Imported outside the guard: a broken import of our own code must fail, not skip.
 from sac_ros.core.mask import PolygonMaskSource, block_mask, expand_blocks, unpack_blocks
 from sac_ros.core.wire import stamp_ns
-from sac_ros.nodes.common import packet_to_msg, rgb_to_image
+from sac_ros.nodes.messages import packet_to_msg, rgb_to_image
 from sac_ros.pipeline import EXECUTABLES
 
 # Small frames, not a multiple of the 16 px block (partial edge blocks are exercised).

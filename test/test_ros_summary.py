@@ -12,7 +12,7 @@ from std_msgs.msg import Header
 
 from sac_ros.core.codec import EncoderSettings
 from sac_ros.core.sac import SacEncoder
-from sac_ros.nodes.common import packet_to_msg, rgb_to_image
+from sac_ros.nodes.messages import packet_to_msg, rgb_to_image
 from sac_ros.nodes.sensor import DEFAULT_POLYGON
 from sac_ros.nodes.summary import SummaryCollector
 

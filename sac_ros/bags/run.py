@@ -193,7 +193,7 @@ def _play(source_bag: str, options: RunOptions, inputs: list[str], input_readers
 def _wait_ready(node, recorder: Recorder, plan: _Plan, children: Children,
                 options: RunOptions, readers: dict[str, int]) -> None:
     """Every camera: the recorder has subscribed to its input and hears packets and images."""
-    from sac_ros.nodes.common import ReadinessProbe
+    from sac_ros.nodes.readiness import ReadinessProbe
 
     deadline = time.monotonic() + options.startup_timeout
     probe = ReadinessProbe(node, plan.namespaces, readers)

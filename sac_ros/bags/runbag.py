@@ -16,7 +16,6 @@ offline decode, and the report says whether it did.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -29,6 +28,7 @@ from sac_ros.core.errors import SacError
 from sac_ros.core.imageconv import buffer_to_rgb
 from sac_ros.core.receiver import PacketReceiver
 from sac_ros.core.sac import SacDecoder, SacPacket
+from sac_ros.core.stamps import BoundedStampMap
 from sac_ros.core.wire import (
     ECU_STATS_TOPIC,
     IMAGE_TOPIC,
@@ -250,10 +250,10 @@ class _CameraState:
         self.receiver = PacketReceiver(require_e2e=False,
                                        decoder=SacDecoder(keep_streams=True))
         self.accounting.offline_drops = self.receiver.drops
-        self.originals: OrderedDict[int, tuple[np.ndarray, int]] = OrderedDict()
-        self.labels: OrderedDict[int, tuple[np.ndarray, str]] = OrderedDict()
-        self.decoded: OrderedDict[int, tuple] = OrderedDict()
-        self.live: OrderedDict[int, tuple[np.ndarray, int]] = OrderedDict()
+        self.originals: BoundedStampMap[tuple[np.ndarray, int]] = BoundedStampMap(MAX_PENDING)
+        self.labels: BoundedStampMap[tuple[np.ndarray, str]] = BoundedStampMap(MAX_PENDING)
+        self.decoded: BoundedStampMap[tuple] = BoundedStampMap(MAX_PENDING)
+        self.live: BoundedStampMap[tuple[np.ndarray, int]] = BoundedStampMap(MAX_PENDING)
         self.ready: list[tuple[int, int, tuple]] = []   # (ready at ns, stamp, pieces)
         self.emitted = 0
 
@@ -268,13 +268,13 @@ class _CameraState:
             acc.first_stamp_ns = stamp if acc.first_stamp_ns is None else acc.first_stamp_ns
             acc.last_stamp_ns = stamp
             acc.arrivals.append((stamp, recv_ns))
-            self.originals[stamp] = (image_rgb(msg).copy(), recv_ns)
+            self.originals.set(stamp, (image_rgb(msg).copy(), recv_ns))
             self._complete(stamp, recv_ns)
         elif role == "labels":
             acc.labels += 1
             ids = image_rgb(msg)[:, :, 0].copy()  # mono8 labelIds, or R of a panoptic rgb8
             class_map = "kitti_step" if msg.encoding.lower() == "rgb8" else "cityscapes_label_ids"
-            self.labels[stamp_ns(msg.header)] = (ids, class_map)
+            self.labels.set(stamp_ns(msg.header), (ids, class_map))
         elif role == "packets":
             acc.packets += 1
             for item in self.receiver.push(msg, recv_ns):
@@ -283,7 +283,7 @@ class _CameraState:
         elif role == "reconstructed":
             acc.reconstructed += 1
             stamp = stamp_ns(msg.header)
-            self.live[stamp] = (image_rgb(msg).copy(), recv_ns)
+            self.live.set(stamp, (image_rgb(msg).copy(), recv_ns))
             self._complete(stamp, recv_ns)
         elif role == "sensor_stats":
             acc.sensor_received, acc.sensor_drops = int(msg.received), _drops(msg)
@@ -293,11 +293,11 @@ class _CameraState:
             acc.perception = {"frames_compared": int(msg.frames_compared),
                               "miou": float(msg.miou), "iiou": float(msg.iiou)}
         for pending in (self.originals, self.decoded, self.live, self.labels):
-            _bound(pending)
+            pending.bound()
 
     def _take_decoded(self, item) -> None:
         stamp = item.received.stamp_ns
-        self.decoded[stamp] = (item.received.packet, item.frame, item.arrived_ns)
+        self.decoded.set(stamp, (item.received.packet, item.frame, item.arrived_ns))
         self._complete(stamp, item.arrived_ns)
 
     def _complete(self, stamp: int, recv_ns: int) -> None:
@@ -309,8 +309,7 @@ class _CameraState:
         self.ready.append((recv_ns, stamp, pieces))
         # Much older incomplete pieces were dropped on the way: give them up.
         for pending in (self.originals, self.decoded, self.live, self.labels):
-            for old in [k for k in pending if k < stamp - PRUNE_NS]:
-                del pending[old]
+            pending.prune_before(stamp - PRUNE_NS)
 
     def _release(self, before_ns: int | None, on_frame) -> None:
         while self.ready and (before_ns is None or self.ready[0][0] <= before_ns):
@@ -335,7 +334,3 @@ class _CameraState:
         for pending in (self.originals, self.decoded, self.live, self.labels):
             pending.clear()
 
-
-def _bound(pending: OrderedDict) -> None:
-    while len(pending) > MAX_PENDING:
-        pending.popitem(last=False)

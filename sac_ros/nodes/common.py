@@ -1,4 +1,8 @@
-"""Shared pieces of the nodes: parameters, QoS, Image/packet conversion, statistics."""
+"""Shared pieces of the nodes: parameters, QoS, statistics, the worker slot, run_node.
+
+Message conversions are in ``nodes.messages``, the start-up readiness probe in
+``nodes.readiness``.
+"""
 
 from __future__ import annotations
 
@@ -9,22 +13,10 @@ import numpy as np
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image
 
-from sac_ros.core import wire
 from sac_ros.core.errors import SacError
-from sac_ros.core.imageconv import buffer_to_rgb
-from sac_ros.core.sac import SacPacket
-from sac_ros.core.wire import ECU_STATS_TOPIC, SENSOR_STATS_TOPIC, saturate_u64, topic_in
-from sac_ros.msg import EncodedStream as EncodedStreamMsg
-from sac_ros.msg import SacPacket as SacPacketMsg
+from sac_ros.core.wire import saturate_u64
 from sac_ros.msg import SacStats
-
-try:  # cv_bridge when the ROS install has it; the package's own conversion otherwise
-    from cv_bridge import CvBridge
-    _BRIDGE = CvBridge()
-except ImportError:  # pragma: no cover - depends on the install
-    _BRIDGE = None
 
 
 def declare(node: Node, name: str, default, description: str, *, low=None, high=None,
@@ -48,31 +40,6 @@ def qos(reliability: str, depth: int) -> QoSProfile:
     policy = {"reliable": ReliabilityPolicy.RELIABLE,
               "best_effort": ReliabilityPolicy.BEST_EFFORT}[reliability]
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=policy)
-
-
-def image_to_rgb(msg: Image) -> np.ndarray:
-    """RGB array of an Image message (rgb8, bgr8, mono8, yuv422 variants, ...)."""
-    if _BRIDGE is not None and msg.encoding in ("rgb8", "bgr8", "mono8", "rgba8", "bgra8"):
-        return _BRIDGE.imgmsg_to_cv2(msg, desired_encoding="rgb8")
-    return buffer_to_rgb(msg.data, msg.width, msg.height, msg.step, msg.encoding,
-                         bool(msg.is_bigendian))
-
-
-def rgb_to_image(pixels: np.ndarray, header) -> Image:
-    """An rgb8 Image from H x W x 3, or mono8 from H x W, uint8."""
-    msg = Image()
-    msg.header = header
-    msg.height, msg.width = int(pixels.shape[0]), int(pixels.shape[1])
-    msg.encoding = "rgb8" if pixels.ndim == 3 else "mono8"
-    msg.is_bigendian = 0
-    msg.step = msg.width * (3 if pixels.ndim == 3 else 1)
-    msg.data = np.ascontiguousarray(pixels).tobytes()
-    return msg
-
-
-def packet_to_msg(packet: SacPacket, header) -> SacPacketMsg:
-    """The E2E-protected rclpy message of a core packet (the wire module builds it)."""
-    return wire.packet_to_msg(packet, header, SacPacketMsg, EncodedStreamMsg)
 
 
 class NodeStats:
@@ -245,53 +212,3 @@ def open_segmenter(model: str, backend: str, non_roi_ids: list[int] | None = Non
     except SacError as exc:
         raise SacError(f"{exc} (parameter model='{model}'; 'default' is the shipped "
                        f"{DEFAULT_MODEL})") from None
-
-
-class ReadinessProbe:
-    """Watches each camera's sensor and ECU statistics until their outputs are matched.
-
-    The ROS graph lists endpoints before every writer has matched every reader, and
-    frames sent before that are lost to the late reader (volatile durability). The
-    nodes report how many readers their output writer has matched, and the ECU how
-    many writers its packet reader has; a run starts its frames once both sides of
-    every hop have matched (``extra`` adds the caller's own subscriptions).
-    """
-
-    def __init__(self, node: Node, namespaces: list[str], readers: dict[str, int],
-                 extra: list | None = None):
-        """``readers``: ``PipelineLayout.readers()``, the readers each output must have."""
-        self.wanted = {"sensor_stats": readers["packets"], "ecu_stats": readers["image"]}
-        self.latest: dict[tuple[str, str], SacStats] = {}
-        self.extra = list(extra or [])
-        self._subs = [
-            node.create_subscription(
-                SacStats, topic_in(ns, {"sensor_stats": SENSOR_STATS_TOPIC,
-                                        "ecu_stats": ECU_STATS_TOPIC}[kind]),
-                lambda m, key=(ns, kind): self.latest.__setitem__(key, m), 10)
-            for ns in namespaces for kind in self.wanted]
-        self._namespaces, self._node = namespaces, node
-
-    def _short(self) -> list[str]:
-        short = []
-        for ns in self._namespaces:
-            for kind, wanted in self.wanted.items():
-                stats = self.latest.get((ns, kind))
-                if stats is None:
-                    short.append(f"{ns} {kind}: none yet")
-                elif stats.output_readers < wanted:
-                    short.append(f"{ns} {kind}: {stats.output_readers}/{wanted} readers")
-                elif kind == "ecu_stats" and stats.input_writers == 0:
-                    short.append(f"{ns} ECU: no packet writer")
-        short += [f"{sub.topic_name}: no writer" for sub in self.extra
-                  if matched_writers(sub) == 0]
-        return short
-
-    def ready(self) -> bool:
-        return not self._short()
-
-    def missing(self) -> str:
-        return "; ".join(self._short())
-
-    def destroy(self) -> None:
-        for sub in self._subs:
-            self._node.destroy_subscription(sub)

@@ -19,14 +19,8 @@ from sac_ros.core.receiver import PacketReceiver
 from sac_ros.core.wire import ECU_STATS_TOPIC, IMAGE_TOPIC, PACKET_TOPIC
 from sac_ros.msg import SacPacket as SacPacketMsg
 from sac_ros.msg import SacStats
-from sac_ros.nodes.common import (
-    NodeStats,
-    declare,
-    matched_writers,
-    qos,
-    rgb_to_image,
-    run_node,
-)
+from sac_ros.nodes.common import NodeStats, declare, matched_writers, qos, run_node
+from sac_ros.nodes.messages import rgb_to_image
 
 QUIET_REASONS = ("waiting_for_key_frame",)  # expected after a join or a loss: not warned
 LOG_EVERY_S = 5.0

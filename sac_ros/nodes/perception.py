@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 
 import numpy as np
 from rclpy.node import Node
@@ -19,6 +19,7 @@ from std_msgs.msg import Header
 
 from sac_ros.core import metrics
 from sac_ros.core.errors import SacError
+from sac_ros.core.stamps import BoundedStampMap
 from sac_ros.core.wire import (
     CLASS_MAP_TOPIC,
     IMAGE_TOPIC,
@@ -33,12 +34,11 @@ from sac_ros.nodes.common import (
     NodeStats,
     declare,
     declare_int_list,
-    image_to_rgb,
     open_segmenter,
     qos,
-    rgb_to_image,
     run_node,
 )
+from sac_ros.nodes.messages import image_to_rgb, rgb_to_image
 
 KEEP_ORIGINALS = 60
 # Overlay colours per class id (ROI green, construction orange, nature olive, sky blue).
@@ -67,7 +67,7 @@ class PerceptionNode(Node):
         self._confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
         self._roi_confusion = np.zeros((2, 2), np.int64)
         self._seg_ms: deque[float] = deque(maxlen=300)
-        self._originals: OrderedDict[int, Image] = OrderedDict()
+        self._originals: BoundedStampMap[Image] = BoundedStampMap(KEEP_ORIGINALS)
         self._lock = threading.Lock()
         self.class_pub = self.create_publisher(Image, CLASS_MAP_TOPIC, qos("reliable", 5))
         self.overlay_pub = self.create_publisher(Image, OVERLAY_TOPIC, qos("reliable", 2))
@@ -83,9 +83,7 @@ class PerceptionNode(Node):
 
     def _on_raw(self, msg: Image) -> None:
         with self._lock:
-            self._originals[stamp_ns(msg.header)] = msg
-            while len(self._originals) > KEEP_ORIGINALS:
-                self._originals.popitem(last=False)
+            self._originals.put(stamp_ns(msg.header), msg)
 
     def _on_image(self, msg: Image) -> None:
         self.stats.received += 1

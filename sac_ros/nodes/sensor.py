@@ -35,13 +35,11 @@ from sac_ros.nodes.common import (
     NodeStats,
     declare,
     declare_int_list,
-    image_to_rgb,
     open_segmenter,
-    packet_to_msg,
     qos,
-    rgb_to_image,
     run_node,
 )
+from sac_ros.nodes.messages import image_to_rgb, packet_to_msg, rgb_to_image
 
 DEFAULT_POLYGON = [0.0, 1.0, 0.0, 0.60, 0.44, 0.555, 0.54, 0.555, 1.0, 0.72, 1.0, 1.0]
 

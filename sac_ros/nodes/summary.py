@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +22,7 @@ from sensor_msgs.msg import Image
 from sac_ros.core import metrics
 from sac_ros.core.errors import PacketError, SacError
 from sac_ros.core.mask import unpack_blocks
+from sac_ros.core.stamps import BoundedStampMap
 from sac_ros.core.wire import (
     ECU_STATS_TOPIC,
     IMAGE_TOPIC,
@@ -34,7 +35,8 @@ from sac_ros.core.wire import (
     topic_in,
 )
 from sac_ros.msg import PerceptionStats, SacPacket, SacStats
-from sac_ros.nodes.common import image_to_rgb, qos
+from sac_ros.nodes.common import qos
+from sac_ros.nodes.messages import image_to_rgb
 
 KEEP_FRAMES = 120  # originals kept for pairing; the pipeline lags far less than this
 QUALITY_BACKLOG = 30  # frames waiting for PSNR; beyond, the oldest is counted as skipped
@@ -109,11 +111,11 @@ class SummaryCollector(Node):
         self._quality_thread.start()
         self.cameras = {ns: CameraSummary(ns) for ns in namespaces}
         self._lock = threading.Lock()
-        self._originals: dict[str, OrderedDict] = {ns: OrderedDict() for ns in namespaces}
-        self._masks: dict[str, OrderedDict] = {ns: OrderedDict() for ns in namespaces}
+        self._originals = {ns: BoundedStampMap(KEEP_FRAMES) for ns in namespaces}
+        self._masks = {ns: BoundedStampMap(KEEP_FRAMES) for ns in namespaces}
         # Reconstructed frames whose packet or original has not been handled yet: the one
         # executor thread may take the ECU's image before the sensor's packet.
-        self._waiting: dict[str, OrderedDict] = {ns: OrderedDict() for ns in namespaces}
+        self._waiting = {ns: BoundedStampMap(QUALITY_BACKLOG) for ns in namespaces}
         self.input_topic = input_topic
         self._last_state: tuple | None = None
         self._last_change = time.monotonic()
@@ -143,12 +145,9 @@ class SummaryCollector(Node):
             cam.frames_in += 1
             cam.first_stamp_ns = cam.first_stamp_ns if cam.first_stamp_ns is not None else stamp
             cam.last_stamp_ns = stamp
-            originals = self._originals[ns]
             if cam.frames_in % self.quality_every == 0:
                 # A view of the message's buffer: each message owns its own.
-                originals[stamp] = image_to_rgb(msg)
-            while len(originals) > KEEP_FRAMES:
-                originals.popitem(last=False)
+                self._originals[ns].put(stamp, image_to_rgb(msg))
         self._measure_when_complete(ns, stamp)
 
     def _on_packet(self, ns: str, msg: SacPacket) -> None:
@@ -162,11 +161,8 @@ class SummaryCollector(Node):
             cam.packet_bytes.append(len(msg.roi.data) + sum(len(s.data) for s in msg.non_roi))
             if packet is None:
                 return  # the ECU counts and drops it; there is no frame to measure
-            masks = self._masks[ns]
-            masks[stamp_ns(msg.header)] = (packet.roi_mask, packet.block_rows,
-                                           packet.block_cols, packet.block_size)
-            while len(masks) > KEEP_FRAMES:
-                masks.popitem(last=False)
+            self._masks[ns].put(stamp_ns(msg.header), (packet.roi_mask, packet.block_rows,
+                                                       packet.block_cols, packet.block_size))
         self._measure_when_complete(ns, stamp_ns(msg.header))
 
     def _on_output(self, ns: str, msg: Image) -> None:
@@ -178,10 +174,7 @@ class SummaryCollector(Node):
             cam.latency_ms.append((now - stamp) / 1e6)
             # Measured if its original was kept, or may still arrive (not yet seen).
             if stamp in self._originals[ns] or stamp > (cam.last_stamp_ns or -1):
-                waiting = self._waiting[ns]
-                waiting[stamp] = msg
-                while len(waiting) > QUALITY_BACKLOG:  # never completed: count it
-                    _, old = waiting.popitem(last=False)
+                for _, old in self._waiting[ns].put(stamp, msg):  # never completed: count it
                     if stamp_ns(old.header) in self._originals[ns]:
                         cam.quality_skipped += 1
         self._measure_when_complete(ns, stamp)

@@ -21,7 +21,8 @@ from std_msgs.msg import Header
 from sac_ros.core.errors import SacError
 from sac_ros.core.io import iter_frames, resolve_input, video_fps
 from sac_ros.core.wire import INPUT_TOPIC
-from sac_ros.nodes.common import declare, qos, rgb_to_image
+from sac_ros.nodes.common import declare, qos
+from sac_ros.nodes.messages import rgb_to_image
 
 
 class VideoSourceNode(Node):
