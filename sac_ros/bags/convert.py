@@ -157,16 +157,7 @@ def convert(spec: str, output: str | Path, options: ConvertOptions,
             progress: Callable[[int, int | None], None] | None = None) -> ConvertResult:
     """Write the bag; ``progress(done, total)`` after every frame."""
     started = time.perf_counter()
-    if options.max_frames is not None and options.max_frames < 1:
-        raise SacError("--max-frames must be at least 1")
-    if options.fps is not None and not 0 < options.fps <= 1000:
-        raise SacError("--fps must be in (0, 1000]")
-    topics = [options.topic, options.labels_topic, options.camera_info_topic]
-    for topic in topics:
-        if not topic.startswith("/") or " " in topic or topic.endswith("/"):
-            raise SacError(f"topic '{topic}' must be an absolute ROS name like /front/image_raw")
-    if len(set(topics)) != len(topics):
-        raise SacError("the image, labels and camera_info topics must differ")
+    _check_options(options)
     source = sources.find_source(spec, mixed_sizes_ok=options.size is not None)
     calibration = load_calibration(options.calibration) if options.calibration else None
     rate = options.fps or source.rate_hz
@@ -213,19 +204,39 @@ def convert(spec: str, output: str | Path, options: ConvertOptions,
             raise SacError(f"{source.path} holds no frames")
         result.frames = index + 1
         result.sequences = _sequence_records(source, stamps, result.frames)
-        bag.set_custom_data("sac_ros.source", json.dumps({
-            "kind": source.kind, "input": str(source.path), "rate_hz": rate,
-            "label_layout": label_layout, "source_size": [result.source_width,
-                                                          result.source_height],
-            "size": [result.width, result.height], "sequences": result.sequences,
-            "topics": {"image": options.topic, "labels": options.labels_topic,
-                       "camera_info": options.camera_info_topic}}))
+        bag.set_custom_data("sac_ros.source", _source_data(source, rate, label_layout, result,
+                                                           options))
         result.topics = dict(bag.counts)
     result.labels = result.topics.get(options.labels_topic, 0)
     result.camera_infos = result.topics.get(options.camera_info_topic, 0)
     result.bytes = bag_size(result.path)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _check_options(options: ConvertOptions) -> None:
+    if options.max_frames is not None and options.max_frames < 1:
+        raise SacError("--max-frames must be at least 1")
+    if options.fps is not None and not 0 < options.fps <= 1000:
+        raise SacError("--fps must be in (0, 1000]")
+    topics = [options.topic, options.labels_topic, options.camera_info_topic]
+    for topic in topics:
+        if not topic.startswith("/") or " " in topic or topic.endswith("/"):
+            raise SacError(f"topic '{topic}' must be an absolute ROS name like /front/image_raw")
+    if len(set(topics)) != len(topics):
+        raise SacError("the image, labels and camera_info topics must differ")
+
+
+def _source_data(source: sources.Source, rate: float, label_layout: str | None,
+                 result: ConvertResult, options: ConvertOptions) -> str:
+    """The bag's ``sac_ros.source`` metadata: where the frames came from and how."""
+    return json.dumps({
+        "kind": source.kind, "input": str(source.path), "rate_hz": rate,
+        "label_layout": label_layout, "source_size": [result.source_width,
+                                                      result.source_height],
+        "size": [result.width, result.height], "sequences": result.sequences,
+        "topics": {"image": options.topic, "labels": options.labels_topic,
+                   "camera_info": options.camera_info_topic}})
 
 
 def _sequence_records(source: sources.Source, stamps, frames: int) -> list[dict]:

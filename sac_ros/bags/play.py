@@ -235,7 +235,6 @@ def _select(reader, options: PlayOptions, result: PlayResult):
 
 def _play(reader, options: PlayOptions, progress, log, stop: StopFlag) -> PlayResult:
     import rclpy
-    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
     result = PlayResult()
     connections, classes = _select(reader, options, result)
@@ -243,20 +242,7 @@ def _play(reader, options: PlayOptions, progress, log, stop: StopFlag) -> PlayRe
     node = None
     try:
         node = rclpy.create_node("sac_bag_player")
-        reliability = {"reliable": ReliabilityPolicy.RELIABLE,
-                       "best_effort": ReliabilityPolicy.BEST_EFFORT}[options.reliability]
-        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=options.qos_depth,
-                         reliability=reliability)
-        publishers = {}
-        for topic, (cls, _msgtype) in classes.items():
-            out = options.remap.get(topic, topic)
-            publishers[topic] = node.create_publisher(cls, out, qos)
-            result.published[out] = 0
-        clock_pub = None
-        if options.clock_hz:
-            from rosgraph_msgs.msg import Clock
-
-            clock_pub = node.create_publisher(Clock, "/clock", 10)
+        publishers, clock_pub = _publishers(node, classes, options, result)
         _wait_for_subscribers(node, publishers, options, log, stop)
         if options.delay:
             stop.wait(options.delay)
@@ -264,69 +250,16 @@ def _play(reader, options: PlayOptions, progress, log, stop: StopFlag) -> PlayRe
         if start_ns >= reader.end_time:
             raise SacError(f"--start-offset {options.start_offset:g} s is past the end of the "
                            f"bag ({(reader.end_time - reader.start_time) / 1e9:.3f} s)")
-        names = {topic: options.remap.get(topic, topic) for topic in publishers}
-        clock_period = 1.0 / options.clock_hz if options.clock_hz else 0.0
-        wall0 = time.monotonic()
-        next_clock = wall0
-        first_ns = None
-        last_bag_s = 0.0
-        last_wall = wall0
-        pass_offset = 0.0       # bag seconds before this pass's first message
-        pass_span = 0.0         # bag seconds of one pass
-        stamps: list[int] = []  # first pass only: for the gap between passes
+        schedule = _Schedule(options, clock_pub, result, stop)
         passes = 0
         while (options.loop == 0 or passes < options.loop) and not stop.is_set():
-            played = 0
-            for conn, stamp, data in reader.messages(connections=connections, start=start_ns):
-                if stop.is_set():
-                    break
-                if first_ns is None:
-                    first_ns = stamp
-                if passes == 0:
-                    stamps.append(stamp)
-                bag_s = pass_offset + (stamp - first_ns) / 1e9
-                target = wall0 + bag_s / options.rate
-                while True:
-                    now = time.monotonic()
-                    if clock_pub is not None and next_clock <= min(now, target):
-                        # Bag time of this pass (it jumps back when a loop restarts, as
-                        # rosbag2's does).
-                        elapsed = (next_clock - wall0) * options.rate - pass_offset
-                        bag_now = first_ns + round(max(0.0, elapsed) * 1e9)
-                        _publish_clock(clock_pub, bag_now)
-                        result.clock_messages += 1
-                        next_clock += clock_period
-                        continue
-                    if now >= target:
-                        break
-                    wake = target if clock_pub is None else min(target, next_clock)
-                    if stop.wait(max(0.0, wake - now)):
-                        break
-                if stop.is_set():
-                    break
-                publishers[conn.topic].publish(bytes(data))
-                done = time.monotonic()
-                result.max_late_ms = max(result.max_late_ms, (done - target) * 1e3)
-                result.published[names[conn.topic]] += 1
-                last_bag_s, last_wall = bag_s, done
-                result.publishes.append((done - wall0, bag_s))
-                played += 1
-                if progress is not None:
-                    progress(1)
+            played = _play_pass(reader.messages(connections=connections, start=start_ns),
+                                publishers, schedule, passes == 0, progress)
             passes += 1
             if played == 0:
                 break
-            if passes == 1:
-                pass_span = (stamps[-1] - stamps[0]) / 1e9
-                unique = sorted(set(stamps))
-                gaps = sorted(b - a for a, b in zip(unique, unique[1:], strict=False))
-                step = gaps[len(gaps) // 2] / 1e9 if gaps else 0.1
-            pass_offset += pass_span + step
-        result.loops = passes
-        result.interrupted = stop.is_set()
-        if first_ns is not None:
-            result.bag_span_s = last_bag_s
-            result.wall_span_s = last_wall - wall0
+            schedule.end_pass(passes)
+        schedule.finish(passes)
         stop.wait(options.linger)
         return result
     finally:
@@ -334,6 +267,111 @@ def _play(reader, options: PlayOptions, progress, log, stop: StopFlag) -> PlayRe
             node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
+
+
+def _publishers(node, classes: dict, options: PlayOptions, result: PlayResult):
+    """A publisher per played topic (under its remapped name), and /clock's when asked."""
+    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+    reliability = {"reliable": ReliabilityPolicy.RELIABLE,
+                   "best_effort": ReliabilityPolicy.BEST_EFFORT}[options.reliability]
+    qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=options.qos_depth,
+                     reliability=reliability)
+    publishers = {}
+    for topic, (cls, _msgtype) in classes.items():
+        out = options.remap.get(topic, topic)
+        publishers[topic] = node.create_publisher(cls, out, qos)
+        result.published[out] = 0
+    clock_pub = None
+    if options.clock_hz:
+        from rosgraph_msgs.msg import Clock
+
+        clock_pub = node.create_publisher(Clock, "/clock", 10)
+    return publishers, clock_pub
+
+
+def _play_pass(messages, publishers: dict, schedule: _Schedule, first_pass: bool,
+               progress) -> int:
+    """Publish one pass over the bag on schedule; the number of messages published."""
+    played = 0
+    for conn, stamp, data in messages:
+        if schedule.stop.is_set():
+            break
+        timing = schedule.wait_for(stamp, first_pass)
+        if timing is None:
+            break
+        publishers[conn.topic].publish(bytes(data))
+        schedule.published(schedule.options.remap.get(conn.topic, conn.topic), *timing)
+        played += 1
+        if progress is not None:
+            progress(1)
+    return played
+
+
+class _Schedule:
+    """Message i goes out at ``wall0 + bag_s_i / rate``; bag time runs on across passes
+    (one median frame step between them), and /clock is published in between."""
+
+    def __init__(self, options: PlayOptions, clock_pub, result: PlayResult, stop: StopFlag):
+        self.options, self.clock_pub, self.result, self.stop = options, clock_pub, result, stop
+        self.clock_period = 1.0 / options.clock_hz if options.clock_hz else 0.0
+        self.wall0 = time.monotonic()
+        self.next_clock = self.wall0
+        self.first_ns: int | None = None
+        self.last_bag_s = 0.0
+        self.last_wall = self.wall0
+        self.pass_offset = 0.0       # bag seconds before this pass's first message
+        self.pass_span = 0.0         # bag seconds of one pass
+        self.step = 0.1              # bag seconds between passes (set after the first)
+        self.stamps: list[int] = []  # first pass only: for the gap between passes
+
+    def wait_for(self, stamp: int, first_pass: bool) -> tuple[float, float] | None:
+        """Sleep until the message is due, publishing /clock meanwhile; (its bag second,
+        its due time), or None when stopped."""
+        if self.first_ns is None:
+            self.first_ns = stamp
+        if first_pass:
+            self.stamps.append(stamp)
+        bag_s = self.pass_offset + (stamp - self.first_ns) / 1e9
+        target = self.wall0 + bag_s / self.options.rate
+        while True:
+            now = time.monotonic()
+            if self.clock_pub is not None and self.next_clock <= min(now, target):
+                # Bag time of this pass (it jumps back when a loop restarts, as rosbag2's does).
+                elapsed = (self.next_clock - self.wall0) * self.options.rate - self.pass_offset
+                _publish_clock(self.clock_pub, self.first_ns + round(max(0.0, elapsed) * 1e9))
+                self.result.clock_messages += 1
+                self.next_clock += self.clock_period
+                continue
+            if now >= target:
+                break
+            wake = target if self.clock_pub is None else min(target, self.next_clock)
+            if self.stop.wait(max(0.0, wake - now)):
+                break
+        return None if self.stop.is_set() else (bag_s, target)
+
+    def published(self, topic: str, bag_s: float, target: float) -> None:
+        done = time.monotonic()
+        result = self.result
+        result.max_late_ms = max(result.max_late_ms, (done - target) * 1e3)
+        result.published[topic] += 1
+        self.last_bag_s, self.last_wall = bag_s, done
+        result.publishes.append((done - self.wall0, bag_s))
+
+    def end_pass(self, passes: int) -> None:
+        if passes == 1:
+            self.pass_span = (self.stamps[-1] - self.stamps[0]) / 1e9
+            unique = sorted(set(self.stamps))
+            gaps = sorted(b - a for a, b in zip(unique, unique[1:], strict=False))
+            self.step = gaps[len(gaps) // 2] / 1e9 if gaps else 0.1
+        self.pass_offset += self.pass_span + self.step
+
+    def finish(self, passes: int) -> None:
+        self.result.loops = passes
+        self.result.interrupted = self.stop.is_set()
+        if self.first_ns is not None:
+            self.result.bag_span_s = self.last_bag_s
+            self.result.wall_span_s = self.last_wall - self.wall0
 
 
 def _publish_clock(publisher, bag_ns: int) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+from types import SimpleNamespace
 
 import numpy as np
 from rcl_interfaces.msg import SetParametersResult
@@ -47,6 +48,32 @@ DEFAULT_POLYGON = [0.0, 1.0, 0.0, 0.60, 0.44, 0.555, 0.54, 0.555, 1.0, 0.72, 1.0
 class SensorNode(Node):
     def __init__(self):
         super().__init__("sac_sensor")
+        start = self._declare_parameters()
+        self._set_up_coding(start)
+        self.stats = NodeStats()
+        self._bad_problems: set[str] = set()
+        self.packet_pub = self.create_publisher(SacPacketMsg, self.packet_topic,
+                                                qos(start.reliability, start.depth))
+        self.mask_pub = self.create_publisher(Image, ROI_MASK_TOPIC, qos(start.reliability, 2))
+        self.stats_pub = self.create_publisher(SacStats, SENSOR_STATS_TOPIC, 10)
+        # Depth >= a burst of frames: the callback is cheap and the worker counts what it
+        # skips as 'superseded'; a depth of 2 let DDS overwrite frames uncounted while the
+        # executor was busy (found replaying bags with perception on 2 cores).
+        self.create_subscription(Image, self.input_topic, self._on_image,
+                                 qos(start.reliability, start.input_depth))
+        self.add_on_set_parameters_callback(self._on_parameters)
+        self.create_timer(1.0, self._publish_stats)
+        self._worker = LatestWorker("sac_sensor_encode", self._process,
+                                    lambda: self.stats.drop("superseded"), self._on_error)
+        rate = (f"rate control to {self.target_bitrate / 1e6:g} Mbit/s" if self.target_bitrate
+                else f"ROI CRF {self.roi_crf:g} / non-ROI {self.non_roi_crf:g}")
+        self.get_logger().info(
+            f"{self.mode} {self.settings.codec} {start.preset} {rate}, mask from "
+            f"{self.mask_source}; "
+            f"{self.input_topic} -> {self.packet_topic}")
+
+    def _declare_parameters(self) -> SimpleNamespace:
+        """Declare every parameter; the read-only start-up ones are returned."""
         d = lambda *a, **k: declare(self, *a, **k)  # noqa: E731
         self.input_topic = d("input_topic", INPUT_TOPIC, "Camera Image topic.", read_only=True)
         self.packet_topic = d("packet_topic", PACKET_TOPIC, "SacPacket output topic.",
@@ -92,44 +119,33 @@ class SensorNode(Node):
                        "another size still work.", read_only=True)
         depth = d("qos_depth", 30, "Packet publisher queue depth (keep >= one GOP).", low=1,
                   high=1000, read_only=True)
-        self.settings = EncoderSettings("h264" if self.codec == "h264" else "hevc", preset, gop,
-                                        threads, fps, None if aq_mode < 0 else aq_mode)
-        if len(polygon) < 6 or len(polygon) % 2:
+        return SimpleNamespace(
+            preset=preset, gop=gop, threads=threads, fps=fps, aq_mode=aq_mode, polygon=polygon,
+            model=model, backend=backend, reliability=reliability, input_depth=input_depth,
+            frame_size=frame_size, depth=depth)
+
+    def _set_up_coding(self, start: SimpleNamespace) -> None:
+        """Encoder settings, the ROI source and, given a frame size, the warmed-up encoders."""
+        self.settings = EncoderSettings("h264" if self.codec == "h264" else "hevc",
+                                        start.preset, start.gop, start.threads, start.fps,
+                                        None if start.aq_mode < 0 else start.aq_mode)
+        if len(start.polygon) < 6 or len(start.polygon) % 2:
             raise SacError("roi_polygon needs at least three x, y pairs")
-        self.mask = PolygonMaskSource(np.asarray(polygon, float).reshape(-1, 2).tolist())
+        self.mask = PolygonMaskSource(np.asarray(start.polygon, float).reshape(-1, 2).tolist())
         non_roi = declare_int_list(self, "non_roi_classes", "Non-ROI class ids of the model's "
                                    "class map; unset = the papers' defaults for that map.")
         self.segmenter = None
         if self.mask_source == "model":
-            self.segmenter = open_segmenter(model, backend, non_roi)
+            self.segmenter = open_segmenter(start.model, start.backend, non_roi)
         self.encoder: SacEncoder | None = None
         self.rate = None
         self._rate_section = load_core_config()["ratecontrol"] if self.target_bitrate else None
         self._rate_warned: str | None = None
-        if len(frame_size) != 2 or min(frame_size) < 0 or max(frame_size) > 16384:
-            raise SacError(f"frame_size {list(frame_size)} must be [width, height] in 0-16384")
-        if min(frame_size) > 0:
-            self._prepare(int(frame_size[0]), int(frame_size[1]), warm_up=True)
-        self.stats = NodeStats()
-        self._bad_problems: set[str] = set()
-        self.packet_pub = self.create_publisher(SacPacketMsg, self.packet_topic,
-                                                qos(reliability, depth))
-        self.mask_pub = self.create_publisher(Image, ROI_MASK_TOPIC, qos(reliability, 2))
-        self.stats_pub = self.create_publisher(SacStats, SENSOR_STATS_TOPIC, 10)
-        # Depth >= a burst of frames: the callback is cheap and the worker counts what it
-        # skips as 'superseded'; a depth of 2 let DDS overwrite frames uncounted while the
-        # executor was busy (found replaying bags with perception on 2 cores).
-        self.create_subscription(Image, self.input_topic, self._on_image,
-                                 qos(reliability, input_depth))
-        self.add_on_set_parameters_callback(self._on_parameters)
-        self.create_timer(1.0, self._publish_stats)
-        self._worker = LatestWorker("sac_sensor_encode", self._process,
-                                    lambda: self.stats.drop("superseded"), self._on_error)
-        rate = (f"rate control to {self.target_bitrate / 1e6:g} Mbit/s" if self.target_bitrate
-                else f"ROI CRF {self.roi_crf:g} / non-ROI {self.non_roi_crf:g}")
-        self.get_logger().info(
-            f"{self.mode} {self.settings.codec} {preset} {rate}, mask from {self.mask_source}; "
-            f"{self.input_topic} -> {self.packet_topic}")
+        size = start.frame_size
+        if len(size) != 2 or min(size) < 0 or max(size) > 16384:
+            raise SacError(f"frame_size {list(size)} must be [width, height] in 0-16384")
+        if min(size) > 0:
+            self._prepare(int(size[0]), int(size[1]), warm_up=True)
 
     # ------------------------------------------------------------- parameters
     def _on_parameters(self, params) -> SetParametersResult:
