@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image as PILImage
 
-from sac_ros.bags import sources
+from sac_ros import datasets
 from sac_ros.bags.bagio import BagWriter, bag_size
 from sac_ros.bags.calibration import Calibration, load_calibration
 from sac_ros.bags.types import CAMERA_INFO, IMAGE
@@ -137,7 +137,7 @@ def _resize(pixels: np.ndarray, size: tuple[int, int] | None, nearest: bool) -> 
     return np.asarray(PILImage.fromarray(pixels).resize(size, method))
 
 
-def _stamps(source: sources.Source, start_ns: int, rate: float, max_frames: int | None):
+def _stamps(source: datasets.Source, start_ns: int, rate: float, max_frames: int | None):
     """Stamp of every frame to convert, from the frame numbers."""
     if source.kind == "video":
         return None
@@ -158,7 +158,7 @@ def convert(spec: str, output: str | Path, options: ConvertOptions,
     """Write the bag; ``progress(done, total)`` after every frame."""
     started = time.perf_counter()
     _check_options(options)
-    source = sources.find_source(spec, mixed_sizes_ok=options.size is not None)
+    source = datasets.find_source(spec, mixed_sizes_ok=options.size is not None)
     calibration = load_calibration(options.calibration) if options.calibration else None
     rate = options.fps or source.rate_hz
     total = source.num_frames if source.kind != "video" else None
@@ -173,7 +173,7 @@ def convert(spec: str, output: str | Path, options: ConvertOptions,
         factory = MessageFactory(bag.store, options.frame_id)
         info = None
         index = -1
-        for index, (_seq, frame, rgb) in enumerate(sources.iter_source(source, total)):
+        for index, (_seq, frame, rgb) in enumerate(datasets.iter_source(source, total)):
             stamp = flat[index] if flat is not None else (
                 options.start_time_ns + round(index * 1e9 / rate))
             if index == 0:
@@ -191,7 +191,7 @@ def convert(spec: str, output: str | Path, options: ConvertOptions,
             pixels = _resize(rgb, options.size, nearest=False)
             bag.write(options.topic, IMAGE, stamp, factory.image(pixels, stamp))
             if label_layout and frame is not None and frame.label is not None:
-                label = _resize(sources.read_label(frame.label, label_layout), options.size,
+                label = _resize(datasets.read_label(frame.label, label_layout), options.size,
                                 nearest=True)
                 bag.write(options.labels_topic, IMAGE, stamp, factory.image(label, stamp))
             if info is not None:
@@ -227,7 +227,7 @@ def _check_options(options: ConvertOptions) -> None:
         raise SacError("the image, labels and camera_info topics must differ")
 
 
-def _source_data(source: sources.Source, rate: float, label_layout: str | None,
+def _source_data(source: datasets.Source, rate: float, label_layout: str | None,
                  result: ConvertResult, options: ConvertOptions) -> str:
     """The bag's ``sac_ros.source`` metadata: where the frames came from and how."""
     return json.dumps({
@@ -239,7 +239,7 @@ def _source_data(source: sources.Source, rate: float, label_layout: str | None,
                    "camera_info": options.camera_info_topic}})
 
 
-def _sequence_records(source: sources.Source, stamps, frames: int) -> list[dict]:
+def _sequence_records(source: datasets.Source, stamps, frames: int) -> list[dict]:
     if stamps is None:
         return []
     records, left = [], frames

@@ -15,6 +15,7 @@ from sac_ros.core.wire import (
     PACKET_TOPIC,
     topic_in,
 )
+from sac_ros.datasets import CITYSCAPES_RATE, KITTI_RATE
 
 
 def check_file_output(path: str | None, flag: str) -> None:
@@ -51,10 +52,10 @@ def add_parsers(sub) -> None:
 def _convert_parser(sub) -> None:
     p = sub.add_parser(
         "convert", help="Cityscapes / KITTI-STEP sequences or a video -> ROS 2 bag",
-        description="Convert Cityscapes leftImg8bit_sequence (17 Hz, gtFine labels), KITTI-STEP "
-                    "images (10 Hz, panoptic labels) or any video into a ROS 2 bag of "
-                    "sensor_msgs/Image (plus labels and CameraInfo). Stamps come from the frame "
-                    "numbers.")
+        description=f"Convert Cityscapes leftImg8bit_sequence ({CITYSCAPES_RATE:g} Hz, gtFine "
+                    f"labels), KITTI-STEP images ({KITTI_RATE:g} Hz, panoptic labels) or any "
+                    "video into a ROS 2 bag of sensor_msgs/Image (plus labels and CameraInfo). "
+                    "Stamps come from the frame numbers.")
     p.add_argument("input", help="dataset folder (root, split, city or sequence), video file, "
                    "or sample[:clip]")
     p.add_argument("output", help="bag folder to create")
@@ -77,8 +78,8 @@ def _convert_parser(sub) -> None:
     p.add_argument("--max-frames", type=int, help="convert at most this many frames")
     p.add_argument("--start-time", type=float, default=0.0,
                    help="stamp of the first frame, seconds since the epoch (default 0)")
-    p.add_argument("--fps", type=float, help="override the frame rate (default: 17 Hz "
-                   "Cityscapes, 10 Hz KITTI, the video's own)")
+    p.add_argument("--fps", type=float, help="override the frame rate (default: "
+                   f"{CITYSCAPES_RATE:g} Hz Cityscapes, {KITTI_RATE:g} Hz KITTI, the video's own)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run_convert)
 

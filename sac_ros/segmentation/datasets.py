@@ -1,12 +1,7 @@
 """Training data: Cityscapes and KITTI-STEP folders as distributed, and the hand-labelled set.
 
-Layouts read directly:
-
-- Cityscapes: ``ROOT/leftImg8bit/<split>/<city>/<name>_leftImg8bit.png`` with
-  ``ROOT/gtFine/<split>/<city>/<name>_gtFine_labelIds.png`` (label ids, 0-33).
-- KITTI-STEP: ``ROOT/images/<split>/<sequence>/<frame>.png`` with
-  ``ROOT/panoptic_maps/<split>/<sequence>/<frame>.png`` (semantic trainId in the R channel).
-- ``evalset``: the hand-labelled sample-footage frames (split ``train`` or ``heldout``).
+The dataset layouts are ``sac_ros.datasets``' (``cityscapes_pairs``, ``kitti_step_pairs``);
+``evalset`` is the hand-labelled sample-footage frames (split ``train`` or ``heldout``).
 
 Each sample is an RGB frame and a target map in the head's class ids (``four_class``:
 0 ROI / 1 construction / 2 nature / 3 sky; ``binary``: 1 ROI / 0 non-ROI), 255 = ignored.
@@ -22,6 +17,7 @@ from PIL import Image
 
 from sac_ros.core.errors import SacError
 from sac_ros.core.mask import read_label_image
+from sac_ros.datasets import cityscapes_pairs, kitti_step_pairs
 from sac_ros.segmentation.classmaps import ClassMapAdapter, binary_lookup, four_class_lookup
 from sac_ros.segmentation.evalset import load_labels, read_frames
 
@@ -64,37 +60,13 @@ def _target_lookup(source_map: str, head: str, non_roi_ids: Iterable[int] | None
 
 def cityscapes(root: Path, split: str, head: str,
                non_roi_ids: Iterable[int] | None = None) -> SegmentationDataset:
-    images_dir = root / "leftImg8bit" / split
-    labels_dir = root / "gtFine" / split
-    if not images_dir.is_dir() or not labels_dir.is_dir():
-        raise SacError(f"{root} is not a Cityscapes folder: expected leftImg8bit/{split}/ and "
-                       f"gtFine/{split}/")
-    items = []
-    for image in sorted(images_dir.glob("*/*_leftImg8bit.png")):
-        stem = image.name[:-len("_leftImg8bit.png")]
-        label = labels_dir / image.parent.name / f"{stem}_gtFine_labelIds.png"
-        if label.is_file():
-            items.append((image, label))
-    if not items:
-        raise SacError(f"no labelled Cityscapes frames (…_leftImg8bit.png with a matching "
-                       f"…_gtFine_labelIds.png) under {images_dir}")
-    return SegmentationDataset("cityscapes", items,
+    return SegmentationDataset("cityscapes", cityscapes_pairs(root, split),
                                _target_lookup("cityscapes_label_ids", head, non_roi_ids))
 
 
 def kitti_step(root: Path, split: str, head: str,
                non_roi_ids: Iterable[int] | None = None) -> SegmentationDataset:
-    images_dir = root / "images" / split
-    labels_dir = root / "panoptic_maps" / split
-    if not images_dir.is_dir() or not labels_dir.is_dir():
-        raise SacError(f"{root} is not a KITTI-STEP folder: expected images/{split}/ and "
-                       f"panoptic_maps/{split}/")
-    items = [(image, labels_dir / image.parent.name / image.name)
-             for image in sorted(images_dir.glob("*/*.png"))]
-    items = [(image, label) for image, label in items if label.is_file()]
-    if not items:
-        raise SacError(f"no KITTI-STEP frames with panoptic maps under {images_dir}")
-    return SegmentationDataset("kitti_step", items,
+    return SegmentationDataset("kitti_step", kitti_step_pairs(root, split),
                                _target_lookup("kitti_step", head, non_roi_ids))
 
 
