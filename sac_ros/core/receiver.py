@@ -11,6 +11,10 @@ returns the frames that are ready, in sequence order. In between:
   ``lost``, and a packet that turns up after that is ``late``;
 - the decoder decodes (drops: ``waiting_for_key_frame``, ``decode_error``, ...).
 
+A sender whose numbering starts again (a restarted sensor: far behind, but with newer
+stamps) or jumps further ahead than any outage explains is followed (``resyncs``), not
+counted as billions of lost packets; a replay (far behind and not newer) is ``stale``.
+
 Nothing a message holds can raise out of ``push``. The books always balance::
 
     received == delivered + (drops other than lost) + pending
@@ -149,13 +153,20 @@ class PacketReceiver:
                 self._drop(LATE if self._next - seq <= HISTORY else STALE,
                            f"packet {seq} is older than {self._next}")
                 return []
-            # Far behind but newer in time: the sensor restarted, counting from 0.
-            return self._resync(received, header, now_ns, 0)
+            # Far behind but newer in time: the sensor restarted. Near 0, it counted from
+            # 0 and what came before was sent; further up nobody knows what was.
+            if seq <= HISTORY:
+                return self._resync(received, header, now_ns, 0)
+            return self._jump(received, header, now_ns)
         if seq - self._next > MAX_GAP and self._last_stamp_ns is not None:
-            # Its predecessors may still be on the way: wait for them in the window.
-            return self._resync(received, header, now_ns, max(0, seq - self.reorder_window),
-                                count_gap=False)
+            return self._jump(received, header, now_ns)
         return self._hold(received, header, now_ns)
+
+    def _jump(self, received: Received, header, now_ns: int) -> list[Delivered]:
+        """A numbering that jumped: its predecessors may still be on the way, so wait for
+        them in the window, but do not call the numbers before it lost."""
+        first = max(0, received.packet.seq - self.reorder_window)
+        return self._resync(received, header, now_ns, first, count_gap=False)
 
     def _resync(self, received: Received, header, now_ns: int, first: int,
                 count_gap: bool = True) -> list[Delivered]:
