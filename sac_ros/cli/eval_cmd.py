@@ -10,13 +10,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
-from sac_ros.cli.outputs import check_outputs
+from sac_ros.cli.progress import Progress
+from sac_ros.cli.results_folder import add_overwrite_option, check_results_folder
 from sac_ros.config import encoder_settings, load_core_config
 from sac_ros.core.codec import canonical_codec, check_crf
 from sac_ros.core.errors import SacError
 from sac_ros.core.io import load_clip
+from sac_ros.eval.coder import degenerate_roi
 from sac_ros.eval.equal_bytes import (
     EqualBytesPlan,
     EqualBytesResult,
@@ -65,18 +65,39 @@ def add_parser(sub) -> None:
                    help="run the rate controller at these targets (Mbit/s) instead of the "
                    "sweep: bitrate per 1-s window and ROI quality against capped uniform "
                    "coding at equal bytes (settings: config ratecontrol)")
-    p.add_argument("--out", default="sac_eval_out", help="output folder for PNGs/JSON/CSV")
+    p.add_argument("--out", default="sac_eval_out", help="output folder for PNGs/JSON/CSV "
+                   "(default: sac_eval_out; must be empty or new unless --overwrite)")
+    add_overwrite_option(p)
     p.add_argument("--json", help="JSON output path (default: OUT/results.json)")
     p.add_argument("--csv", help="CSV output path (default: OUT/results.csv)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--video", action="store_true",
+                   help="also write OUT/video_<codec>.mp4 of the SAC pair's run: original | "
+                   "reconstruction over ROI overlay | error heatmap, at the clip's rate")
+    p.add_argument("--no-progress", action="store_true",
+                   help="hide the progress (a bar on a terminal, plain lines otherwise)")
     p.set_defaults(func=run)
 
 
+ROI_COLUMNS = ("roi_psnr", "sa_psnr_region", "sa_psnr_stream", "sa_ssim_region",
+               "sa_ssim_stream")  # the columns that rest on the ROI's pixels
+
+
 def format_table(records: list[dict]) -> str:
+    """The equal-bytes table; ROI columns over a degenerate ROI are marked * (footnote)."""
     header = [title for _, title, _ in TABLE_COLUMNS]
-    rows = [[("-" if r.get(key) is None else fmt.format(r[key])) for key, _, fmt in TABLE_COLUMNS]
-            for r in records]
-    return text_table(header, rows)
+
+    def cell(r: dict, key: str, fmt: str) -> str:
+        if r.get(key) is None:
+            return "-"
+        flag = "*" if r.get("roi_degenerate") and key in ROI_COLUMNS else ""
+        return fmt.format(r[key]) + flag
+
+    rows = [[cell(r, key, fmt) for key, _, fmt in TABLE_COLUMNS] for r in records]
+    table = text_table(header, rows)
+    reason = degenerate_roi(records[0]["roi_share"]) if records else None
+    if reason:
+        table += f"\n* {reason}: too few blocks for ROI figures to mean anything"
+    return table
 
 
 def _plan(args, cfg: dict, codecs: list[str]) -> EqualBytesPlan:
@@ -99,7 +120,7 @@ def _plan(args, cfg: dict, codecs: list[str]) -> EqualBytesPlan:
               for c in codecs},
         matched_roi_crf={c: float(ev["matched_sac_roi_crf"][c]) for c in codecs},
         tolerance=float(ev.get("size_tolerance", 0.01)),
-        block_size=int(cfg["mask"]["block_size"]))
+        block_size=int(cfg["mask"]["block_size"]), video=bool(args.video))
 
 
 def _options(args, cfg: dict) -> tuple[int, int, list[str]]:
@@ -127,8 +148,10 @@ def _options(args, cfg: dict) -> tuple[int, int, list[str]]:
 def run(args) -> int:
     cfg = load_core_config(args.config)
     frames, start, codecs = _options(args, cfg)
+    if args.video and args.target_mbps:
+        raise SacError("--video goes with the equal-bytes run, not --target-mbps")
     plan = _plan(args, cfg, codecs)
-    check_outputs("--out", args.out, {"--json": args.json, "--csv": args.csv})
+    check_results_folder(args.out, args.overwrite, {"--json": args.json, "--csv": args.csv})
     clip = load_clip(args.input or str(cfg["eval"].get("input", "sample")), start, frames)
     section = dict(cfg["codec"])
     if args.preset:
@@ -137,33 +160,28 @@ def run(args) -> int:
     blocks, mask = clip_blocks(clip, cfg["mask"], args.model, args.labels, args.label_layout)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=plan.frames_to_code(len(clip.frames)), unit="frame", desc="sac eval",
-               disable=args.no_progress or None, file=sys.stderr)
-
-    def progress(count: int) -> None:
-        if bar.n + count > bar.total:
-            bar.total = bar.n + count
-        bar.update(count)
-
+    progress = Progress("sac eval", "frame", plan.frames_to_code(len(clip.frames)),
+                        disable=args.no_progress)
     try:
         if args.target_mbps:
             document = _rate_control(args, cfg, clip, settings, blocks, mask, plan, out,
-                                     progress)
+                                     progress.update)
         else:
-            _input_line(clip, mask, settings, str(settings.gop))
-            result = run_equal_bytes(clip, blocks, settings, plan, out, progress)
+            _input_line(clip, mask, settings, str(settings.gop), out)
+            result = run_equal_bytes(clip, blocks, settings, plan, out, progress.update,
+                                     progress.stage)
     finally:
-        bar.close()
+        progress.close()
     if args.target_mbps:
         return _print_rate_control(document, Path(args.json) if args.json
                                    else out / "rate_control.json", out)
     return _print_equal_bytes(result, result.summary(clip, mask, settings), args, out)
 
 
-def _input_line(clip, mask: str, settings, gop: str) -> None:
+def _input_line(clip, mask: str, settings, gop: str, out: Path) -> None:
     print(f"input: {clip.source}  {clip.width}x{clip.height}, {len(clip.frames)} frames at "
-          f"{clip.fps:g} fps; mask: {mask}; preset {settings.preset}, GOP {gop}",
-          file=sys.stderr)
+          f"{clip.fps:g} fps; mask: {mask}; preset {settings.preset}, GOP {gop}; "
+          f"results go to {out}/", file=sys.stderr)
 
 
 def _print_equal_bytes(result: EqualBytesResult, document: dict, args, out: Path) -> int:
@@ -174,27 +192,40 @@ def _print_equal_bytes(result: EqualBytesResult, document: dict, args, out: Path
     print("ROI BD-rate against uniform (bytes vs ROI PSNR; negative = fewer bytes), with the "
           "non-ROI PSNR change at equal bytes:")
     for bd in result.bd_rates + result.bd_rates_roi_qp:
-        name = "dCRF" if bd.mode == "dual_crf" else "roi_qp offset"
-        print(f"  {bd.codec} {name} +{bd.delta_crf:g}: ROI BD-rate {bd.roi_bd_rate_pct:+.1f}%  "
-              f"(ROI {bd.roi_bd_psnr_db:+.2f} dB, non-ROI {bd.non_roi_bd_psnr_db:+.2f} dB "
-              "at equal bytes)")
+        print(_bd_line(bd))
     print("Boundary 'flash' (pixels within 8 px of the ROI edge off by > 40 levels):")
     for r in records:
-        print(f"  {r['method']}: {100 * r['flash_fraction']:.3f}%")
+        flash = r["flash_fraction"]
+        print(f"  {r['method']}: " + ("-" if flash is None else f"{100 * flash:.3f}%"))
     for note in result.notes:
         print(f"note: {note}")
+    for warning in result.warnings:
+        print(f"sac eval: warning: {warning}", file=sys.stderr)
     json_path = Path(args.json) if args.json else out / "results.json"
     csv_path = Path(args.csv) if args.csv else out / "results.csv"
     write_results(document, json_path, csv_path)
-    print(f"wrote {json_path}, {csv_path} and PNGs in {out}/")
+    videos = "".join(f", {v.name}" for v in result.videos)
+    print(f"wrote {json_path}, {csv_path}{videos} and PNGs in {out}/")
     return 0
+
+
+def _bd_line(bd) -> str:
+    name = "dCRF" if bd.mode == "dual_crf" else "roi_qp offset"
+    non_roi = ("-" if bd.non_roi_bd_psnr_db is None else f"{bd.non_roi_bd_psnr_db:+.2f} dB")
+    head = f"  {bd.codec} {name} +{bd.delta_crf:g}: "
+    if bd.refused or bd.roi_bd_rate_pct is None:
+        why = bd.refused or "the ROI curves cannot be fitted"
+        return f"{head}ROI BD-rate refused ({why}); non-ROI {non_roi} at equal bytes"
+    return (f"{head}ROI BD-rate {bd.roi_bd_rate_pct:+.1f}%  (ROI {bd.roi_bd_psnr_db:+.2f} dB, "
+            f"non-ROI {non_roi} at equal bytes)")
 
 
 def _rate_control(args, cfg, clip, settings, blocks, mask: str, plan: EqualBytesPlan,
                   out: Path, progress) -> dict:
     section = cfg["ratecontrol"]
     gop = rate_clip_gop(section, clip.fps, len(clip.frames))
-    _input_line(clip, mask, settings, f"{gop} ({section['gop_s']:g} s) under rate control")
+    _input_line(clip, mask, settings, f"{gop} ({section['gop_s']:g} s) under rate control",
+                out)
     return run_rate_control(clip, blocks, settings, section, args.target_mbps,
                             list(plan.codecs), out, progress,
                             int(cfg["mask"]["block_size"]),

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-
+from sac_ros.cli.progress import Progress
+from sac_ros.cli.results_folder import add_overwrite_option, check_results_folder
 from sac_ros.core.errors import SacError
 from sac_ros.core.wire import INPUT_TOPIC
 
@@ -17,7 +17,11 @@ def add_parsers(sub) -> None:
                     "segmentation and the bag's labels, latency.")
     p.add_argument("bag", help="recorded run bag (folder or its .mcap / .db3 file)")
     p.add_argument("--out", default="sac_report", help="output folder (index.html, report.json, "
-                   "PNGs)")
+                   "PNGs; must be empty or new unless --overwrite)")
+    add_overwrite_option(p)
+    p.add_argument("--video", action="store_true",
+                   help="also write OUT/<camera>_video.mp4: original | reconstruction over ROI "
+                   "overlay | error heatmap, at camera time")
     p.add_argument("--model", default="auto", help="segmenter: auto (the default model when "
                    "installed), default, a .onnx/.engine/.pt path, or none")
     p.add_argument("--camera", action="append", default=None, metavar="NAMESPACE",
@@ -27,7 +31,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--max-frames", type=int, help="evaluate at most this many frames per camera")
     p.add_argument("--source-frames", type=int,
                    help="frames the source had (default: the originals recorded)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="hide the progress (a bar on a terminal, plain lines otherwise)")
     p.set_defaults(func=run_report)
 
     p = sub.add_parser(
@@ -53,42 +58,42 @@ def add_parsers(sub) -> None:
     p.add_argument("--preset", help="encoder preset (default: config/sac.yaml's)")
     p.add_argument("--config", help="core config (default: config/sac.yaml)")
     p.add_argument("--out", default="sac_reproduce_out", help="output folder "
-                   "(results.json, tables.txt)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+                   "(results.json, tables.txt; must be empty or new unless --overwrite)")
+    add_overwrite_option(p)
+    p.add_argument("--no-progress", action="store_true",
+                   help="hide the progress (a bar on a terminal, plain lines otherwise)")
     p.set_defaults(func=run_reproduce)
 
 
 def run_report(args) -> int:
-    from tqdm import tqdm
-
     from sac_ros.report.report import ReportOptions, format_report, make_report
 
     if args.max_frames is not None and args.max_frames < 1:
         raise SacError("--max-frames must be at least 1")
+    check_results_folder(args.out, args.overwrite)
     model = None if args.model == "none" else args.model
-    bar = tqdm(unit="msg", desc="sac report", file=sys.stderr, disable=args.no_progress or None)
+    bar = Progress("sac report", "msg", disable=args.no_progress)
 
     def progress(count: int, total: int | None) -> None:
         if total is not None:
-            bar.total = total
-            bar.refresh()
+            bar.set_total(total)
         bar.update(count)
 
     try:
         report = make_report(args.bag, ReportOptions(
             out=args.out, model=model, input_topic=args.input_topic, cameras=args.camera,
-            max_frames=args.max_frames, source_frames=args.source_frames), progress,
-            log=lambda s: print(s, file=sys.stderr))
+            max_frames=args.max_frames, source_frames=args.source_frames, video=args.video),
+            progress, log=bar.write)
     finally:
         bar.close()
     print(format_report(report))
-    print(f"wrote {args.out}/index.html, {args.out}/report.json and the PNGs")
+    videos = "".join(f", {args.out}/{cam['video']}" for cam in report["cameras"]
+                     if "video" in cam)
+    print(f"wrote {args.out}/index.html, {args.out}/report.json{videos} and the PNGs")
     return 0
 
 
 def run_reproduce(args) -> int:
-    from tqdm import tqdm
-
     from sac_ros.config import load_core_config
     from sac_ros.core.io import parse_size
     from sac_ros.eval.reproduce import (
@@ -117,11 +122,11 @@ def run_reproduce(args) -> int:
                                tuple(args.codecs), args.mask, args.model,
                                args.frames_per_sequence, args.max_sequences, out=args.out,
                                paper=paper_crfs(cfg))
-    bar = tqdm(unit="frame", desc="sac reproduce", file=sys.stderr,
-               disable=args.no_progress or None)
+    check_results_folder(args.out, args.overwrite)
+    bar = Progress("sac reproduce", "frame", disable=args.no_progress)
     try:
-        result = reproduce(options, settings, bar.update,
-                           log=lambda s: bar.write(s, file=sys.stderr))
+        result = reproduce(options, settings, bar.update, log=bar.write,
+                           on_total=bar.set_total)
     finally:
         bar.close()
     print(format_reproduction(result, options.paper))

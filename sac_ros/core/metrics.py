@@ -197,7 +197,14 @@ def binary_iou(gt: np.ndarray, pred: np.ndarray) -> float:
 
 def _mean_gap(anchor_x: np.ndarray, anchor_y: np.ndarray,
               test_x: np.ndarray, test_y: np.ndarray) -> float:
-    """Mean of test_y(x) - anchor_y(x) over the shared x range, each a cubic fit (VCEG-M33)."""
+    """Mean of test_y(x) - anchor_y(x) over the shared x range, each a cubic fit (VCEG-M33).
+
+    NaN when a curve has a non-finite point (e.g. the PSNR of an empty region) or fewer
+    than two points: there is no curve to fit, and lstsq would fail to converge.
+    """
+    curves = (anchor_x, anchor_y, test_x, test_y)
+    if min(len(anchor_x), len(test_x)) < 2 or not all(np.isfinite(c).all() for c in curves):
+        return float("nan")
     deg = min(3, len(anchor_x) - 1, len(test_x) - 1)
     ia = np.polyint(np.polyfit(anchor_x, anchor_y, deg))
     it = np.polyint(np.polyfit(test_x, test_y, deg))
@@ -217,7 +224,8 @@ def bd_rate(anchor_rate: Sequence[float], anchor_quality: Sequence[float],
             test_rate: Sequence[float], test_quality: Sequence[float]) -> float:
     """Bjontegaard delta rate in percent (VCEG-M33: cubic fit of log-rate vs quality).
 
-    Negative = the test needs fewer bytes than the anchor for the same quality.
+    Negative = the test needs fewer bytes than the anchor for the same quality. NaN
+    where the curves cannot be fitted (see ``_mean_gap``).
     """
     la, qa, lt, qt = _bd_inputs(anchor_rate, anchor_quality, test_rate, test_quality)
     return (math.exp(_mean_gap(qa, la, qt, lt)) - 1.0) * 100.0

@@ -24,6 +24,15 @@ if TYPE_CHECKING:
     from sac_ros.core.ratecontrol import RateController
 
 Progress = Callable[[int], None]
+FrameSink = Callable[[int, np.ndarray], None]  # (frame index, decoded RGB)
+
+# Below this share of the frame's pixels the ROI is a handful of macroblocks (5% of a
+# 960x540 frame = about 100 of its 2040 blocks): its PSNR follows a few blocks' content,
+# and a BD-rate "saving" on it is bought with the whole frame's non-ROI quality while
+# nothing the perception needs gets better. ``bd_against`` refuses the ROI BD-rate there.
+MIN_ROI_SHARE = 0.05
+
+MATCH_ENCODES = 5  # encodes of a clip that a size match takes, typically (progress totals)
 
 
 @dataclass
@@ -69,7 +78,8 @@ class RunResult:
         return metrics.compression_ratio(self.total_bytes / self.frames, self.width, self.height)
 
     def record(self) -> dict:
-        """The JSON/CSV record: Table II fields in snake_case plus rate figures."""
+        """The JSON/CSV record: Table II fields in snake_case plus rate figures;
+        ``roi_degenerate`` flags ROI figures over less than ``MIN_ROI_SHARE`` of the pixels."""
         keys = ("method", "codec", "mode", "c_roi", "c_non", "frames", "width", "height",
                 "total_bytes", "roi_share", "psnr", "ssim", "roi_psnr", "non_roi_psnr",
                 "roi_ssim", "non_roi_ssim", "flash_fraction", "size_match_error_pct")
@@ -78,6 +88,7 @@ class RunResult:
             kb_per_frame=self.kb_per_frame, bpp=self.bpp,
             compression_ratio=self.compression_ratio,
             **sa_values(vars(self), self.c_roi, self.c_non),
+            roi_degenerate=degenerate_roi(self.roi_share) is not None,
         )
         return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in data.items()}
 
@@ -113,6 +124,11 @@ class ClipCoder:
                                                    self.block_size)
         return self._pixel_masks[key]
 
+    def roi_share(self) -> float:
+        """Fraction of the clip's pixels in ROI blocks."""
+        roi = sum(int(self.pixel_mask(i).sum()) for i in range(len(self.frames)))
+        return roi / (len(self.frames) * self.width * self.height)
+
     def band(self, index: int) -> np.ndarray:
         key = id(self.blocks[index])
         if key not in self._bands:
@@ -142,10 +158,10 @@ class ClipCoder:
     def run(self, codec: str, mode: str, c_roi: float, c_non: float | None = None,
             full: bool = False, keep_frame: int | None = None, vbv: Vbv | None = None,
             controller: RateController | None = None,
-            capture: Collection[int] = ()) -> RunResult:
+            capture: Collection[int] = (), on_frame: FrameSink | None = None) -> RunResult:
         """Encode, decode and measure (``quality.frame_quality``). ``full`` adds SSIM,
         stream readings and flash; the decoded frames of the ``capture`` indexes are kept
-        in ``RunResult.captured``.
+        in ``RunResult.captured``; ``on_frame`` sees every decoded frame (the video).
 
         ``vbv`` caps the (single) stream; ``controller`` sets the CRFs and caps from
         its first decision on, then after every GOP (``c_roi`` / ``c_non`` are ignored).
@@ -160,13 +176,11 @@ class ClipCoder:
             encoder.set_vbv(vbv)
         decoder = SacDecoder(keep_streams=full)
         sums: dict[str, list[float]] = {}
-        total, roi_px = 0, 0
         result = RunResult(method_name(codec, mode, c_roi, c_non), codec, mode, c_roi, c_non,
                            len(self.frames), self.width, self.height, 0, 0.0)
         try:
             for index, (frame, blocks) in enumerate(zip(self.frames, self.blocks, strict=False)):
                 packet = encoder.encode(frame, blocks)
-                total += packet.num_bytes
                 result.frame_bytes.append(packet.num_bytes)
                 if controller is not None:
                     decision = controller.observe(packet)
@@ -176,26 +190,31 @@ class ClipCoder:
                 if decoded is None:
                     raise RuntimeError(f"frame {index} did not decode: "
                                        f"{decoder.last_drop_reason}")
-                mask = self.pixel_mask(index)
-                roi_px += int(mask.sum())
-                for key, value in frame_quality(
-                        frame, decoded.rgb, mask, self.band(index) if full else None,
-                        decoded.roi_stream_rgb, decoded.non_roi_stream_rgb, full).items():
-                    sums.setdefault(key, []).append(value)
+                self._measure(index, decoded, full, sums)
                 if keep_frame == index:
                     result.sample_frame = decoded.rgb.copy()
                 if index in capture:
                     result.captured[index] = decoded.rgb.copy()
+                if on_frame is not None:
+                    on_frame(index, decoded.rgb)
                 self.progress(1)
         finally:
             encoder.close()
             decoder.close()
-        result.total_bytes = total
-        result.roi_share = roi_px / (len(self.frames) * self.width * self.height)
+        result.total_bytes = sum(result.frame_bytes)
+        result.roi_share = self.roi_share()
         for key, values in sums.items():  # a reading no frame had stays NaN
             setattr(result, key, float(np.nanmean(values)) if not np.all(np.isnan(values))
                     else float("nan"))
         return result
+
+    def _measure(self, index: int, decoded, full: bool, sums: dict[str, list[float]]) -> None:
+        """Add frame ``index``'s quality readings to ``sums``."""
+        for key, value in frame_quality(
+                self.frames[index], decoded.rgb, self.pixel_mask(index),
+                self.band(index) if full else None,
+                decoded.roi_stream_rgb, decoded.non_roi_stream_rgb, full).items():
+            sums.setdefault(key, []).append(value)
 
     def match_uniform(self, codec: str, target_bytes: int, tolerance: float = 0.01,
                       guess: float | None = None, vbv: Vbv | None = None) -> MatchResult:
@@ -228,12 +247,26 @@ class SweepPoint:
 
 @dataclass
 class BdResult:
+    """BD figures of one curve against uniform. The ROI ones are None where refused
+    (``refused`` says why: an ROI under ``MIN_ROI_SHARE`` of the frame)."""
+
     codec: str
     delta_crf: float
-    roi_bd_rate_pct: float
-    non_roi_bd_psnr_db: float
-    roi_bd_psnr_db: float
+    roi_bd_rate_pct: float | None
+    non_roi_bd_psnr_db: float | None
+    roi_bd_psnr_db: float | None
     mode: str = "dual_crf"
+    roi_share: float | None = None
+    refused: str | None = None
+
+
+def degenerate_roi(roi_share: float) -> str | None:
+    """Why ROI figures over this share of the frame mean nothing, or None when they do."""
+    if roi_share <= 0:
+        return "no ROI block in any frame"
+    if roi_share < MIN_ROI_SHARE:
+        return f"the ROI is {roi_share:.1%} of the frame, under {MIN_ROI_SHARE:.0%}"
+    return None
 
 
 def sweep(coder: ClipCoder, codec: str, crfs: Sequence[float],
@@ -253,15 +286,21 @@ def sweep(coder: ClipCoder, codec: str, crfs: Sequence[float],
 
 
 def bd_against(anchor: Sequence[SweepPoint], test: Sequence[SweepPoint], codec: str,
-               delta: float, mode: str = "dual_crf") -> BdResult:
+               delta: float, roi_share: float, mode: str = "dual_crf") -> BdResult:
+    """The test curve's BD figures against the anchor; the ROI ones refused (None) over a
+    degenerate ROI (``degenerate_roi``). A curve that cannot be fitted gives None too."""
     rate_a, rate_t = [p.kb_per_frame for p in anchor], [p.kb_per_frame for p in test]
+
+    def gap(measure, key: str) -> float | None:
+        value = measure(rate_a, [getattr(p, key) for p in anchor],
+                        rate_t, [getattr(p, key) for p in test])
+        return None if np.isnan(value) else value
+
+    refused = degenerate_roi(roi_share)
     return BdResult(
         codec, delta,
-        roi_bd_rate_pct=metrics.bd_rate(rate_a, [p.roi_psnr for p in anchor],
-                                        rate_t, [p.roi_psnr for p in test]),
-        non_roi_bd_psnr_db=metrics.bd_quality(rate_a, [p.non_roi_psnr for p in anchor],
-                                              rate_t, [p.non_roi_psnr for p in test]),
-        roi_bd_psnr_db=metrics.bd_quality(rate_a, [p.roi_psnr for p in anchor],
-                                          rate_t, [p.roi_psnr for p in test]),
-        mode=mode,
+        roi_bd_rate_pct=None if refused else gap(metrics.bd_rate, "roi_psnr"),
+        non_roi_bd_psnr_db=gap(metrics.bd_quality, "non_roi_psnr"),
+        roi_bd_psnr_db=None if refused else gap(metrics.bd_quality, "roi_psnr"),
+        mode=mode, roi_share=roi_share, refused=refused,
     )

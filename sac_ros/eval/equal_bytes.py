@@ -4,7 +4,11 @@ and by ROI BD-rate.
 Per codec: the RD sweeps (uniform, SAC at each dCRF, roi_qp at each offset) with their
 BD-rates against uniform; the uniform baseline, the SAC pair, the uniform CRF matched to
 the pair's bytes, a roi_qp run matched to them (first offset), and a SAC run with a fixed
-ROI CRF matched to the baseline's bytes; PNG plots. Returns the results; prints nothing.
+ROI CRF matched to the baseline's bytes; PNG plots, and with ``plan.video`` an MP4 of the
+SAC pair's run (``eval/video.py``). Returns the results; prints nothing.
+
+Over a degenerate ROI (empty, or under ``coder.MIN_ROI_SHARE`` of the frame) the ROI
+BD-rates are refused and the result carries a warning (``EqualBytesResult.warnings``).
 """
 
 from __future__ import annotations
@@ -18,7 +22,18 @@ from pathlib import Path
 from sac_ros.core.codec import CODECS, EncoderSettings
 from sac_ros.core.errors import SacError
 from sac_ros.core.io import Clip
-from sac_ros.eval.coder import BdResult, ClipCoder, RunResult, SweepPoint, bd_against, sweep
+from sac_ros.eval.coder import (
+    MATCH_ENCODES,
+    BdResult,
+    ClipCoder,
+    RunResult,
+    SweepPoint,
+    bd_against,
+    degenerate_roi,
+    sweep,
+)
+
+Stage = Callable[[str], None]  # says what the experiment does now (for progress lines)
 
 
 @dataclass(frozen=True)
@@ -34,13 +49,15 @@ class EqualBytesPlan:
     matched_roi_crf: dict[str, float]            # SAC ROI CRF matched to the baseline's bytes
     tolerance: float = 0.01
     block_size: int = 16
+    video: bool = False                          # also write video_<codec>.mp4
 
     def frames_to_code(self, frames: int) -> int:
-        """About how many frames the experiment codes (for a progress bar)."""
-        codec = self.codecs[0]
-        runs = (len(self.crf_sweep[codec]) * (1 + len(self.delta_crfs)
-                                               + len(self.roi_qp_offsets[codec])) + 5)
-        return frames * runs * len(self.codecs)
+        """About how many frames the experiment codes (for progress): per codec the
+        sweeps, five measured runs and three size matches."""
+        runs = sum(len(self.crf_sweep[c]) * (1 + len(self.delta_crfs)
+                                             + len(self.roi_qp_offsets[c]))
+                   + 5 + 3 * MATCH_ENCODES for c in self.codecs)
+        return frames * runs
 
 
 @dataclass
@@ -49,57 +66,100 @@ class EqualBytesResult:
     bd_rates: list[BdResult] = field(default_factory=list)
     bd_rates_roi_qp: list[BdResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    roi_share: float = float("nan")              # of the clip's pixels, in ROI blocks
+    warnings: list[str] = field(default_factory=list)
+    videos: list[Path] = field(default_factory=list)
 
     def summary(self, clip: Clip, mask: str, settings: EncoderSettings) -> dict:
         """The JSON document (``results.json``)."""
         return {
             "input": clip.source, "width": clip.width, "height": clip.height,
             "frames": len(clip.frames), "fps": clip.fps, "mask": mask,
-            "preset": settings.preset, "gop": settings.gop, "records": self.records,
+            "preset": settings.preset, "gop": settings.gop, "roi_share": self.roi_share,
+            "roi_degenerate": degenerate_roi(self.roi_share) is not None,
+            "records": self.records,
             "bd_rates": [bd.__dict__ for bd in self.bd_rates],
             "bd_rates_roi_qp": [bd.__dict__ for bd in self.bd_rates_roi_qp],
-            "notes": self.notes,
+            "notes": self.notes, "warnings": self.warnings,
+            "videos": [str(v) for v in self.videos],
         }
 
 
 def run_equal_bytes(clip: Clip, blocks, settings: EncoderSettings, plan: EqualBytesPlan,
-                    out: Path, progress: Callable[[int], None] | None = None
-                    ) -> EqualBytesResult:
-    """Run the experiment on ``clip``; write ``rd_*.png`` and ``crop_*.png`` into ``out``."""
+                    out: Path, progress: Callable[[int], None] | None = None,
+                    stage: Stage | None = None) -> EqualBytesResult:
+    """Run the experiment on ``clip``; write ``rd_*.png`` and ``crop_*.png`` (and with
+    ``plan.video`` ``video_*.mp4``) into ``out``."""
     from sac_ros.eval import plots  # matplotlib: imported only when needed
 
+    stage = stage or (lambda text: None)
     coder = ClipCoder(clip.frames, blocks, settings, progress, plan.block_size)
-    result = EqualBytesResult()
+    result = EqualBytesResult(roi_share=coder.roi_share())
+    reason = degenerate_roi(result.roi_share)
+    if reason:
+        result.warnings.append(f"ROI BD-rates refused: {reason}; ROI columns marked * "
+                               "(roi_degenerate in the JSON and CSV)")
     keep = len(clip.frames) // 2
     for codec in plan.codecs:
-        curves = _sweeps(coder, codec, plan, result)
-        rows, equal_bytes = _equal_bytes_rows(coder, codec, plan, keep, result.notes)
-        result.records += [r.record() for r in rows]
         label = CODECS[codec][2]
+        curves = _sweeps(coder, codec, plan, result, stage)
+        stage(f"{label}: equal-bytes runs")
+        video = _ClipVideo(out / f"video_{label}.mp4", clip, coder) if plan.video else None
+        try:
+            rows, equal_bytes = _equal_bytes_rows(coder, codec, plan, keep, result.notes,
+                                                  video.add if video else None)
+        finally:
+            if video:
+                video.close()
+        if video:
+            result.videos.append(video.path)
+        result.records += [r.record() for r in rows]
         title = (f"{label} {settings.preset}: {clip.width}x{clip.height}, {len(clip.frames)} "
                  f"frames, ROI {rows[0].roi_share:.0%} of pixels")
-        plots.rd_curves(out / f"rd_{label}.png", title, curves, equal_bytes)
-        plots.side_by_side(out / f"crop_{label}.png", clip.frames[keep],
-                           [(f"{r.method}: {r.kb_per_frame:.1f} kB/frame", r.sample_frame)
-                            for r in equal_bytes],
-                           coder.pixel_mask(keep))
+        plots.rd_curves(out / f"rd_{label}.png", title, curves, equal_bytes, clip.fps)
+        plots.crop_figure(out / f"crop_{label}.png", clip.frames[keep],
+                          [(f"{r.method}: {r.kb_per_frame:.1f} kB/frame", r.sample_frame)
+                           for r in equal_bytes],
+                          coder.pixel_mask(keep), keep)
     return result
 
 
-def _sweeps(coder: ClipCoder, codec: str, plan: EqualBytesPlan,
-            result: EqualBytesResult) -> dict[str, list[SweepPoint]]:
+class _ClipVideo:
+    """The video of one run over ``clip``: frame i at i / fps."""
+
+    def __init__(self, path: Path, clip: Clip, coder: ClipCoder):
+        from sac_ros.eval.video import TileVideo
+
+        self.path, self.clip, self.coder = path, clip, coder
+        self.writer = TileVideo(path, coder.settings.preset)
+
+    def add(self, index: int, decoded) -> None:
+        self.writer.add(self.clip.frames[index], decoded, self.coder.pixel_mask(index),
+                        index / self.clip.fps)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _sweeps(coder: ClipCoder, codec: str, plan: EqualBytesPlan, result: EqualBytesResult,
+            stage: Stage) -> dict[str, list[SweepPoint]]:
     """The RD curves of one codec; their BD-rates against uniform go into ``result``."""
     crfs = plan.crf_sweep[codec]
+    label = CODECS[codec][2]
+    stage(f"{label}: RD sweep, uniform")
     curves = {"uniform": sweep(coder, codec, crfs, None)}
     for delta in plan.delta_crfs:
         name = f"SAC dCRF +{delta:g}"
+        stage(f"{label}: RD sweep, {name}")
         curves[name] = sweep(coder, codec, crfs, float(delta))
-        result.bd_rates.append(bd_against(curves["uniform"], curves[name], codec, float(delta)))
+        result.bd_rates.append(bd_against(curves["uniform"], curves[name], codec, float(delta),
+                                          result.roi_share))
     for offset in plan.roi_qp_offsets[codec]:
         name = f"ROI-QP {offset:+g}"
+        stage(f"{label}: RD sweep, {name}")
         curves[name] = sweep(coder, codec, crfs, offset, "roi_qp")
         result.bd_rates_roi_qp.append(bd_against(curves["uniform"], curves[name], codec,
-                                                 offset, "roi_qp"))
+                                                 offset, result.roi_share, "roi_qp"))
     return curves
 
 
@@ -110,12 +170,14 @@ def _matched(run: RunResult, reference: RunResult) -> RunResult:
 
 
 def _equal_bytes_rows(coder: ClipCoder, codec: str, plan: EqualBytesPlan, keep: int,
-                      notes: list[str]) -> tuple[list[RunResult], list[RunResult]]:
-    """(the table's rows, the runs at the SAC pair's bytes) of one codec."""
+                      notes: list[str], on_frame=None) -> tuple[list[RunResult], list[RunResult]]:
+    """(the table's rows, the runs at the SAC pair's bytes) of one codec; ``on_frame``
+    sees the SAC pair's decoded frames."""
     ref_crf = plan.uniform_crf[codec]
     roi_crf, non_crf = plan.pair[codec]
     uniform_ref = coder.run(codec, "uniform", ref_crf, full=True, keep_frame=keep)
-    sac_pair = coder.run(codec, "dual_crf", roi_crf, non_crf, full=True, keep_frame=keep)
+    sac_pair = coder.run(codec, "dual_crf", roi_crf, non_crf, full=True, keep_frame=keep,
+                         on_frame=on_frame)
     match = coder.match_uniform(codec, sac_pair.total_bytes, plan.tolerance, guess=ref_crf)
     uniform_eq = _matched(coder.run(codec, "uniform", match.crf, full=True, keep_frame=keep),
                           sac_pair)

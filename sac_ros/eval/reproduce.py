@@ -38,7 +38,7 @@ from sac_ros.core.codec import CODECS
 from sac_ros.core.errors import SacError
 from sac_ros.core.mask import block_mask, roi_pixels
 from sac_ros.core.ratematch import match_crf
-from sac_ros.eval.coder import ClipCoder, RunResult, method_name
+from sac_ros.eval.coder import MATCH_ENCODES, ClipCoder, RunResult, method_name
 from sac_ros.eval.tables import (
     PAPER_TABLE_II,
     PAPER_TABLE_III,
@@ -179,9 +179,26 @@ def _nearest(index: int, labelled: list[int]) -> int:
     return min(labelled, key=lambda i: (abs(i - index), i))
 
 
+def planned_frames(source: sources.Source, options: ReproduceOptions, configs: int) -> int:
+    """About how many frames the experiment codes: ``configs`` runs per sequence, and per
+    codec the matched uniform run and its size match."""
+    total, count = 0, 0
+    for seq in source.sequences:
+        if options.max_sequences is not None and count >= options.max_sequences:
+            break
+        count += 1  # as _load_sequences counts: skipped sequences too
+        wanted = seq.frames[:options.frames_per_sequence or len(seq.frames)]
+        if options.mask == "labels" and not any(f.label is not None for f in wanted):
+            continue  # skipped by the run
+        total += len(wanted)
+    return total * (configs + len(options.codecs) * (1 + MATCH_ENCODES))
+
+
 def reproduce(options: ReproduceOptions, settings, progress: Callable[[int], None],
-              log: Callable[[str], None]) -> dict:
-    """Run the experiment, write ``results.json`` and ``tables.txt``, return the result."""
+              log: Callable[[str], None],
+              on_total: Callable[[int], None] | None = None) -> dict:
+    """Run the experiment, write ``results.json`` and ``tables.txt``, return the result.
+    ``on_total`` hears first about how many frames ``progress`` will count."""
     source = sources.find_source(options.path, mixed_sizes_ok=options.size is not None)
     if source.kind != options.dataset:
         raise SacError(f"{options.path} is in the {source.kind} layout, not {options.dataset}")
@@ -196,6 +213,8 @@ def reproduce(options: ReproduceOptions, settings, progress: Callable[[int], Non
     if options.mask == "model" and segmenter is None:
         raise SacError("--mask model needs a segmentation model (--model default or a path)")
     experiment = _Experiment(options, settings, progress, segmenter)
+    if on_total is not None:
+        on_total(planned_frames(source, options, len(experiment.configs)))
     sequences = []
     try:
         for seq, frames, labels in _load_sequences(source, options):

@@ -1,4 +1,5 @@
-"""PNG figures of ``sac report``: rate over time, quality over time, latency, a frame crop."""
+"""Pictures of ``sac report``: rate, quality and latency over time (PNG), the crop figure
+(``eval/plots.crop_figure``) and, with ``--video``, one MP4 per camera (``eval/video``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
+
+from sac_ros.eval.plots import crop_figure, mbps_axis  # noqa: E402
+
+IOU_FLOOR = 1e-4   # 1 - IoU is drawn on a log axis: an IoU of exactly 1 is shown at 0.9999
 
 plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.grid": True,
                      "grid.alpha": 0.3})
@@ -65,8 +71,9 @@ def rate_plot(path: Path, title: str, frames: list[dict]) -> dict:
         ax.plot(t, roi_kb, "-", color="tab:green", lw=1.0, label="ROI stream")
     ax.plot(t[key], kb[key], "v", color="tab:red", ms=6, label="key frame")
     ax.set_ylabel("kB / frame")
+    mbps_axis(ax, fps, "y")
     ax.set_title(f"{title}: size per frame (mean {np.nanmean(kb):.2f} kB)")
-    ax.legend(loc="upper right", fontsize=9)
+    ax.legend(loc="best", fontsize=9)
     ax = axes[1]
     if window.size:
         ax.plot(window_t, window, "-", color="tab:purple", lw=1.5)
@@ -85,10 +92,15 @@ def rate_plot(path: Path, title: str, frames: list[dict]) -> dict:
             "fps": fps}
 
 
+def _legend_outside(ax) -> None:
+    """The legend to the right of the axes, never on the curves."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, borderaxespad=0)
+
+
 def quality_plot(path: Path, title: str, frames: list[dict]) -> None:
     t = _time_axis(frames)
     panels = 3 if any("seg_roi_iou" in f for f in frames) else 2
-    fig, axes = plt.subplots(panels, 1, figsize=(10, 2.9 * panels), sharex=True,
+    fig, axes = plt.subplots(panels, 1, figsize=(12, 2.9 * panels), sharex=True,
                              constrained_layout=True)
     for ax, keys, unit in ((axes[0], ("psnr", "roi_psnr", "non_roi_psnr"), "PSNR (dB)"),
                            (axes[1], ("ssim", "roi_ssim", "non_roi_ssim"), "SSIM")):
@@ -98,23 +110,40 @@ def quality_plot(path: Path, title: str, frames: list[dict]) -> None:
             ax.plot(t, values, "-", color=colour, lw=1.2,
                     label=f"{label} (mean {np.nanmean(values):.3g})")
         ax.set_ylabel(unit)
-        ax.legend(loc="lower right", fontsize=9)
+        _legend_outside(ax)
     axes[0].set_title(f"{title}: quality of the reconstruction against the original")
     if panels == 3:
-        ax = axes[2]
-        ax.plot(t, _value(frames, "seg_roi_iou"), "-", color="tab:blue", lw=1.2,
-                label="ROI IoU: reconstructed vs original segmentation")
-        if any("gt_roi_iou_reconstructed" in f for f in frames):
-            gt = [(tt, f["gt_roi_iou_reconstructed"]) for tt, f in zip(t, frames, strict=True)
-                  if "gt_roi_iou_reconstructed" in f]
-            ax.plot(*zip(*gt, strict=True), "o", color="tab:red", ms=5,
-                    label="ROI IoU vs ground-truth labels")
-        ax.set_ylabel("IoU")
-        ax.set_ylim(0, 1.02)
-        ax.legend(loc="lower right", fontsize=9)
+        _iou_panel(axes[2], t, frames)
     axes[-1].set_xlabel("camera time (s)")
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _iou_panel(ax, t: np.ndarray, frames: list[dict]) -> None:
+    """IoU on a log scale of 1 - IoU, upside down: 0.99, 0.999 and 0.9999 a decade apart,
+    better higher up, ticks labelled in IoU."""
+    def loss(values) -> np.ndarray:
+        return np.maximum(1.0 - np.asarray(values, np.float64), IOU_FLOOR)
+
+    shown = [loss(_value(frames, "seg_roi_iou"))]
+    ax.plot(t, shown[0], "-", color="tab:blue", lw=1.2,
+            label="ROI IoU: reconstructed vs original segmentation")
+    if any("gt_roi_iou_reconstructed" in f for f in frames):
+        gt = [(tt, f["gt_roi_iou_reconstructed"]) for tt, f in zip(t, frames, strict=True)
+              if "gt_roi_iou_reconstructed" in f]
+        times, values = zip(*gt, strict=True)
+        shown.append(loss(values))
+        ax.plot(times, shown[-1], "o", color="tab:red", ms=5,
+                label="ROI IoU vs ground-truth labels")
+    ax.set_yscale("log")
+    worst = np.nanmax(np.concatenate(shown)) if np.isfinite(np.concatenate(shown)).any() \
+        else IOU_FLOOR
+    ax.set_ylim(min(1.0, max(2.0 * worst, 0.01)), 0.7 * IOU_FLOOR)  # inverted: best on top
+    ax.yaxis.set_major_locator(FixedLocator([1.0, 0.1, 0.01, 1e-3, 1e-4]))
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{1.0 - y:.4g}"))
+    ax.set_ylabel("IoU (log scale of 1 - IoU)")
+    _legend_outside(ax)
 
 
 def latency_plot(path: Path, title: str, frames: list[dict]) -> None:
@@ -149,16 +178,32 @@ def latency_plot(path: Path, title: str, frames: list[dict]) -> None:
 
 
 def frame_plot(path: Path, sample: dict) -> None:
-    """Original and reconstruction side by side, ROI block outline in yellow."""
-    original, test = sample["original"], sample["reconstructed"]
-    blocks = sample["blocks_px"]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 12 * original.shape[0] / original.shape[1] / 2
-                                            + 0.8), constrained_layout=True)
-    for ax, image, name in ((axes[0], original, "original"),
-                            (axes[1], test, f"{sample['method']}: {sample['kb']:.1f} kB")):
-        ax.imshow(image, interpolation="nearest")
-        ax.contour(blocks, levels=[0.5], colors="yellow", linewidths=0.7)
-        ax.set_title(name)
-        ax.axis("off")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    """The crop figure of the sample frame (``eval.plots.crop_figure``)."""
+    crop_figure(path, sample["original"],
+                [(f"{sample['method']}: {sample['kb']:.1f} kB", sample["reconstructed"])],
+                sample["blocks_px"], sample["index"])
+
+
+class CameraVideos:
+    """``sac report --video``: one ``<camera>_video.mp4`` per camera, each frame at its
+    camera stamp (``eval.video.TileVideo``); fed frame by frame, holding no frames."""
+
+    def __init__(self, out: Path, slug):
+        self.out, self.slug = out, slug        # slug(camera) -> a file-name stem
+        self.writers: dict[str, tuple[object, int]] = {}
+
+    def __call__(self, camera: str, stamp_ns: int, original: np.ndarray, test: np.ndarray,
+                 mask: np.ndarray) -> None:
+        from sac_ros.eval.video import TileVideo
+
+        if camera not in self.writers:
+            self.writers[camera] = (TileVideo(self.out / f"{self.slug(camera)}_video.mp4"),
+                                    stamp_ns)
+        writer, first = self.writers[camera]
+        writer.add(original, test, mask, (stamp_ns - first) / 1e9)
+
+    def close(self) -> dict[str, str]:
+        """{camera: file name} of the videos written."""
+        for writer, _ in self.writers.values():
+            writer.close()
+        return {camera: writer.path.name for camera, (writer, _) in self.writers.items()}

@@ -48,24 +48,30 @@ class CameraResult:
 
 
 class RunEvaluator:
-    """Callable handed to ``read_run``: measures each frame, keeps one sample frame."""
+    """Callable handed to ``read_run``: measures each frame, keeps one sample frame, and
+    hands every frame to ``frame_sink(camera, stamp_ns, original, reconstruction, ROI
+    pixel mask)`` when given (the report's video)."""
 
-    def __init__(self, segmenter=None, sample_index: int = 0, non_roi: dict | None = None):
+    def __init__(self, segmenter=None, sample_index: int = 0, non_roi: dict | None = None,
+                 frame_sink=None):
         self.segmenter = segmenter
         self.sample_index = sample_index
         self.non_roi = non_roi or {}
+        self.frame_sink = frame_sink
         self.cameras: dict[str, CameraResult] = {}
         self._bands: dict[bytes, np.ndarray] = {}
 
     def __call__(self, cam: CameraTopics, frame: Frame) -> None:
         result = self.cameras.setdefault(cam.namespace, CameraResult(cam.namespace))
         record = self.measure(frame, result)
+        mask, test = record.pop("_mask"), record.pop("_test")
+        if self.frame_sink is not None:
+            self.frame_sink(cam.namespace, frame.stamp_ns, frame.original, test, mask)
         if len(result.frames) <= self.sample_index or result.sample is None:
-            result.sample = {"original": frame.original, "blocks_px": record.pop("_mask"),
-                             "reconstructed": record["_test"], "method": record["method"],
-                             "kb": record["kb"], "stamp_ns": frame.stamp_ns}
-        record.pop("_mask", None)
-        record.pop("_test", None)
+            result.sample = {"original": frame.original, "blocks_px": mask,
+                             "reconstructed": test, "method": record["method"],
+                             "kb": record["kb"], "stamp_ns": frame.stamp_ns,
+                             "index": len(result.frames)}
         result.frames.append(record)
 
     def _band(self, mask: np.ndarray) -> np.ndarray:

@@ -35,6 +35,7 @@ class ReportOptions:
     cameras: list[str] | None = None
     max_frames: int | None = None
     source_frames: int | None = None    # frames the source had (for the accounting)
+    video: bool = False                 # also <camera>_video.mp4 (eval/video.py)
 
 
 def load_report_segmenter(spec: str | None):
@@ -75,7 +76,8 @@ def make_report(bag: str, options: ReportOptions, progress=None, log=print) -> d
     sample_index = max(0, min(originals.values()) // 2) if originals else 0
     if options.max_frames:
         sample_index = min(sample_index, options.max_frames // 2)
-    evaluator = RunEvaluator(segmenter, sample_index)
+    videos = figures.CameraVideos(out, _slug) if options.video else None
+    evaluator = RunEvaluator(segmenter, sample_index, frame_sink=videos)
     try:
         cameras, accounting, facts = read_run(
             bag, evaluator, options.input_topic, options.cameras, options.max_frames,
@@ -83,6 +85,7 @@ def make_report(bag: str, options: ReportOptions, progress=None, log=print) -> d
     finally:
         if segmenter is not None:
             segmenter.close()
+        video_files = videos.close() if videos is not None else {}
     report = {"bag": str(bag), "facts": facts, "segmentation": seg_note, "cameras": []}
     for cam in cameras:
         result = evaluator.cameras.get(cam.namespace)
@@ -94,6 +97,8 @@ def make_report(bag: str, options: ReportOptions, progress=None, log=print) -> d
                 "reconstruction in the bag")
             continue
         report["cameras"].append(_camera_report(cam.namespace, result, acc, out))
+        if cam.namespace in video_files:
+            report["cameras"][-1]["video"] = video_files[cam.namespace]
     if not any(c.get("frames_evaluated") for c in report["cameras"]):
         raise SacError("nothing to evaluate: no frame of the bag has both its original image "
                        f"({options.input_topic}) and its packet")
@@ -286,10 +291,16 @@ def _html(report: dict) -> str:
         for key, caption in (("rate", "Size per frame and bit rate over time"),
                              ("quality", "Quality over time"),
                              ("latency", "Latency distribution and over time"),
-                             ("frame", "Frame at the middle of the run")):
+                             ("frame", "Frame at the middle of the run: zoom on the ROI "
+                                       "boundary and difference map")):
             if key in cam["plots"]:
                 parts.append(f"<h3>{caption}</h3><img src='{cam['plots'][key]}' "
                              f"alt='{caption}'>")
+        if "video" in cam:
+            parts.append(f"<h3>Video</h3><p class=note>original | reconstruction / ROI "
+                         f"overlay | error heatmap, at camera time: <a href='{cam['video']}'>"
+                         f"{cam['video']}</a></p><video controls src='{cam['video']}' "
+                         "style='max-width:100%'></video>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
