@@ -242,3 +242,9 @@ def test_corrupt_and_unprotected_packets_are_never_published(ros, encoded):
     assert drops_of(later).get("lost", 0) == 0 and later.dropped == 7
     assert ecu.node.stop() == 0
     assert "Traceback" not in ecu.node.stderr()
+
+
+def test_whole_numbers_are_taken_for_double_parameters(ros):
+    """-p reorder_max_hold_ms:=50 (an INTEGER to rclpy) sets the DOUBLE parameter to 50.0."""
+    Ecu(ros, params={"reorder_max_hold_ms": 50})
+    assert ros.get_parameters("sac_ecu", "reorder_max_hold_ms") == [50.0]

@@ -137,12 +137,17 @@ START_UP_ERRORS = [  # executable, parameters, what the one-line error must name
     ("sac_sensor", ["-p", "codec:=vp9"], "vp9"),
     ("sac_sensor", ["-p", "roi_crf:=60.0"], "roi_crf"),
     ("sac_ecu", ["-p", "qos_depth:=0"], "qos_depth"),
+    # A misspelt name is refused with the node's real names, not ignored.
+    ("sac_sensor", ["-p", "rof_crf:=20.0"], "unknown parameter(s) rof_crf for sac_sensor; "
+                                            "its parameters are: "),
+    ("sac_ecu", ["-p", "reorder_windw:=2"], "reorder_window"),
     ("sac_video_source", ["-p", "fps:=-1.0"], "fps"),
 ]
 
 
 @pytest.mark.parametrize(("executable", "args", "fragment"), START_UP_ERRORS,
                          ids=["missing-model", "gop-0", "codec-vp9", "roi-crf-60", "ecu-depth-0",
+                              "misspelt-sensor", "misspelt-ecu",
                               "source-fps"])
 def test_bad_start_up_exits_with_one_line_error(tmp_path, executable, args, fragment):
     missing = str(tmp_path / "no_such_model.onnx")

@@ -25,6 +25,7 @@ def declare(node: Node, name: str, default, description: str, *, low=None, high=
     if choices:
         description = f"{description} One of: {', '.join(choices)}."
     descriptor = ParameterDescriptor(description=description, read_only=read_only)
+    _coerce_override(node, name, default)
     if low is not None and isinstance(default, float):
         descriptor.floating_point_range = [FloatingPointRange(from_value=float(low),
                                                               to_value=float(high), step=0.0)]
@@ -34,6 +35,40 @@ def declare(node: Node, name: str, default, description: str, *, low=None, high=
     if choices and value not in choices:
         raise SacError(f"parameter {name}='{value}' must be one of: {', '.join(choices)}")
     return value
+
+
+def _coerce_override(node: Node, name: str, default) -> None:
+    """A whole number given for a double parameter (``-p roi_crf:=20``, ``roi_crf: 20`` in a
+    YAML file, a list of them for a double array) is taken as the double it means."""
+    from rclpy.parameter import Parameter
+
+    overrides = getattr(node, "_parameter_overrides", None) or {}
+    given = overrides.get(name)
+    if given is None:
+        return
+
+    def whole(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    value = given.value
+    if isinstance(default, float) and whole(value):
+        overrides[name] = Parameter(name, Parameter.Type.DOUBLE, float(value))
+    elif (isinstance(default, list) and default and all(isinstance(v, float) for v in default)
+          and value is not None and len(value) and all(whole(v) for v in value)):
+        overrides[name] = Parameter(name, Parameter.Type.DOUBLE_ARRAY, [float(v) for v in value])
+
+
+def check_parameter_names(node: Node) -> None:
+    """Refuse parameters the node does not have (a misspelt ``-p`` or YAML key would
+    otherwise be ignored without a word)."""
+    overrides = getattr(node, "_parameter_overrides", None) or {}
+    unknown = sorted(n for n in overrides
+                     if not node.has_parameter(n) and not n.startswith("qos_overrides."))
+    if unknown:
+        known = sorted(n for n in node._parameters if n not in ("use_sim_time",
+                                                                 "start_type_description_service"))
+        raise SacError(f"unknown parameter(s) {', '.join(unknown)} for "
+                       f"{node.get_name()}; its parameters are: {', '.join(known)}")
 
 
 def qos(reliability: str, depth: int) -> QoSProfile:
@@ -110,17 +145,26 @@ def make_executor():
 
 def run_node(name: str, node_factory, args=None) -> int:
     """Start rclpy, spin one node, exit 2 with a one-line error on bad configuration."""
+    import signal
     import sys
 
     import rclpy
     from rclpy.exceptions import ParameterException
     from rclpy.executors import ExternalShutdownException
 
-    rclpy.init(args=args)
+    # The executor is built before a stop signal can shut rclpy down: built on a shut-down
+    # context it is left half-made, and its __del__ prints a traceback at exit.
+    stops = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    try:
+        rclpy.init(args=args)
+        executor = make_executor()
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
     node = None
     try:
         node = node_factory()
-        executor = make_executor()
+        check_parameter_names(node)
         executor.add_node(node)
         executor.spin()
     except (SacError, ParameterException) as exc:

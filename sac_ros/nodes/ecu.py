@@ -19,7 +19,14 @@ from sac_ros.core.receiver import PacketReceiver
 from sac_ros.core.wire import ECU_STATS_TOPIC, IMAGE_TOPIC, PACKET_TOPIC
 from sac_ros.msg import SacPacket as SacPacketMsg
 from sac_ros.msg import SacStats
-from sac_ros.nodes.common import NodeStats, declare, matched_writers, qos, run_node
+from sac_ros.nodes.common import (
+    NodeStats,
+    check_parameter_names,
+    declare,
+    matched_writers,
+    qos,
+    run_node,
+)
 from sac_ros.nodes.messages import rgb_to_image
 
 QUIET_REASONS = ("waiting_for_key_frame",)  # expected after a join or a loss: not warned
@@ -45,6 +52,7 @@ class EcuNode(Node):
         require_e2e = d("require_e2e", True, "Drop packets without an end-to-end checksum "
                         "(from sensors older than the checksum) as 'unprotected'.",
                         read_only=True)
+        check_parameter_names(self)
         self.stats = NodeStats()
         self.receiver = PacketReceiver(reorder_window=window, max_hold_ms=hold_ms,
                                        require_e2e=require_e2e, on_drop=self._log_drop)

@@ -32,6 +32,7 @@ from sac_ros.msg import PerceptionStats
 from sac_ros.nodes.common import (
     LatestWorker,
     NodeStats,
+    check_parameter_names,
     declare,
     declare_int_list,
     open_segmenter,
@@ -60,6 +61,7 @@ class PerceptionNode(Node):
         self.publish_overlay = d("publish_overlay", False, "Publish a colour overlay image.")
         non_roi = declare_int_list(self, "non_roi_classes", "Non-ROI class ids of the model's "
                                    "class map; unset = the papers' defaults for that map.")
+        check_parameter_names(self)  # before the model loads
         self.segmenter = open_segmenter(model, backend, non_roi)
         self.num_classes = max(2, self.segmenter.class_adapter.num_classes)
         self.stats = NodeStats()

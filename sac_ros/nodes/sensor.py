@@ -34,6 +34,7 @@ from sac_ros.msg import SacStats
 from sac_ros.nodes.common import (
     LatestWorker,
     NodeStats,
+    check_parameter_names,
     declare,
     declare_int_list,
     open_segmenter,
@@ -49,6 +50,7 @@ class SensorNode(Node):
     def __init__(self):
         super().__init__("sac_sensor")
         start = self._declare_parameters()
+        check_parameter_names(self)  # before any work: a misspelt name fails at once
         self._set_up_coding(start)
         self.stats = NodeStats()
         self._bad_problems: set[str] = set()

@@ -21,7 +21,7 @@ from std_msgs.msg import Header
 from sac_ros.core.errors import SacError
 from sac_ros.core.io import iter_frames, resolve_input, video_fps
 from sac_ros.core.wire import INPUT_TOPIC
-from sac_ros.nodes.common import declare, qos
+from sac_ros.nodes.common import check_parameter_names, declare, qos
 from sac_ros.nodes.messages import rgb_to_image
 
 
@@ -56,6 +56,7 @@ class VideoSourceNode(Node):
                             "0 = decode while publishing).", low=0, high=65536, read_only=True)
         reliability = d("qos_reliability", "reliable", "QoS reliability.",
                         choices=("reliable", "best_effort"), read_only=True)
+        check_parameter_names(self)
         self.path = resolve_input(self.source)
         self.fps = fps or video_fps(self.path)
         self.publisher = self.create_publisher(Image, topic, qos(reliability, 10))
