@@ -221,3 +221,18 @@ def test_flush_releases_what_is_held(coded):
     assert receiver.pending == 2
     assert seqs(receiver.flush()) == [5, 6]
     assert receiver.drops == {"lost": 4} and receiver.balanced()
+
+
+def test_a_jump_the_stamps_cannot_explain_is_a_resync_not_a_loss(coded):
+    packets, _ = coded
+    receiver = PacketReceiver()
+    run(receiver, [to_msg(p) for p in packets[:5]])
+    # 2000 numbers ahead 33 ms later: no sender is that fast, so no 2000 packets were lost.
+    out = run(receiver, [to_msg(dataclasses.replace(p, seq=p.seq + 2000), index=p.seq)
+                         for p in packets[5:10]])
+    assert seqs(out) == [2005, 2006, 2007, 2008, 2009] and receiver.resyncs == 1
+    assert "lost" not in receiver.drops and receiver.balanced()
+    # 50 ahead: a real gap (dropped on the link), counted as lost.
+    out = run(receiver, [to_msg(dataclasses.replace(p, seq=p.seq + 2050), index=p.seq + 50)
+                         for p in packets[10:15]])
+    assert seqs(out) == [2060, 2061, 2062, 2063, 2064] and receiver.drops["lost"] == 50

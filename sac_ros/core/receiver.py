@@ -12,8 +12,9 @@ returns the frames that are ready, in sequence order. In between:
 - the decoder decodes (drops: ``waiting_for_key_frame``, ``decode_error``, ...).
 
 A sender whose numbering starts again (a restarted sensor: far behind, but with newer
-stamps) or jumps further ahead than any outage explains is followed (``resyncs``), not
-counted as billions of lost packets; a replay (far behind and not newer) is ``stale``.
+stamps) or jumps further ahead than its stamps allow (more than ``MAX_RATE_HZ`` packets
+a second) is followed (``resyncs``), not counted as billions of lost packets; a replay
+(far behind and not newer) is ``stale``.
 
 Nothing a message holds can raise out of ``push``. The books always balance::
 
@@ -39,9 +40,10 @@ from sac_ros.core.wire import Received, packet_from_msg
 LOST, DUPLICATE, LATE, STALE = "lost", "duplicate", "late", "stale"
 INTERNAL = "internal_error"
 HISTORY = 1024  # sequence numbers remembered for duplicate / late detection
-# A forward jump no link outage can explain (4.5 years at 30 Hz): a sender that lost
-# its count, not lost packets. It is followed like a restart.
-MAX_GAP = 1 << 32
+# No camera sends faster than this (the sensor's fps tops out here): a forward jump in
+# seq larger than the stamps allow at this rate is a sender that lost its count, not
+# lost packets, and is followed like a restart.
+MAX_RATE_HZ = 1000
 
 
 @dataclass
@@ -158,9 +160,15 @@ class PacketReceiver:
             if seq <= HISTORY:
                 return self._resync(received, header, now_ns, 0)
             return self._jump(received, header, now_ns)
-        if seq - self._next > MAX_GAP and self._last_stamp_ns is not None:
+        if self._last_stamp_ns is not None and seq - self._next > self._plausible_gap(
+                received.stamp_ns):
             return self._jump(received, header, now_ns)
         return self._hold(received, header, now_ns)
+
+    def _plausible_gap(self, stamp_ns: int) -> int:
+        """The most packets a sender can have sent since the last frame delivered."""
+        elapsed = max(0, stamp_ns - self._last_stamp_ns)
+        return HISTORY + elapsed * MAX_RATE_HZ // 1_000_000_000
 
     def _jump(self, received: Received, header, now_ns: int) -> list[Delivered]:
         """A numbering that jumped: its predecessors may still be on the way, so wait for
