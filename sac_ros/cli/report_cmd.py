@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sac_ros import datasets
 from sac_ros.cli.progress import Progress
 from sac_ros.cli.results_folder import add_overwrite_option, check_results_folder
 from sac_ros.core.errors import SacError
@@ -115,7 +116,7 @@ def run_reproduce(args) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise SacError(f"--{name.replace('_', '-')} must be at least 1")
-    rate = 17.0 if dataset == "cityscapes" else 10.0
+    rate = datasets.RATES_HZ[dataset]
     cfg = load_core_config(args.config)
     settings = settings_from_config(cfg, args.preset, rate)
     options = ReproduceOptions(dataset, args.cityscapes or args.kitti_step, size,

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image as PILImage
 
-from sac_ros.bags import sources
+from sac_ros import datasets
 from sac_ros.config import encoder_settings, load_core_config
 from sac_ros.core import metrics
 from sac_ros.core.classes import get_class_map
@@ -150,12 +150,12 @@ def _resize(pixels: np.ndarray, size, nearest: bool) -> np.ndarray:
     return np.asarray(PILImage.fromarray(pixels).resize(tuple(size), method))
 
 
-def _load_sequences(source: sources.Source, options: ReproduceOptions):
+def _load_sequences(source: datasets.Source, options: ReproduceOptions):
     """Yield (sequence, frames, labels dict index -> class ids) one sequence at a time."""
     current, frames, labels = None, [], {}
     count = 0
     layout = source.label_layout
-    for seq, frame_file, rgb in sources.iter_source(source):
+    for seq, frame_file, rgb in datasets.iter_source(source):
         if seq is not current:
             if current is not None and frames:
                 yield current, frames, labels
@@ -167,7 +167,7 @@ def _load_sequences(source: sources.Source, options: ReproduceOptions):
                 options.frames_per_sequence:
             continue
         if frame_file.label is not None and layout is not None:
-            ids = sources.read_label(frame_file.label, layout)
+            ids = datasets.read_label(frame_file.label, layout)
             ids = ids[:, :, 0] if ids.ndim == 3 else ids
             labels[len(frames)] = _resize(ids, options.size, nearest=True)
         frames.append(_resize(rgb, options.size, nearest=False))
@@ -179,7 +179,7 @@ def _nearest(index: int, labelled: list[int]) -> int:
     return min(labelled, key=lambda i: (abs(i - index), i))
 
 
-def planned_frames(source: sources.Source, options: ReproduceOptions, configs: int) -> int:
+def planned_frames(source: datasets.Source, options: ReproduceOptions, configs: int) -> int:
     """About how many frames the experiment codes: ``configs`` runs per sequence, and per
     codec the matched uniform run and its size match."""
     total, count = 0, 0
@@ -199,7 +199,7 @@ def reproduce(options: ReproduceOptions, settings, progress: Callable[[int], Non
               on_total: Callable[[int], None] | None = None) -> dict:
     """Run the experiment, write ``results.json`` and ``tables.txt``, return the result.
     ``on_total`` hears first about how many frames ``progress`` will count."""
-    source = sources.find_source(options.path, mixed_sizes_ok=options.size is not None)
+    source = datasets.find_source(options.path, mixed_sizes_ok=options.size is not None)
     if source.kind != options.dataset:
         raise SacError(f"{options.path} is in the {source.kind} layout, not {options.dataset}")
     for codec in options.codecs:
