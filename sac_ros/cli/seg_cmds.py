@@ -158,6 +158,28 @@ def run_export(args) -> int:
 
     cfg = load_segmentation_config(args.config)
     source = resolve_model(args.model)
+    _check_export_args(args, source)
+    frames = export.sample_frames(args.frames, args.frames_dir)
+    report: dict = {"source": str(source)}
+    onnx_path, onnx_seg = source, None
+    if source.suffix.lower() != ".onnx":
+        onnx_path, _, _ = export.export_onnx(source, args.onnx, class_map=args.class_map)
+        torch_seg = load_segmenter(cfg, source, "torch")
+        onnx_seg = load_segmenter(cfg, onnx_path, "onnxruntime")
+        agreement = export.compare(torch_seg, onnx_seg, frames)
+        report["onnx"] = {"path": str(onnx_path), **agreement.__dict__}
+        print(f"{onnx_path}: ONNX Runtime vs PyTorch on {len(frames)} frames: "
+              f"{agreement.line()}")
+        _check(agreement, args.min_class_agreement, "ONNX Runtime vs PyTorch")
+    if args.engine:
+        _export_engine(args, cfg, onnx_path, onnx_seg, frames, report)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+def _check_export_args(args, source: Path) -> None:
+    """Refuse what `sac export` cannot do before any work, TensorRT missing included."""
     suffix = source.suffix.lower()
     if suffix not in (".pt", ".pth", ".ts", ".onnx"):
         raise SacError(f"sac export reads .pt/.pth/.ts or .onnx models, not {source.name}")
@@ -172,55 +194,47 @@ def run_export(args) -> int:
         from sac_ros.segmentation.backends.trt_backend import import_tensorrt
 
         import_tensorrt()
-    frames = export.sample_frames(args.frames, args.frames_dir)
-    report: dict = {"source": str(source)}
-    onnx_path, onnx_seg = source, None
-    if suffix != ".onnx":
-        onnx_path, _, _ = export.export_onnx(source, args.onnx, class_map=args.class_map)
-        torch_seg = load_segmenter(cfg, source, "torch")
-        onnx_seg = load_segmenter(cfg, onnx_path, "onnxruntime")
-        agreement = export.compare(torch_seg, onnx_seg, frames)
-        report["onnx"] = {"path": str(onnx_path), **agreement.__dict__}
-        print(f"{onnx_path}: ONNX Runtime vs PyTorch on {len(frames)} frames: "
-              f"{agreement.line()}")
-        _check(agreement, args.min_class_agreement, "ONNX Runtime vs PyTorch")
-    if args.engine:
-        ex = cfg["export"]
-        lo, opt, hi = (tuple(reversed(v or ex[key])) for v, key in (
-            (args.min_shape, "min_shape"), (args.opt_shape, "opt_shape"),
-            (args.max_shape, "max_shape")))
-        if not all(lo[i] <= opt[i] <= hi[i] for i in range(2)):
-            raise SacError("profile shapes must satisfy min <= opt <= max")
-        fp16 = ex["fp16"] if args.fp16 is None else args.fp16
-        precision = "int8" if args.int8 else "fp16" if fp16 else "fp32"
-        onnx_seg = onnx_seg or load_segmenter(cfg, onnx_path, "onnxruntime")
-        build_source = export.reduced_precision_onnx(
-            onnx_path, args.engine, precision, onnx_seg, args.int8, opt,
-            onnx_seg.backend.metadata)
-        if precision != "fp32":  # checked on the CPU before TensorRT sees it
-            reduced_seg = load_segmenter(cfg, build_source, "onnxruntime")
-            agreement = export.compare(onnx_seg, reduced_seg, frames)
-            report[precision] = {"path": str(build_source), **agreement.__dict__}
-            print(f"{build_source}: {precision.upper()} vs float32 in ONNX Runtime on "
-                  f"{len(frames)} frames: {agreement.line()}")
-            _check(agreement, args.min_class_agreement, f"{precision.upper()} vs float32")
-        engine_path = export.build_engine(build_source, args.engine, lo, opt, hi, precision,
-                                          ex["workspace_mb"], onnx_seg.backend.metadata)
-        trt_seg = load_segmenter(cfg, engine_path, "tensorrt")
-        agreement = export.compare(onnx_seg, trt_seg, frames)
-        timing = export.time_backend(trt_seg, opt)
-        report["engine"] = {"path": str(engine_path), "precision": precision,
-                            "fp16": precision == "fp16", "int8": precision == "int8",
-                            **agreement.__dict__, **timing}
-        print(f"{engine_path}: TensorRT vs ONNX Runtime on {len(frames)} frames: "
-              f"{agreement.line()}")
-        print(f"TensorRT at {opt[1]}x{opt[0]}: network {timing['model_ms']:.2f} ms "
-              f"({timing['model_fps']:.0f} fps); block mask end to end "
-              f"{timing['block_roi_ms']:.2f} ms ({timing['block_roi_fps']:.0f} fps)")
-        _check(agreement, args.min_class_agreement, "TensorRT vs ONNX Runtime")
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
-    return 0
+
+
+def _export_engine(args, cfg, onnx_path: Path, onnx_seg, frames, report: dict) -> None:
+    """Build the TensorRT engine from ``onnx_path`` (through its FP16 / INT8 copy), check
+    each step against the previous one on ``frames`` and time it; adds to ``report``."""
+    from sac_ros.segmentation import export
+    from sac_ros.segmentation.loader import load_segmenter
+
+    ex = cfg["export"]
+    lo, opt, hi = (tuple(reversed(v or ex[key])) for v, key in (
+        (args.min_shape, "min_shape"), (args.opt_shape, "opt_shape"),
+        (args.max_shape, "max_shape")))
+    if not all(lo[i] <= opt[i] <= hi[i] for i in range(2)):
+        raise SacError("profile shapes must satisfy min <= opt <= max")
+    fp16 = ex["fp16"] if args.fp16 is None else args.fp16
+    precision = "int8" if args.int8 else "fp16" if fp16 else "fp32"
+    onnx_seg = onnx_seg or load_segmenter(cfg, onnx_path, "onnxruntime")
+    build_source = export.reduced_precision_onnx(
+        onnx_path, args.engine, precision, onnx_seg, args.int8, opt,
+        onnx_seg.backend.metadata)
+    if precision != "fp32":  # checked on the CPU before TensorRT sees it
+        reduced_seg = load_segmenter(cfg, build_source, "onnxruntime")
+        agreement = export.compare(onnx_seg, reduced_seg, frames)
+        report[precision] = {"path": str(build_source), **agreement.__dict__}
+        print(f"{build_source}: {precision.upper()} vs float32 in ONNX Runtime on "
+              f"{len(frames)} frames: {agreement.line()}")
+        _check(agreement, args.min_class_agreement, f"{precision.upper()} vs float32")
+    engine_path = export.build_engine(build_source, args.engine, lo, opt, hi, precision,
+                                      ex["workspace_mb"], onnx_seg.backend.metadata)
+    trt_seg = load_segmenter(cfg, engine_path, "tensorrt")
+    agreement = export.compare(onnx_seg, trt_seg, frames)
+    timing = export.time_backend(trt_seg, opt)
+    report["engine"] = {"path": str(engine_path), "precision": precision,
+                        "fp16": precision == "fp16", "int8": precision == "int8",
+                        **agreement.__dict__, **timing}
+    print(f"{engine_path}: TensorRT vs ONNX Runtime on {len(frames)} frames: "
+          f"{agreement.line()}")
+    print(f"TensorRT at {opt[1]}x{opt[0]}: network {timing['model_ms']:.2f} ms "
+          f"({timing['model_fps']:.0f} fps); block mask end to end "
+          f"{timing['block_roi_ms']:.2f} ms ({timing['block_roi_fps']:.0f} fps)")
+    _check(agreement, args.min_class_agreement, "TensorRT vs ONNX Runtime")
 
 
 def _check(agreement, minimum: float, what: str) -> None:

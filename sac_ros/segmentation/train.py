@@ -129,10 +129,73 @@ def validate(model, dataset: SegmentationDataset, settings: TrainSettings) -> di
     return scores.summary()
 
 
+@dataclass
+class _Run:
+    """One training run's model, optimiser, data and position."""
+
+    torch: Any
+    settings: TrainSettings
+    train_set: SegmentationDataset
+    val_set: SegmentationDataset | None
+    num_classes: int
+    roi_ids: Any
+    model: Any
+    optimizer: Any
+    averaged: Any                         # the weight average, None when ema is off
+    rng: np.random.Generator
+    start_epoch: int = 1
+    step: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def final(self):
+        """The model that is validated and exported: the average when there is one."""
+        return self.model if self.averaged is None else self.averaged.module
+
+
 def train(settings: TrainSettings) -> dict[str, Any]:
     """Run (or resume) a training; returns the final checkpoint state."""
+    run = _start(settings)
+    steps = settings.steps_per_epoch or math.ceil(len(run.train_set) / settings.batch_size)
+    from sac_ros.segmentation.network import count_parameters
+
+    print(f"sac train: {settings.dataset} ({len(run.train_set)} training frames"
+          + (f", {len(run.val_set)} validation frames" if run.val_set else "") + f"), head "
+          f"{settings.head}, SacRoiNet width {settings.width:g} depth {settings.depth} "
+          f"({count_parameters(run.model):,} parameters), {steps} steps/epoch of "
+          f"{settings.batch_size} crops {settings.crop[0]}x{settings.crop[1]}", file=sys.stderr)
+    state: dict[str, Any] = {}
+    best = max((h["val"]["block_iiou"] for h in run.history if "val" in h), default=-1.0)
+    for epoch in range(run.start_epoch, settings.epochs + 1):
+        record = _train_epoch(run, epoch, steps)
+        if run.val_set is not None and (epoch % settings.val_every == 0
+                                        or epoch == settings.epochs):
+            record["val"] = validate(run.final, run.val_set, settings)
+        run.history.append(record)
+        line = f"epoch {epoch}/{settings.epochs}: loss {record['loss']:.4f}"
+        if "val" in record:
+            val = record["val"]
+            line += (f"; val pixel iIoU {val['pixel_iiou']:.4f} mIoU {val['pixel_miou']:.4f}, "
+                     f"block iIoU {val['block_iiou']:.4f} mIoU {val['block_miou']:.4f}")
+        print(line + f" ({record['seconds']:.0f} s)", file=sys.stderr)
+        state = _checkpoint(run, epoch)
+        save_checkpoint(settings.out / "last.pt", state)
+        score = record.get("val", {}).get("block_iiou", float("nan"))
+        if score > best:  # NaN (no validation this epoch) never wins
+            best = score
+            save_checkpoint(settings.out / "best.pt", state)
+        (settings.out / "history.json").write_text(json.dumps(run.history, indent=1) + "\n")
+    if not state:
+        raise SacError(f"nothing to do: the checkpoint already reached epoch "
+                       f"{run.start_epoch - 1} of {settings.epochs} (raise --epochs to continue)")
+    state["model_object"] = run.final
+    return state
+
+
+def _start(settings: TrainSettings) -> _Run:
+    """The datasets, a fresh model and optimiser, seeded; then the checkpoint to resume."""
     torch = import_torch()
-    from sac_ros.segmentation.network import STRIDE, SacRoiNet, count_parameters
+    from sac_ros.segmentation.network import STRIDE, SacRoiNet
 
     if settings.crop[0] % STRIDE or settings.crop[1] % STRIDE:
         raise SacError(f"training crop {settings.crop[0]}x{settings.crop[1]} must be multiples "
@@ -146,104 +209,86 @@ def train(settings: TrainSettings) -> dict[str, Any]:
                             settings.non_roi_ids) if val_split != "none" else None)
     num_classes = HEAD_CLASSES[settings.head]
     roi_ids = torch.tensor([0] if settings.head == "four_class" else [1])
-
     model = SacRoiNet(num_classes, settings.width, settings.depth)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, betas=settings.betas,
                                  weight_decay=settings.weight_decay)
     # the averaged weights (batch-norm statistics included) are what gets validated and
     # exported: with 50-step epochs the raw weights of one epoch end scatter widely
     averaged = _averaged_model(torch, model, settings.ema)
-    final = model if averaged is None else averaged.module
-    start_epoch, step = 1, 0
-    history: list[dict] = []
-    rng = np.random.default_rng(settings.seed)
+    run = _Run(torch, settings, train_set, val_set, num_classes, roi_ids, model, optimizer,
+               averaged, np.random.default_rng(settings.seed))
     torch.manual_seed(settings.seed)
     if settings.resume:
-        checkpoint = load_checkpoint(settings.resume)
-        saved = (checkpoint["num_classes"], checkpoint["width"], checkpoint.get("depth", 0))
-        if saved != (num_classes, settings.width, settings.depth):
-            raise SacError(f"{settings.resume} is a {checkpoint['class_map']} model of width "
-                           f"{checkpoint['width']} and depth {saved[2]}; it cannot resume a "
-                           f"{settings.head} run of width {settings.width} and depth "
-                           f"{settings.depth}")
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        if averaged is not None:
-            averaged.module.load_state_dict(checkpoint.get("averaged", checkpoint["model"]))
-            averaged.n_averaged.fill_(checkpoint["step"])
-        start_epoch, step = checkpoint["epoch"] + 1, checkpoint["step"]
-        history = list(checkpoint.get("history", []))
-        rng = np.random.default_rng([settings.seed, checkpoint["epoch"]])  # fresh, reproducible
-        torch.manual_seed(settings.seed + checkpoint["epoch"])
-        print(f"resuming {settings.resume} after epoch {checkpoint['epoch']}", file=sys.stderr)
-    steps = settings.steps_per_epoch or math.ceil(len(train_set) / settings.batch_size)
-    print(f"sac train: {settings.dataset} ({len(train_set)} training frames"
-          + (f", {len(val_set)} validation frames" if val_set else "") + f"), head "
-          f"{settings.head}, SacRoiNet width {settings.width:g} depth {settings.depth} "
-          f"({count_parameters(model):,} parameters), {steps} steps/epoch of "
-          f"{settings.batch_size} crops {settings.crop[0]}x{settings.crop[1]}", file=sys.stderr)
+        _resume(run)
+    return run
 
-    state: dict[str, Any] = {}
-    best = max((h["val"]["block_iiou"] for h in history if "val" in h), default=-1.0)
-    for epoch in range(start_epoch, settings.epochs + 1):
-        model.train()
-        started = time.perf_counter()
-        losses = []
-        bar = tqdm(range(steps), desc=f"epoch {epoch}/{settings.epochs}", unit="step",
-                   disable=not settings.progress or None, file=sys.stderr, leave=False)
-        for _ in bar:
-            if settings.lr_schedule == "cosine":
-                for group in optimizer.param_groups:
-                    group["lr"] = cosine_lr(settings.lr, step, settings.epochs * steps)
-            images, targets = make_batch(torch, train_set, settings, rng)
-            loss, class_loss, block_loss = batch_loss(torch, model, images, targets, roi_ids,
-                                                      num_classes)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if averaged is not None:
-                averaged.update_parameters(model)
-            step += 1
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", cls=f"{float(class_loss):.3f}",
-                            block=f"{float(block_loss):.3f}")
-        bar.close()
-        record: dict[str, Any] = {"epoch": epoch, "step": step,
-                                  "loss": float(np.mean(losses)),
-                                  "seconds": round(time.perf_counter() - started, 1)}
-        if val_set is not None and (epoch % settings.val_every == 0
-                                    or epoch == settings.epochs):
-            record["val"] = validate(final, val_set, settings)
-        history.append(record)
-        line = f"epoch {epoch}/{settings.epochs}: loss {record['loss']:.4f}"
-        if "val" in record:
-            val = record["val"]
-            line += (f"; val pixel iIoU {val['pixel_iiou']:.4f} mIoU {val['pixel_miou']:.4f}, "
-                     f"block iIoU {val['block_iiou']:.4f} mIoU {val['block_miou']:.4f}")
-        print(line + f" ({record['seconds']:.0f} s)", file=sys.stderr)
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 **({} if averaged is None else {"averaged": final.state_dict()}),
-                 "epoch": epoch, "step": step, "num_classes": num_classes,
-                 "width": settings.width, "depth": settings.depth,
-                 "class_map": settings.head, "history": history,
-                 "settings": {"dataset": settings.dataset, "train_split": settings.train_split,
-                              "crop": list(settings.crop), "scale": list(settings.scale),
-                              "batch_size": settings.batch_size, "lr": settings.lr,
-                              "lr_schedule": settings.lr_schedule,
-                              "betas": list(settings.betas),
-                              "weight_decay": settings.weight_decay, "seed": settings.seed,
-                              "shadows": settings.shadow_prob, "ema": settings.ema}}
-        save_checkpoint(settings.out / "last.pt", state)
-        score = record.get("val", {}).get("block_iiou", float("nan"))
-        if score > best:  # NaN (no validation this epoch) never wins
-            best = score
-            save_checkpoint(settings.out / "best.pt", state)
-        (settings.out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
-    if not state:
-        raise SacError(f"nothing to do: the checkpoint already reached epoch {start_epoch - 1} "
-                       f"of {settings.epochs} (raise --epochs to continue)")
-    state["model_object"] = final
-    return state
+
+def _resume(run: _Run) -> None:
+    """Load ``settings.resume`` into the run: weights, optimiser, position, history."""
+    settings = run.settings
+    checkpoint = load_checkpoint(settings.resume)
+    saved = (checkpoint["num_classes"], checkpoint["width"], checkpoint.get("depth", 0))
+    if saved != (run.num_classes, settings.width, settings.depth):
+        raise SacError(f"{settings.resume} is a {checkpoint['class_map']} model of width "
+                       f"{checkpoint['width']} and depth {saved[2]}; it cannot resume a "
+                       f"{settings.head} run of width {settings.width} and depth "
+                       f"{settings.depth}")
+    run.model.load_state_dict(checkpoint["model"])
+    run.optimizer.load_state_dict(checkpoint["optimizer"])
+    if run.averaged is not None:
+        run.averaged.module.load_state_dict(checkpoint.get("averaged", checkpoint["model"]))
+        run.averaged.n_averaged.fill_(checkpoint["step"])
+    run.start_epoch, run.step = checkpoint["epoch"] + 1, checkpoint["step"]
+    run.history = list(checkpoint.get("history", []))
+    run.rng = np.random.default_rng([settings.seed, checkpoint["epoch"]])  # fresh, reproducible
+    run.torch.manual_seed(settings.seed + checkpoint["epoch"])
+    print(f"resuming {settings.resume} after epoch {checkpoint['epoch']}", file=sys.stderr)
+
+
+def _train_epoch(run: _Run, epoch: int, steps: int) -> dict[str, Any]:
+    """One epoch of ``steps`` batches; its history record (without validation)."""
+    settings, optimizer = run.settings, run.optimizer
+    run.model.train()
+    started = time.perf_counter()
+    losses = []
+    bar = tqdm(range(steps), desc=f"epoch {epoch}/{settings.epochs}", unit="step",
+               disable=not settings.progress or None, file=sys.stderr, leave=False)
+    for _ in bar:
+        if settings.lr_schedule == "cosine":
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(settings.lr, run.step, settings.epochs * steps)
+        images, targets = make_batch(run.torch, run.train_set, settings, run.rng)
+        loss, class_loss, block_loss = batch_loss(run.torch, run.model, images, targets,
+                                                  run.roi_ids, run.num_classes)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if run.averaged is not None:
+            run.averaged.update_parameters(run.model)
+        run.step += 1
+        losses.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", cls=f"{float(class_loss):.3f}",
+                        block=f"{float(block_loss):.3f}")
+    bar.close()
+    return {"epoch": epoch, "step": run.step, "loss": float(np.mean(losses)),
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _checkpoint(run: _Run, epoch: int) -> dict[str, Any]:
+    """The checkpoint after ``epoch``: what `--resume` and `sac export` read."""
+    settings = run.settings
+    return {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+            **({} if run.averaged is None else {"averaged": run.final.state_dict()}),
+            "epoch": epoch, "step": run.step, "num_classes": run.num_classes,
+            "width": settings.width, "depth": settings.depth,
+            "class_map": settings.head, "history": run.history,
+            "settings": {"dataset": settings.dataset, "train_split": settings.train_split,
+                         "crop": list(settings.crop), "scale": list(settings.scale),
+                         "batch_size": settings.batch_size, "lr": settings.lr,
+                         "lr_schedule": settings.lr_schedule,
+                         "betas": list(settings.betas),
+                         "weight_decay": settings.weight_decay, "seed": settings.seed,
+                         "shadows": settings.shadow_prob, "ema": settings.ema}}
 
 
 def cosine_lr(base: float, step: int, total_steps: int, floor: float = 0.01) -> float:
