@@ -2,9 +2,10 @@
 """End-to-end latency and sustained rate of the ROS 2 pipeline, over real DDS.
 
 Runs `sac pipeline --source sample` (video source -> sensor -> ECU [-> perception],
-each a separate process) for each case and prints camera-stamp -> reconstructed
-image latency p50/p99 (as received by a listener in another process, and as
-published by the ECU), sustained output rate, drops, kB/frame and ROI PSNR.
+each a separate process) for each case and prints the frames delivered of the frames
+sent with the drops by reason, then camera-stamp -> reconstructed image latency p50/p99
+(as received by a listener in another process, and as published by the ECU), sustained
+output rate, kB/frame and ROI PSNR.
 The listener receives every frame but measures PSNR on every 4th by default: on every
 frame it costs about 5 ms of CPU per frame that the nodes under test then lack.
 
@@ -19,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from sac_ros.pipeline import delivery_headline
 
 ULTRAFAST = ["sac_sensor.preset=ultrafast", "sac_sensor.aq_mode=1"]
 CASES = [
@@ -56,6 +59,18 @@ def run_case(size: str, fps: int, perception: bool, params: list[str], frames: i
         return row
 
 
+def case_lines(label: str, row: dict) -> list[str]:
+    """A case's summary: the frames delivered lead, then what they cost and how late."""
+    out_fps = row["input_fps"] * row["frames_out"] / max(row["frames_in"], 1)
+    sent = row.get("frames_sent", row["frames_in"])
+    unaccounted = row.get("unaccounted", sent - row["frames_out"] - sum(row["drops"].values()))
+    return [f"{label}: " + delivery_headline(row["frames_out"], sent, row["drops"], unaccounted),
+            f"  {row['frames_in']:>4} {row['frames_out']:>4} {out_fps:>7.1f} "
+            f"{row['latency_p50_ms']:>7.1f} {row['latency_p99_ms']:>7.1f} "
+            f"{row['ecu_latency_ms'][1]:>7.1f} {row['kb_per_frame']:>6.2f} "
+            f"{row['roi_psnr']:>6.2f} {row.get('perception_fps', float('nan')):>8.1f}"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--frames", type=int, default=450,
@@ -84,20 +99,14 @@ def main() -> None:
     print(f"transports: {args.transports if args.transports is not None else 'config'}; "
           f"{args.frames} frames per case; ROI mask from "
           f"{args.model + ' model' if args.model else 'static polygon'}")
-    print(f"{'case':<34} {'in':>4} {'out':>4} {'drops':>5} {'out fps':>7} {'p50 ms':>7} "
-          f"{'p99 ms':>7} {'ECU p99':>7} {'kB/fr':>6} {'ROI dB':>6} {'perc fps':>8}")
+    print(f"  {'in':>4} {'out':>4} {'out fps':>7} {'p50 ms':>7} {'p99 ms':>7} {'ECU p99':>7} "
+          f"{'kB/fr':>6} {'ROI dB':>6} {'perc fps':>8}")
     for index, (label, size, fps, perception, params) in enumerate(CASES):
         if args.cases and index not in args.cases:
             continue
         row = run_case(size, fps, perception, params, args.frames, args.model, config,
                        args.quality_every)
-        drops = sum(row["drops"].values())
-        out_fps = row["input_fps"] * row["frames_out"] / max(row["frames_in"], 1)
-        print(f"{label:<34} {row['frames_in']:>4} {row['frames_out']:>4} {drops:>5} "
-              f"{out_fps:>7.1f} {row['latency_p50_ms']:>7.1f} {row['latency_p99_ms']:>7.1f} "
-              f"{row['ecu_latency_ms'][1]:>7.1f} {row['kb_per_frame']:>6.2f} "
-              f"{row['roi_psnr']:>6.2f} "
-              f"{row.get('perception_fps', float('nan')):>8.1f}")
+        print("\n".join(case_lines(label, row)), flush=True)
 
 
 if __name__ == "__main__":

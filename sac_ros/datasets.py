@@ -17,6 +17,8 @@ Layouts (checked before anything is written):
   ``<root>/panoptic_maps/<split>/<seq>/<frame>.png`` (semantic id in R). The raw KITTI
   tracking layout ``image_02/<seq>/<frame>.png`` is read the same way, without labels.
   Frame numbers of a sequence must be consecutive.
+- **Any other image folder**: its images (``.png``, ``.jpg``, ...) in file-name order, as
+  ``sac eval`` reads them, at 30 Hz (``--fps`` sets another rate), without labels.
 
 The input may be the dataset root, the sequence folder, or any folder in between.
 Frames are read by ``sac_ros.core.io.iter_frames`` (the core's reader), one folder at
@@ -34,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from sac_ros.core.errors import SacError
-from sac_ros.core.io import iter_frames, resolve_input, video_fps
+from sac_ros.core.io import IMAGE_SUFFIXES, iter_frames, resolve_input, video_fps
 from sac_ros.core.mask import read_label_image
 
 CITYSCAPES_RATE = 17.0   # Hz: Cityscapes sequences
@@ -67,7 +69,7 @@ class Sequence:
 
 @dataclass
 class Source:
-    kind: str                   # cityscapes | kitti_step | video
+    kind: str                   # cityscapes | kitti_step | images | video
     path: Path
     rate_hz: float
     sequences: list[Sequence] = field(default_factory=list)
@@ -172,8 +174,20 @@ def _kitti(path: Path, anchor: Path) -> Source:
     return source
 
 
+def _image_folder(spec: str, path: Path) -> Source:
+    """A folder in neither dataset layout: its images in file-name order, as one sequence
+    (the order and rate ``sac eval`` reads it with)."""
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise SacError(f"{spec} holds no images ({', '.join(IMAGE_SUFFIXES)}) and is in "
+                       f"neither dataset layout ({LAYOUT_HELP}); videos are files")
+    frames = [FrameFile(file, number) for number, file in enumerate(files)]
+    return Source("images", path, video_fps(path), [Sequence(path.name, path, frames)])
+
+
 def find_source(spec: str, mixed_sizes_ok: bool = False) -> Source:
-    """The frames to convert: a dataset folder in one of the two layouts, or a video.
+    """The frames to convert: a dataset folder in one of the two layouts, any other image
+    folder, or a video.
 
     Frame sizes must agree unless ``mixed_sizes_ok`` (every frame will be resized).
     """
@@ -186,10 +200,7 @@ def find_source(spec: str, mixed_sizes_ok: bool = False) -> Source:
         source = _cityscapes(path, city)
     else:
         kitti = _anchor(path, KITTI_IMAGE_DIRS)
-        if kitti is None:
-            raise SacError(f"{spec} is in neither dataset layout ({LAYOUT_HELP}); "
-                           "videos are files")
-        source = _kitti(path, kitti)
+        source = _kitti(path, kitti) if kitti is not None else _image_folder(spec, path)
     _check_sizes(source, mixed_sizes_ok)
     return source
 

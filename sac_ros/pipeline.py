@@ -3,7 +3,10 @@
 Shared by the launch file, `sac pipeline` and `sac bag run`: the node list
 (``pipeline_nodes``), their command lines (``node_command``), the node processes
 (``Children``, which first reclaims the shared memory of dead nodes) and, for
-`sac pipeline --source`, a measured run (``run_with_source``).
+`sac pipeline --source`, a measured run (``run_with_source``). Every run summary
+(`sac pipeline`, `sac bag run`, `sac report`, the pipeline benchmark) leads with the
+same headline (``delivery_headline``) and checks the cameras' total bit rate against
+the link budget the same way (``link_budget``).
 
 ROS-free at import: it reads config/pipeline.yaml (a ROS 2 parameter file) and starts
 processes; only ``run_with_source`` imports rclpy, when called.
@@ -11,6 +14,7 @@ processes; only ``run_with_source`` imports rclpy, when called.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import signal
@@ -41,6 +45,10 @@ FASTDDS_TRANSPORT_MODES = ("DEFAULT", "DEFAULTv6", "SHM", "UDPv4", "UDPv6", "LAR
 # an error and fall back to its stock transports, silently slower.
 FASTDDS_TRANSPORT_OPTION = re.compile(r"(max_msg_size|sockets_size)=\d+[A-Za-z]*"
                                       r"|non_blocking=(true|false)|tcp_negotiation_timeout=\d+")
+# In-vehicle links the cameras' total bit rate is checked against (Mbit/s of payload).
+LINKS_MBPS = {"10BASE-T1S": 10.0, "100BASE-T1": 100.0, "1000BASE-T1": 1000.0,
+              "2.5GBASE-T1": 2500.0, "5GBASE-T1": 5000.0, "10GBASE-T1": 10000.0}
+DEFAULT_LINK_BUDGET_MBPS = 100.0
 
 
 @dataclass
@@ -65,6 +73,7 @@ class PipelineLayout:
     perception: bool
     fastdds_transports: str  # FASTDDS_BUILTIN_TRANSPORTS for the nodes; "" = Fast DDS default
     packet_topic: str = PACKET_TOPIC  # the sensors' packet_topic in the parameter file
+    link_budget_mbps: float = DEFAULT_LINK_BUDGET_MBPS  # the cameras' shared link
 
     def environment(self, base: dict[str, str] | None = None) -> dict[str, str]:
         """The environment the nodes start with: ``base`` plus the configured transports."""
@@ -92,7 +101,8 @@ def load_layout(config: str | Path | None = None) -> PipelineLayout:
     section = (data.get(PIPELINE_KEY) or {}).get("ros__parameters")
     if not isinstance(section, dict):
         raise SacError(f"{path}: missing '{PIPELINE_KEY}: ros__parameters:' section")
-    unknown = set(section) - {"cameras", "perception", "fastdds_builtin_transports"}
+    unknown = set(section) - {"cameras", "perception", "fastdds_builtin_transports",
+                              "link_budget_mbps"}
     if unknown:
         raise SacError(f"{path}: unknown {PIPELINE_KEY} key(s): {', '.join(sorted(unknown))}")
     cameras = section.get("cameras", [""])
@@ -107,9 +117,74 @@ def load_layout(config: str | Path | None = None) -> PipelineLayout:
             raise SacError(f"{path}: '{camera}' is not a valid ROS namespace")
     transports = section.get("fastdds_builtin_transports", "")
     _check_transports(path, transports)
+    try:
+        budget = parse_link_budget(section.get("link_budget_mbps", DEFAULT_LINK_BUDGET_MBPS))
+    except SacError as exc:
+        raise SacError(f"{path}: {PIPELINE_KEY}.link_budget_mbps: {exc}") from None
     return PipelineLayout(path.resolve(), cameras, bool(section.get("perception", True)),
                           transports, str(node_parameter(data, "sac_sensor", "packet_topic",
-                                                         PACKET_TOPIC)))
+                                                         PACKET_TOPIC)), budget)
+
+
+def parse_link_budget(value) -> float:
+    """A link budget in Mbit/s: a number (``100``) or a link name (``100BASE-T1``)."""
+    name = str(value).strip().upper()
+    if name in LINKS_MBPS:
+        return LINKS_MBPS[name]
+    try:
+        mbps = float(value)
+    except (TypeError, ValueError):
+        mbps = float("nan")
+    if isinstance(value, bool) or not 0 < mbps < 1e6:
+        raise SacError(f"link budget '{value}' must be Mbit/s above 0 or one of "
+                       f"{', '.join(LINKS_MBPS)}")
+    return mbps
+
+
+def _mbps(value: float) -> str:
+    return f"{value:.1f}" if value >= 10 else f"{value:.2f}" if value >= 1 else f"{value:.3f}"
+
+
+def link_budget(rates_mbps: list[float], budget_mbps: float) -> dict:
+    """The cameras' total bit rate against the link they share: the numbers, and the
+    line every summary prints (``line``)."""
+    known = [r for r in rates_mbps if r is not None and math.isfinite(r)]
+    total, cameras = float(sum(known)), len(rates_mbps)
+    names = [n for n, v in LINKS_MBPS.items() if v == budget_mbps]
+    link = (f"{names[0]} ({budget_mbps:g} Mbit/s)" if names
+            else f"a {budget_mbps:g} Mbit/s link")
+    headroom = 100.0 * (1.0 - total / budget_mbps)
+    fits = total <= budget_mbps
+    who = f"{cameras} camera{'s' if cameras != 1 else ''}"
+    if not known:
+        line = f"total bit rate of {who}: not measured (no packets), link {link}"
+    elif fits:
+        shown = f"{headroom:.0f}" if 1 <= headroom <= 99 else f"{math.floor(headroom * 10) / 10:g}"
+        line = f"total {_mbps(total)} Mbit/s for {who}: fits {link} with {shown}% headroom"
+    else:
+        line = (f"total {_mbps(total)} Mbit/s for {who}: does NOT fit {link}, "
+                f"{-headroom:.0f}% over")
+    if known and len(known) < cameras:
+        line += f" ({cameras - len(known)} without a measured rate)"
+    return {"total_mbps": total if known else None, "cameras": cameras,
+            "budget_mbps": budget_mbps, "fits": fits if known else None,
+            "headroom_pct": headroom if known else None, "line": line}
+
+
+def delivery_headline(delivered: int, sent: int, drops: dict[str, int],
+                      unaccounted: int = 0) -> str:
+    """What a run summary leads with: frames delivered: N of M (P%), then the drops by
+    reason. Frames counted as drops are accounted for, not delivered."""
+    pct = 100.0 * delivered / sent if sent else 0.0
+    if delivered < sent:  # never rounded up to a clean 100%
+        pct = math.floor(pct * 10) / 10
+    line = f"frames delivered: {delivered} of {sent} ({pct:.1f}%)"
+    lost = [f"{reason} {count}" for reason, count in drops.items() if count]
+    if unaccounted > 0:
+        lost.append(f"unaccounted for {unaccounted}")
+    if lost:
+        return f"{line}; dropped: {', '.join(lost)}"
+    return line if delivered >= sent else f"{line}; no drop counted"
 
 
 def node_parameter(data: dict, executable: str, name: str, default):

@@ -190,6 +190,31 @@ def test_video_conversion(tmp_path):
                                       rgb)
 
 
+def test_plain_image_folder_converts_as_sac_eval_reads_it(tmp_path, capsys):
+    """Issue 17 item 5: a folder in neither dataset layout is read as `sac eval` reads it
+    (its images in file-name order, at 30 Hz unless --fps), not refused."""
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    frames = [np.full((24, 40, 3), 10 * i, np.uint8) for i in range(5)]
+    for i, rgb in enumerate(frames):
+        Image.fromarray(rgb).save(folder / f"shot_{i:02d}.png")
+    out = tmp_path / "bag"
+    result = sac_inprocess(capsys, "bag", "convert", folder, out, "--no-progress")
+    assert result.returncode == 0, result.stderr
+    stdout = result.stdout
+    assert f"source   images {folder}: 5 frames in 1 sequence(s) at 30 Hz, 40x24" in stdout
+    messages = mcap_messages(out)
+    assert [m[2] for m in messages] == [round(i * 1e9 / 30) for i in range(5)]
+    for (topic, _, _, msg), rgb in zip(messages, frames, strict=True):
+        assert topic == "/front/image_raw"
+        np.testing.assert_array_equal(np.frombuffer(bytes(msg.data), np.uint8).reshape(rgb.shape),
+                                      rgb)
+    result = sac_inprocess(capsys, "bag", "convert", folder, tmp_path / "b10", "--fps", "10",
+                           "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert [m[2] for m in mcap_messages(tmp_path / "b10")][-1] == 400_000_000
+
+
 def test_typestore_hashes_match_rosidl():
     """The bag definitions of our messages carry the hashes rosidl generated."""
     store = typestore()
@@ -227,10 +252,10 @@ def test_existing_output_is_refused_then_replaced(cityscapes, tmp_path, capsys):
 
 @pytest.mark.parametrize("case", ["neither", "cs_gap", "kitti_gap", "mixed", "label_size"])
 def test_bad_datasets(tmp_path, case, capsys):
-    if case == "neither":
+    if case == "neither":  # no image at all (a plain image folder converts: see above)
         (tmp_path / "data" / "pics").mkdir(parents=True)
-        Image.new("RGB", (32, 32)).save(tmp_path / "data" / "pics" / "a.png")
-        fragment = "neither dataset layout"
+        (tmp_path / "data" / "pics" / "notes.txt").write_text("not an image")
+        fragment = "holds no images (.png, .jpg, .jpeg, .bmp, .ppm) and is in neither dataset"
     elif case == "cs_gap":
         make_cityscapes(tmp_path / "data", [("train", "ulm", 0, 0, 5, set())])
         (tmp_path / "data/leftImg8bit_sequence/train/ulm/ulm_000000_000002_leftImg8bit.png"

@@ -203,11 +203,23 @@ def test_record_then_sigint_and_sigkill(tmp_path):
     assert not (tmp_path / "killed").exists()
 
 
+def test_record_with_a_duration_says_when_it_stops(tmp_path):
+    """Issue 17 item 5: with --duration the recorder does not claim that only Ctrl-C stops."""
+    result = subprocess.run([*sac_cmd(), "bag", "record", tmp_path / "bag", "--topics",
+                             "/nothing_here", "--duration", "0.5"], env=domain_env(4),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert ("sac bag record: recording /nothing_here to "
+            f"{tmp_path / 'bag'}; stops after 0.5 s or at Ctrl-C") in result.stderr
+
+
 def test_run_through_pipeline_loses_no_frame_then_report(source_bag, tmp_path):
     env = domain_env(3)
     run = tmp_path / "run"
+    model = tiny_segmenter(tmp_path / "rule.onnx")
     cmd = [*sac_cmd(), "bag", "run", source_bag, run, "--no-perception", "--no-progress",
-           "--json", tmp_path / "run.json", "-p", "sac_sensor.preset=ultrafast"]
+           "--json", tmp_path / "run.json", "-p", "sac_sensor.preset=ultrafast",
+           "--model", model]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
@@ -222,13 +234,21 @@ def test_run_through_pipeline_loses_no_frame_then_report(source_bag, tmp_path):
     assert cam["unaccounted"] == 0
     assert abs(cam["rate_error_pct"]) < 2.0, cam          # as received by the recorder
     assert abs(summary["player_rate_error_pct"]) < 2.0, summary
-    assert "no frame lost" in stdout
+    # Issue 17 item 2: the frames delivered lead, the accounting follows on its own line;
+    # the sensor warmed its segmenter up for the bag's frames before the first one came.
+    counted = {**cam["sensor_drops"], **{f"ecu {k}": v for k, v in cam["ecu_drops"].items()}}
+    drops = ", ".join(f"{k} {v}" for k, v in counted.items() if v)
+    head = (f"camera /front: frames delivered: {cam['reconstructed']} of 24 "
+            f"({int(1000 * cam['reconstructed'] / 24) / 10:.1f}%)"
+            + (f"; dropped: {drops}" if drops else ""))
+    assert f"{head}\n  accounting: 24 frames in the bag" in stdout, stdout
+    assert "no frame lost" not in stdout
+    assert "segmenter warmed up for 96x64" in stderr, stderr[-3000:]
     with open_bag(run) as reader:
         counts = {c.topic: c.msgcount for c in reader.connections}
     assert counts["/front/image_raw"] == 24 and counts["/front/labels"] == 2
     assert counts["/front/sac/packets"] == cam["packets"]
     # The offline report of the recorded run, with a real (tiny, rule-based) ONNX model.
-    model = tiny_segmenter(tmp_path / "rule.onnx")
     out = tmp_path / "report"
     result = sac("report", run, "--out", out, "--model", model, "--no-progress")
     assert result.returncode == 0, result.stderr

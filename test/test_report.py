@@ -58,56 +58,63 @@ def old_packet_store():
 
 
 def write_run_bag(path, frames=12, skip=(4, 5), lose=(9,), height=48, width=80,
-                  old_definition=False):
+                  old_definition=False, cameras=("/cam",)):
     """A recorded run, built with the core coder: originals, packets, reconstructions and
     the sensor's statistics. ``skip`` frames are dropped and counted as superseded;
     ``lose`` frames are dropped without being counted (the report must notice).
-    ``old_definition``: packets as a sensor from before the E2E checksum recorded them."""
-    encoder = SacEncoder(width, height, 20, 30, EncoderSettings(gop=6, preset="ultrafast"))
-    decoder = SacDecoder()
-    store_types = None
-    expected = {}
-    base = 50_000_000_000
+    ``old_definition``: packets as a sensor from before the E2E checksum recorded them.
+    Every camera namespace in ``cameras`` gets the same run; returns the first one's
+    frames."""
     with BagWriter(path) as bag:
         factory = MessageFactory(bag.store, "camera")
-        store_types = bag.store.types
-        for index in range(frames):
-            rgb, regions = scene(height, width, index)
-            stamp = base + index * 100_000_000
-            bag.write("/cam/image_raw", IMAGE, stamp + 1_000_000, factory.image(rgb, stamp))
-            if index in skip or index in lose:
-                continue
-            blocks = block_mask(~regions["sky"])
-            packet = encoder.encode(rgb, blocks)
-            decoded = decoder.decode(packet)
-            packet.segmentation_ms = 1.0
-            msg = packet_to_msg(packet, factory.header(stamp), store_types[PACKET],
-                                store_types["sac_ros/msg/EncodedStream"],
-                                blob=lambda b: np.frombuffer(b, np.uint8))
-            if old_definition:
-                old = old_packet_store()
-                fields = {k: v for k, v in vars(msg).items() if not k.startswith("e2e")}
-                fields["roi"] = old.types["sac_ros/msg/EncodedStream"](**vars(msg.roi))
-                fields["non_roi"] = [old.types["sac_ros/msg/EncodedStream"](**vars(s))
-                                     for s in msg.non_roi]
-                bag.connection("/cam/sac/packets", PACKET, old.generate_msgdef(PACKET)[0],
-                               old.hash_rihs01(PACKET))
-                bag.write("/cam/sac/packets", PACKET, stamp + 20_000_000,
-                          old.serialize_cdr(old.types[PACKET](**fields), PACKET))
-            else:
-                bag.write_message("/cam/sac/packets", PACKET, stamp + 20_000_000, msg)
-            bag.write("/cam/sac/image", IMAGE, stamp + 40_000_000,
-                      factory.image(decoded.rgb, stamp))
-            expected[stamp] = (rgb, decoded.rgb, expand_blocks(blocks, height, width),
-                               packet.num_bytes)
-        stats = store_types[SAC_STATS](
-            header=factory.header(base + frames * 100_000_000), node="/cam/sac_sensor",
-            received=frames, processed=frames - len(skip) - len(lose),
-            dropped=len(skip), drop_reasons=["superseded"],
-            drop_counts=np.array([len(skip)], np.uint64), kbytes_per_frame=0.0,
-            mbits_per_second=0.0, latency_p50_ms=0.0, latency_p99_ms=0.0, fps=0.0,
-            output_readers=2, input_writers=-1)
-        bag.write_message("/cam/sac/sensor_stats", SAC_STATS, base + frames * 100_000_000, stats)
+        found = [_write_camera(bag, factory, ns, frames, skip, lose, height, width,
+                               old_definition) for ns in cameras]
+    return found[0]
+
+
+def _write_camera(bag, factory, ns, frames, skip, lose, height, width, old_definition):
+    encoder = SacEncoder(width, height, 20, 30, EncoderSettings(gop=6, preset="ultrafast"))
+    decoder = SacDecoder()
+    store_types = bag.store.types
+    expected = {}
+    base = 50_000_000_000
+    for index in range(frames):
+        rgb, regions = scene(height, width, index)
+        stamp = base + index * 100_000_000
+        bag.write(f"{ns}/image_raw", IMAGE, stamp + 1_000_000, factory.image(rgb, stamp))
+        if index in skip or index in lose:
+            continue
+        blocks = block_mask(~regions["sky"])
+        packet = encoder.encode(rgb, blocks)
+        decoded = decoder.decode(packet)
+        packet.segmentation_ms = 1.0
+        msg = packet_to_msg(packet, factory.header(stamp), store_types[PACKET],
+                            store_types["sac_ros/msg/EncodedStream"],
+                            blob=lambda b: np.frombuffer(b, np.uint8))
+        if old_definition:
+            old = old_packet_store()
+            fields = {k: v for k, v in vars(msg).items() if not k.startswith("e2e")}
+            fields["roi"] = old.types["sac_ros/msg/EncodedStream"](**vars(msg.roi))
+            fields["non_roi"] = [old.types["sac_ros/msg/EncodedStream"](**vars(s))
+                                 for s in msg.non_roi]
+            bag.connection(f"{ns}/sac/packets", PACKET, old.generate_msgdef(PACKET)[0],
+                           old.hash_rihs01(PACKET))
+            bag.write(f"{ns}/sac/packets", PACKET, stamp + 20_000_000,
+                      old.serialize_cdr(old.types[PACKET](**fields), PACKET))
+        else:
+            bag.write_message(f"{ns}/sac/packets", PACKET, stamp + 20_000_000, msg)
+        bag.write(f"{ns}/sac/image", IMAGE, stamp + 40_000_000,
+                  factory.image(decoded.rgb, stamp))
+        expected[stamp] = (rgb, decoded.rgb, expand_blocks(blocks, height, width),
+                           packet.num_bytes)
+    stats = store_types[SAC_STATS](
+        header=factory.header(base + frames * 100_000_000), node=f"{ns}/sac_sensor",
+        received=frames, processed=frames - len(skip) - len(lose),
+        dropped=len(skip), drop_reasons=["superseded"],
+        drop_counts=np.array([len(skip)], np.uint64), kbytes_per_frame=0.0,
+        mbits_per_second=0.0, latency_p50_ms=0.0, latency_p99_ms=0.0, fps=0.0,
+        output_readers=2, input_writers=-1)
+    bag.write_message(f"{ns}/sac/sensor_stats", SAC_STATS, base + frames * 100_000_000, stats)
     encoder.close()
     decoder.close()
     return expected
@@ -152,6 +159,45 @@ def test_report_of_an_offline_bag(tmp_path, capsys):
     for png in cam["plots"].values():
         with Image.open(out / png) as image:
             image.verify()
+
+
+def test_report_leads_with_frames_delivered_and_the_link_budget(tmp_path, capsys):
+    """Issue 17 items 2 and 8: frames counted as drops are accounted for, not delivered, so
+    the headline is the frames delivered (never a green success when some were dropped);
+    the cameras' total bit rate is checked against the link they share."""
+    write_run_bag(tmp_path / "run", skip=(4, 5), lose=(), cameras=("/front", "/rear"))
+    out = tmp_path / "rep"
+    code, stdout, err = cli(capsys, "report", tmp_path / "run", "--out", out, "--model", "none",
+                            "--no-progress", "--link-budget", "1000BASE-T1")
+    assert code == 0, err
+    lines = stdout.splitlines()
+    for camera in ("/front", "/rear"):
+        head = lines.index(f"camera {camera}: frames delivered: 10 of 12 (83.3%); dropped: "
+                           "superseded 2")
+        assert lines[head + 1] == ("  accounting: 12 frames, 10 packets, 10 reconstructed, "
+                                   "counted drops 2, unaccounted 0")
+    report = json.loads((out / "report.json").read_text())
+    total = sum(c["rate"]["mbit_per_s_mean"] for c in report["cameras"])
+    budget = report["link_budget"]
+    assert budget["total_mbps"] == pytest.approx(total) and budget["cameras"] == 2
+    assert budget["fits"] is True and budget["budget_mbps"] == 1000.0
+    assert (f"total {total:.3f} Mbit/s for 2 cameras: fits 1000BASE-T1 (1000 Mbit/s) with "
+            "99.9% headroom") in stdout
+    html = (out / "index.html").read_text()
+    assert "every frame accounted for" not in html and "class=ok>Frames" not in html
+    assert html.count("<h3 class=bad>Frames delivered: 10 of 12 (83.3%); dropped: "
+                      "superseded 2</h3>") == 2
+    assert "class=ok>Total " in html
+    # A link the run does not fit in; every frame delivered is the one green headline.
+    write_run_bag(tmp_path / "all", skip=(), lose=())
+    code, stdout, err = cli(capsys, "report", tmp_path / "all", "--out", tmp_path / "rep2",
+                            "--model", "none", "--no-progress", "--link-budget", "0.01")
+    assert code == 0, err
+    assert "camera /cam: frames delivered: 12 of 12 (100.0%)\n" in stdout
+    assert "for 1 camera: does NOT fit a 0.01 Mbit/s link" in stdout
+    html = (tmp_path / "rep2" / "index.html").read_text()
+    assert "<h3 class=ok>Frames delivered: 12 of 12 (100.0%)</h3>" in html
+    assert "class=bad>Total " in html
 
 
 def test_report_of_a_bag_from_before_the_checksum(tmp_path, capsys):
@@ -268,5 +314,6 @@ def test_reproduce_bad_input(tmp_path, capsys):
         tmp_path / "o", "--no-progress")
     (tmp_path / "plain").mkdir()
     Image.new("RGB", (32, 32)).save(tmp_path / "plain" / "x.png")
-    assert "neither dataset layout" in error_line(
+    # A plain image folder is a source (sac bag convert), but not Cityscapes.
+    assert "is in the images layout, not cityscapes" in error_line(
         capsys, "reproduce", "reproduce", "--cityscapes", tmp_path / "plain", "--no-progress")

@@ -20,6 +20,7 @@ from sac_ros.core.errors import SacError
 from sac_ros.pipeline import (
     EXECUTABLES,
     TRANSPORTS_VAR,
+    link_budget,
     load_layout,
     node_command,
     pipeline_nodes,
@@ -184,6 +185,30 @@ def test_transports_reach_the_node_environment(tmp_path):
 def test_bad_transports_are_refused(tmp_path, value):
     with pytest.raises(SacError, match="fastdds_builtin_transports"):
         _layout_with(tmp_path, fastdds_builtin_transports=value)
+
+
+def test_link_budget_from_the_config(tmp_path):
+    """Issue 17 item 8: the cameras' shared link is a config key, in Mbit/s or by name."""
+    assert load_layout().link_budget_mbps == 100.0
+    assert _layout_with(tmp_path, link_budget_mbps="1000BASE-T1").link_budget_mbps == 1000.0
+    assert _layout_with(tmp_path, link_budget_mbps=250).link_budget_mbps == 250.0
+    for bad in (0, -5, "fast", True):
+        with pytest.raises(SacError, match="link_budget_mbps"):
+            _layout_with(tmp_path, link_budget_mbps=bad)
+
+
+def test_link_budget_line():
+    six = link_budget([1.2, 1.2, 1.2, 1.2, 1.25, 1.25], 100.0)
+    assert six["line"] == ("total 7.30 Mbit/s for 6 cameras: fits 100BASE-T1 (100 Mbit/s) "
+                           "with 93% headroom")
+    assert six["fits"] and six["total_mbps"] == pytest.approx(7.3)
+    over = link_budget([60.0, 70.0], 100.0)
+    assert over["line"] == ("total 130.0 Mbit/s for 2 cameras: does NOT fit 100BASE-T1 "
+                            "(100 Mbit/s), 30% over") and over["fits"] is False
+    assert link_budget([0.5, float("nan")], 1000.0)["line"] == (
+        "total 0.500 Mbit/s for 2 cameras: fits 1000BASE-T1 (1000 Mbit/s) with 99.9% headroom "
+        "(1 without a measured rate)")
+    assert "a 42 Mbit/s link" in link_budget([1.0], 42.0)["line"]
 
 
 def test_runner_command_lines_match_the_launch_nodes(tmp_path):

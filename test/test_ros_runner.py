@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -58,7 +59,8 @@ def test_two_cameras_through_the_runner(tmp_path):
         Image.fromarray(rh.frame(i)).save(source / f"{i:04d}.png")
     config = yaml.safe_load((REPO / "config" / "pipeline.yaml").read_text())
     config["sac_pipeline"]["ros__parameters"].update(cameras=["cam_a", "cam_b"],
-                                                     perception=False)
+                                                     perception=False,
+                                                     link_budget_mbps="1000BASE-T1")
     # GOP 2: should the sensor's packet writer match an ECU late (discovery), frames still
     # come out from the next key frame on.
     config["/**/sac_sensor"]["ros__parameters"].update(gop=2, fps=10)
@@ -118,7 +120,36 @@ def test_two_cameras_through_the_runner(tmp_path):
         assert row["roi_psnr"] > 30.0, (camera, row)
         assert row["quality_frames"] + row["quality_skipped"] == row["frames_out"], row
         assert 5.0 < row["input_fps"] < 15.0, (camera, row)  # the config's 10 fps
-        assert f"camera {camera}: frames in {FRAMES}" in stdout
+        # Issue 17 item 2: the frames delivered lead; the accounting is a line of its own.
+        head = delivery_line(row["frames_out"], FRAMES, row["drops"])
+        assert f"camera {camera}: {head}\n  accounting: {FRAMES} sent," in stdout, stdout
+        assert row["frames_sent"] == FRAMES and row["unaccounted"] == 0, row
+    assert "perception" not in stdout  # --no-perception: no empty perception line
+    # Issue 17 item 8: the cameras' total against the config's link.
+    total = sum(row["mbit_per_s"] for row in rows.values())
+    shown = f"{total:.1f}" if total >= 10 else f"{total:.2f}" if total >= 1 else f"{total:.3f}"
+    assert f"total {shown} Mbit/s for 2 cameras: fits 1000BASE-T1 (1000 Mbit/s) with " in stdout
+    # The pipeline benchmark leads its cases with the same headline, from the same rows.
+    bench = load_bench()
+    for camera, row in rows.items():
+        assert bench.case_lines(camera, row)[0] == (
+            f"{camera}: {delivery_line(row['frames_out'], FRAMES, row['drops'])}")
+
+
+def delivery_line(delivered: int, sent: int, drops: dict) -> str:
+    """The headline as issue 17 asks for it, written out here (not the package's)."""
+    pct = int(1000 * delivered / sent) / 10
+    line = f"frames delivered: {delivered} of {sent} ({pct:.1f}%)"
+    lost = ", ".join(f"{k} {v}" for k, v in drops.items() if v)
+    return f"{line}; dropped: {lost}" if lost else line
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_pipeline",
+                                                  REPO / "benchmarks" / "bench_pipeline.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_runner_reclaims_dead_memory_and_stops_on_a_missing_model_quietly(tmp_path):

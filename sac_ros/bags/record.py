@@ -178,8 +178,9 @@ def record(output: str, options: RecordOptions, log=print) -> RecordStats:
             recorder = Recorder(node, bag, options.topics, options.qos_depth, log)
             executor = SingleThreadedExecutor()
             executor.add_node(node)
-            log(f"sac bag record: recording {', '.join(options.topics)} to {output}; "
-                "Ctrl-C stops")
+            until = (f"stops after {options.duration:g} s or at Ctrl-C" if options.duration
+                     else "Ctrl-C stops")
+            log(f"sac bag record: recording {', '.join(options.topics)} to {output}; {until}")
             deadline = time.monotonic() + options.duration if options.duration else None
             while not stop.is_set() and recorder.failure is None:
                 executor.spin_once(timeout_sec=0.1)

@@ -9,7 +9,12 @@ checks the frame accounting from the recorded bag:
     source frames = reconstructed frames + drops counted by the nodes (+ unaccounted)
 
 and the replay rate (originals per second as received, against the source's camera
-time x rate).
+time x rate). The summary leads with the frames delivered (reconstructed) of the
+source's; the accounting follows it.
+
+As in ``sac pipeline --source``, each sensor is told its camera's frame size
+(``frame_size``, from the bag's first image) so that it warms its segmenter up before
+it reports ready, and the first frames are not late.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sac_ros.bags.bagio import BagWriter, open_bag
+from sac_ros.bags.bagio import BagWriter, deserialize, open_bag
 from sac_ros.bags.play import PlayOptions
 from sac_ros.bags.record import Recorder, camera_topics
 from sac_ros.bags.runbag import read_run
@@ -35,6 +40,7 @@ from sac_ros.pipeline import (
     Children,
     PipelineLayout,
     apply_params,
+    delivery_headline,
     load_layout,
     packet_topic,
     pipeline_nodes,
@@ -73,8 +79,14 @@ def _source_facts(bag: str, topics: list[str]) -> dict[str, dict]:
             conn = present[topic]
             if conn.msgtype != "sensor_msgs/msg/Image":
                 raise SacError(f"{topic} is {conn.msgtype}, not sensor_msgs/msg/Image")
-            stamps = [t for _, t, _ in reader.messages(connections=[conn])]
-            facts[topic] = {"frames": len(stamps), "first_ns": stamps[0], "last_ns": stamps[-1]}
+            stamps, size = [], None
+            for _, t, data in reader.messages(connections=[conn]):
+                if size is None:
+                    first = deserialize(reader, data, conn.msgtype)
+                    size = [int(first.width), int(first.height)]
+                stamps.append(t)
+            facts[topic] = {"frames": len(stamps), "first_ns": stamps[0], "last_ns": stamps[-1],
+                            "size": size}
         return {"topics": facts, "all": sorted(present)}
     finally:
         reader.close()
@@ -107,12 +119,24 @@ def _plan(options: RunOptions) -> _Plan:
                  options.input_topic or INPUT_TOPIC, packet_topic(layout, specs))
 
 
+def _prepare_sensors(plan: _Plan, source: dict) -> None:
+    """Each sensor gets its camera's frame size (unless a -p sets one), so that it warms
+    up its segmenter and encoders before it reports ready, as under ``sac pipeline``."""
+    for spec in plan.specs:
+        if spec.executable != "sac_sensor" or "frame_size" in spec.overrides:
+            continue
+        ns = spec.namespace.rstrip("/")
+        width, height = source["topics"][topic_in(ns, plan.input_name)]["size"]
+        spec.overrides["frame_size"] = f"[{width},{height}]"
+
+
 def run_pipeline(source_bag: str, output: str, options: RunOptions,
                  log=lambda s: print(s, file=sys.stderr)) -> dict:
     if not 0.01 <= options.rate <= 100:
         raise SacError(f"--rate {options.rate:g} is outside 0.01-100")
     plan = _plan(options)
     source = _source_facts(source_bag, plan.topics(plan.input_name))
+    _prepare_sensors(plan, source)
     env = plan.layout.environment()
     os.environ.update(env)  # the player and recorder use the same transports
     started = time.monotonic()
@@ -254,14 +278,15 @@ def format_run(summary: dict) -> str:
              f"({summary['player_rate_error_pct']:+.2f}% of the requested {summary['rate']:g}x)"]
     for cam in summary["cameras"]:
         drops = {**cam["sensor_drops"], **{f"ecu {k}": v for k, v in cam["ecu_drops"].items()}}
-        verdict = ("no frame lost" if cam["unaccounted"] == 0 else
-                   f"{cam['unaccounted']} FRAME(S) UNACCOUNTED FOR")
+        verdict = ("every frame delivered or counted as a drop" if cam["unaccounted"] == 0
+                   else f"{cam['unaccounted']} FRAME(S) UNACCOUNTED FOR")
         lines += [
-            f"camera {cam['camera']}: {cam['source_frames']} frames in the bag, "
+            f"camera {cam['camera']}: " + delivery_headline(
+                cam["reconstructed"], cam["source_frames"], drops, cam["unaccounted"]),
+            f"  accounting: {cam['source_frames']} frames in the bag, "
             f"{cam['originals_recorded']} seen on the input topic, sensor received "
             f"{cam['sensor_received']}, {cam['packets']} packets, {cam['reconstructed']} "
-            f"reconstructed, counted drops {cam['counted_drops']} "
-            f"({', '.join(f'{k} {v}' for k, v in drops.items()) or 'none'}): {verdict}",
+            f"reconstructed, counted drops {cam['counted_drops']}: {verdict}",
             f"  replay speed {cam['replay_speed']:.4f}x as received (requested "
             f"{summary['rate']:g}x: {cam['rate_error_pct']:+.2f}%), "
             f"{cam['input_rate_hz']:.3f} Hz vs {cam['nominal_replay_hz']:.3f} Hz nominal",

@@ -51,13 +51,15 @@ def add_parsers(sub) -> None:
 
 def _convert_parser(sub) -> None:
     p = sub.add_parser(
-        "convert", help="Cityscapes / KITTI-STEP sequences or a video -> ROS 2 bag",
+        "convert", help="Cityscapes / KITTI-STEP sequences, an image folder or a video -> "
+                        "ROS 2 bag",
         description=f"Convert Cityscapes leftImg8bit_sequence ({CITYSCAPES_RATE:g} Hz, gtFine "
-                    f"labels), KITTI-STEP images ({KITTI_RATE:g} Hz, panoptic labels) or any "
-                    "video into a ROS 2 bag of sensor_msgs/Image (plus labels and CameraInfo). "
-                    "Stamps come from the frame numbers.")
-    p.add_argument("input", help="dataset folder (root, split, city or sequence), video file, "
-                   "or sample[:clip]")
+                    f"labels), KITTI-STEP images ({KITTI_RATE:g} Hz, panoptic labels), any "
+                    "other image folder (file-name order, 30 Hz) or any video into a ROS 2 bag "
+                    "of sensor_msgs/Image (plus labels and CameraInfo). Stamps come from the "
+                    "frame numbers.")
+    p.add_argument("input", help="dataset folder (root, split, city or sequence), image folder, "
+                   "video file, or sample[:clip]")
     p.add_argument("output", help="bag folder to create")
     p.add_argument("--storage", default="mcap", choices=("mcap", "sqlite3"),
                    help="storage plugin (default: mcap)")
@@ -79,7 +81,8 @@ def _convert_parser(sub) -> None:
     p.add_argument("--start-time", type=float, default=0.0,
                    help="stamp of the first frame, seconds since the epoch (default 0)")
     p.add_argument("--fps", type=float, help="override the frame rate (default: "
-                   f"{CITYSCAPES_RATE:g} Hz Cityscapes, {KITTI_RATE:g} Hz KITTI, the video's own)")
+                   f"{CITYSCAPES_RATE:g} Hz Cityscapes, {KITTI_RATE:g} Hz KITTI, 30 Hz another "
+                   "image folder, the video's own)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run_convert)
 

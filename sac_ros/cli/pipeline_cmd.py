@@ -22,7 +22,10 @@ from sac_ros.pipeline import (
     Children,
     SourceRun,
     apply_params,
+    delivery_headline,
+    link_budget,
     load_layout,
+    parse_link_budget,
     pipeline_nodes,
     run_with_source,
     source_size,
@@ -50,6 +53,10 @@ def add_parser(sub) -> None:
                    help="override a node parameter, e.g. sac_sensor.preset=ultrafast "
                         "(repeatable)")
     p.add_argument("--no-perception", action="store_true", help="do not start perception nodes")
+    p.add_argument("--link-budget", metavar="MBPS|LINK",
+                   help="with --source: the link the cameras share, in Mbit/s or by name "
+                        "(100BASE-T1, 1000BASE-T1); default: the config's "
+                        "sac_pipeline.link_budget_mbps")
     p.add_argument("--json", help="with --source: write the summary as JSON here")
     p.add_argument("--quality-every", type=int, default=1, metavar="N",
                    help="with --source: measure PSNR on every N-th frame (default 1: all); "
@@ -73,6 +80,8 @@ def run(args) -> int:
         raise SacError("--quality-every must be >= 1")
     if args.size:  # checked before any node starts
         args.size = parse_size(args.size)
+    if args.link_budget is not None:
+        layout.link_budget_mbps = parse_link_budget(args.link_budget)
     env = layout.environment()
     os.environ.update(env)  # this process's listener uses the same transports
     specs = pipeline_nodes(layout, args.input_topic, args.model, video_source=bool(args.source))
@@ -103,7 +112,7 @@ def run(args) -> int:
         return 130
     finally:
         children.stop()
-    _print_summary(summary)
+    _print_summary(summary, layout.perception, layout.link_budget_mbps)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(summary, handle, indent=2, default=float)
@@ -114,11 +123,13 @@ def _fmt(value, spec: str) -> str:
     return "-" if isinstance(value, float) and math.isnan(value) else format(value, spec)
 
 
-def _print_summary(rows: list[dict]) -> None:
+def _print_summary(rows: list[dict], perception: bool, budget_mbps: float) -> None:
     for row in rows:
-        drops = ", ".join(f"{k} {v}" for k, v in row["drops"].items()) or "none"
-        print(f"camera {row['camera']}: frames in {row['frames_in']}, packets {row['packets']}, "
-              f"frames out {row['frames_out']} (drops: {drops})")
+        print(f"camera {row['camera']}: " + delivery_headline(
+            row["frames_out"], row["frames_sent"], row["drops"], row["unaccounted"]))
+        print(f"  accounting: {row['frames_sent']} sent, sensor received {row['frames_in']}, "
+              f"packets {row['packets']}, frames out {row['frames_out']}, counted drops "
+              f"{sum(row['drops'].values())}, unaccounted {row['unaccounted']}")
         print(f"  rate   {_fmt(row['kb_per_frame'], '.2f')} kB/frame, "
               f"{_fmt(row['mbit_per_s'], '.2f')} Mbit/s at {_fmt(row['input_fps'], '.1f')} fps")
         skipped = (f", {row['quality_skipped']} skipped while the CPU was busy"
@@ -129,5 +140,7 @@ def _print_summary(rows: list[dict]) -> None:
         print(f"  latency camera stamp -> reconstructed image: "
               f"p50 {_fmt(row['latency_p50_ms'], '.1f')} ms, "
               f"p99 {_fmt(row['latency_p99_ms'], '.1f')} ms")
-        print(f"  perception (reconstructed vs original): iIoU {_fmt(row['iiou'], '.4f')}, "
-              f"mIoU {_fmt(row['miou'], '.4f')} over {row['perception_frames']} frames")
+        if perception:
+            print(f"  perception (reconstructed vs original): iIoU {_fmt(row['iiou'], '.4f')}, "
+                  f"mIoU {_fmt(row['miou'], '.4f')} over {row['perception_frames']} frames")
+    print(link_budget([row["mbit_per_s"] for row in rows], budget_mbps)["line"])

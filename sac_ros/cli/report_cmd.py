@@ -32,6 +32,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--max-frames", type=int, help="evaluate at most this many frames per camera")
     p.add_argument("--source-frames", type=int,
                    help="frames the source had (default: the originals recorded)")
+    p.add_argument("--link-budget", metavar="MBPS|LINK",
+                   help="the link the cameras share, in Mbit/s or by name (100BASE-T1, "
+                        "1000BASE-T1); default: config/pipeline.yaml's "
+                        "sac_pipeline.link_budget_mbps")
     p.add_argument("--no-progress", action="store_true",
                    help="hide the progress (a bar on a terminal, plain lines otherwise)")
     p.set_defaults(func=run_report)
@@ -67,10 +71,13 @@ def add_parsers(sub) -> None:
 
 
 def run_report(args) -> int:
+    from sac_ros.pipeline import load_layout, parse_link_budget
     from sac_ros.report.report import ReportOptions, format_report, make_report
 
     if args.max_frames is not None and args.max_frames < 1:
         raise SacError("--max-frames must be at least 1")
+    budget = (parse_link_budget(args.link_budget) if args.link_budget is not None
+              else load_layout().link_budget_mbps)
     check_results_folder(args.out, args.overwrite)
     model = None if args.model == "none" else args.model
     bar = Progress("sac report", "msg", disable=args.no_progress)
@@ -83,7 +90,8 @@ def run_report(args) -> int:
     try:
         report = make_report(args.bag, ReportOptions(
             out=args.out, model=model, input_topic=args.input_topic, cameras=args.camera,
-            max_frames=args.max_frames, source_frames=args.source_frames, video=args.video),
+            max_frames=args.max_frames, source_frames=args.source_frames, video=args.video,
+            link_budget_mbps=budget),
             progress, log=bar.write)
     finally:
         bar.close()

@@ -72,9 +72,12 @@ class CameraSummary:
                 for reason, count in zip(stats.drop_reasons, stats.drop_counts, strict=True):
                     drops[reason] = drops.get(reason, 0) + int(count)
         sensor_in = int(self.sensor_stats.received) if self.sensor_stats else self.frames_in
+        # Frames the camera published: as heard here, or by the sensor if it heard more.
+        sent = max(self.frames_in, sensor_in)
         return {
-            "camera": self.namespace, "frames_in": sensor_in, "packets": self.packets,
-            "frames_out": self.frames_out, "drops": drops, "input_fps": fps,
+            "camera": self.namespace, "frames_sent": sent, "frames_in": sensor_in,
+            "packets": self.packets, "frames_out": self.frames_out, "drops": drops,
+            "unaccounted": sent - self.frames_out - sum(drops.values()), "input_fps": fps,
             "kb_per_frame": kb, "mbit_per_s": kb * 8 * fps / 1000 if fps else float("nan"),
             "roi_psnr": float(np.mean(self.roi_psnr)) if self.roi_psnr else float("nan"),
             "non_roi_psnr": (float(np.mean(self.non_roi_psnr)) if self.non_roi_psnr

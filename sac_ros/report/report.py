@@ -23,6 +23,7 @@ from sac_ros.eval.tables import (
     table_iv_cells,
     text_table,
 )
+from sac_ros.pipeline import DEFAULT_LINK_BUDGET_MBPS, delivery_headline, link_budget
 from sac_ros.report import figures
 from sac_ros.report.measure import RunEvaluator, distribution, segmentation_scores, summarise
 
@@ -36,6 +37,7 @@ class ReportOptions:
     max_frames: int | None = None
     source_frames: int | None = None    # frames the source had (for the accounting)
     video: bool = False                 # also <camera>_video.mp4 (eval/video.py)
+    link_budget_mbps: float = DEFAULT_LINK_BUDGET_MBPS  # the link the cameras share
 
 
 def load_report_segmenter(spec: str | None):
@@ -102,6 +104,9 @@ def make_report(bag: str, options: ReportOptions, progress=None, log=print) -> d
     if not any(c.get("frames_evaluated") for c in report["cameras"]):
         raise SacError("nothing to evaluate: no frame of the bag has both its original image "
                        f"({options.input_topic}) and its packet")
+    report["link_budget"] = link_budget(
+        [(c.get("rate") or {}).get("mbit_per_s_mean") for c in report["cameras"]],
+        options.link_budget_mbps)
     (out / "report.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
     (out / "index.html").write_text(_html(report))
     return report
@@ -179,11 +184,12 @@ def format_report(report: dict) -> str:
     lines = [f"bag {report['bag']}: {report['segmentation']}"]
     for cam in report["cameras"]:
         acc = cam["accounting"]
-        drops = {**acc["sensor_drops"], **{f"ecu {k}": v for k, v in acc["ecu_drops"].items()}}
-        listing = ", ".join(f"{k} {v}" for k, v in drops.items()) or "none"
-        lines += ["", f"camera {cam['namespace']}: {acc['source_frames']} frames, "
-                  f"{acc['packets']} packets, {acc['reconstructed']} reconstructed, "
-                  f"drops {sum(drops.values())} ({listing}), unaccounted {acc['unaccounted']}"]
+        drops = _all_drops(acc)
+        lines += ["", f"camera {cam['namespace']}: " + delivery_headline(
+            acc["reconstructed"], acc["source_frames"], drops, acc["unaccounted"]),
+                  f"  accounting: {acc['source_frames']} frames, {acc['packets']} packets, "
+                  f"{acc['reconstructed']} reconstructed, counted drops {sum(drops.values())}, "
+                  f"unaccounted {acc['unaccounted']}"]
         if not cam.get("frames_evaluated"):
             continue
         lines.append(f"  evaluated {cam['frames_evaluated']} frames; live output equals offline "
@@ -203,7 +209,13 @@ def format_report(report: dict) -> str:
             peak = cam["rate"]["mbit_per_s_max"]
             lines.append(f"bit rate: {cam['rate']['mbit_per_s_mean']:.3f} Mbit/s over the run"
                          + (f", at most {peak:.3f} Mbit/s in a 1 s window" if peak else ""))
+    if "link_budget" in report:
+        lines += ["", report["link_budget"]["line"]]
     return "\n".join(lines)
+
+
+def _all_drops(acc: dict) -> dict[str, int]:
+    return {**acc["sensor_drops"], **{f"ecu {k}": v for k, v in acc["ecu_drops"].items()}}
 
 
 # ------------------------------------------------------------------ HTML
@@ -217,6 +229,7 @@ th,td{border:1px solid #ccc;padding:.25em .55em;text-align:right}
 th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}
 td.paper{color:#666;background:#fafafa}
 .ok{color:#060;font-weight:bold}.bad{color:#a00;font-weight:bold}
+.secondary{color:#555;font-size:.9em;font-weight:normal}
 img{max-width:100%;border:1px solid #ddd;margin:.5em 0}
 .note{color:#555;font-size:.9em}
 """
@@ -234,8 +247,13 @@ def _table(header: list[str], rows: list[list[str]], paper_from: int | None = No
 
 
 def _accounting_html(acc: dict) -> str:
+    """The frames delivered lead (green only when every frame came out); the accounting
+    (every frame delivered or counted as a drop) is the secondary line under it."""
     unaccounted = acc["unaccounted"]
-    status = ("<span class=ok>every frame accounted for</span>" if unaccounted == 0 else
+    delivered = acc["reconstructed"] >= acc["source_frames"]
+    headline = delivery_headline(acc["reconstructed"], acc["source_frames"], _all_drops(acc),
+                                 unaccounted)
+    status = ("every frame delivered or counted as a drop" if unaccounted == 0 else
               f"<span class=bad>{unaccounted} frame(s) unaccounted for</span>")
     acc_rows = [["source frames", str(acc["source_frames"])],
                 ["originals recorded", str(acc["originals_recorded"])],
@@ -250,7 +268,9 @@ def _accounting_html(acc: dict) -> str:
                 ["input rate (received / camera time)",
                  f"{_f(acc['input_rate_hz'], '.3f')} / {_f(acc['nominal_rate_hz'], '.3f')} Hz"],
                 ["live output equals offline decode", _s(acc["live_equals_offline_decode"])]]
-    return f"<h3>Frame accounting: {status}</h3>" + _table(["", "value"], acc_rows)
+    return (f"<h3 class={'ok' if delivered else 'bad'}>{html.escape(_sentence(headline))}"
+            f"</h3><p class=secondary>Frame accounting: {status}</p>"
+            + _table(["", "value"], acc_rows))
 
 
 def _html(report: dict) -> str:
@@ -261,6 +281,10 @@ def _html(report: dict) -> str:
              f"{report['facts']['duration_s']:.2f} s, {report['facts']['messages']} messages "
              f"evaluated. {html.escape(report['segmentation'])}. "
              "Data: <a href='report.json'>report.json</a>.</p>"]
+    if "link_budget" in report:
+        budget = report["link_budget"]
+        parts.append(f"<p class={'ok' if budget['fits'] else 'bad'}>"
+                     f"{html.escape(_sentence(budget['line']))}</p>")
     for cam in report["cameras"]:
         parts.append(f"<h2>Camera {html.escape(cam['namespace'])}</h2>")
         parts.append(_accounting_html(cam["accounting"]))
@@ -303,6 +327,10 @@ def _html(report: dict) -> str:
                          "style='max-width:100%'></video>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 def _s(value) -> str:
