@@ -64,6 +64,22 @@ def test_eval_seg_bad_input(run_sac, tmp_path):
                    "multiples of 32")
 
 
+def test_bad_training_crops_are_one_line_errors(run_sac, tmp_path):
+    """Issue 17 item 5: a crop off the network's 64-pixel grid is refused in one line, be it
+    off the 32 grid too (300x200 was a traceback) or not (320x160); so is a bad shape."""
+    for crop in ("300x200", "320x160"):
+        result = run_sac("train", "--dataset", "evalset", "--out", tmp_path / crop, "--crop",
+                         crop)
+        one_line_error(result, "train", f"--crop: size {crop}: width and height must be "
+                       "positive multiples of 64")
+        assert not (tmp_path / crop).exists()
+    result = run_sac("export", "default", "--min-shape", "30x30")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "sac export: error: argument --min-shape: size 30x30: width and height must be "
+        "positive multiples of 32")
+
+
 @pytest.mark.skipif("__import__('importlib').util.find_spec('tensorrt')",
                     reason="tensorrt is installed here: the engine test below covers export")
 def test_export_to_an_engine_without_tensorrt_names_the_fallback(run_sac, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -22,6 +23,26 @@ def add_parsers(sub) -> None:
 def _size(text: str) -> tuple[int, int]:
     """``WxH`` -> (width, height); network sizes are multiples of 32."""
     return parse_size(text, multiple=32)
+
+
+def _size_arg(text: str) -> tuple[int, int]:
+    """``_size`` as an argparse type: a bad size is argparse's error, not a traceback."""
+    try:
+        return _size(text)
+    except SacError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _crop(text: str | None) -> tuple[int, int] | None:
+    """A training crop: multiples of the network's stride (64); one-line error otherwise."""
+    from sac_ros.segmentation.network_meta import NETWORK_STRIDE
+
+    if text is None:
+        return None
+    try:
+        return parse_size(text, multiple=NETWORK_STRIDE)
+    except SacError as exc:
+        raise SacError(f"--crop: {exc}") from None
 
 
 def _input_size(text: str | None):
@@ -60,7 +81,7 @@ def _add_train(sub) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--steps-per-epoch", type=int, help="default: one pass over the frames")
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--crop", type=_size, help="training crop WxH (multiples of 64)")
+    p.add_argument("--crop", help="training crop WxH (multiples of 64)")
     p.add_argument("--width", type=float, help="SacRoiNet channel multiplier")
     p.add_argument("--depth", type=int, help="extra SacRoiNet blocks at strides 16 and 32")
     p.add_argument("--lr", type=float)
@@ -97,7 +118,7 @@ def run_train(args) -> int:
         train_split=args.train_split, val_split=args.val_split,
         epochs=args.epochs or recipe["epochs"], steps_per_epoch=args.steps_per_epoch,
         batch_size=args.batch_size or recipe["batch_size"],
-        crop=args.crop or tuple(recipe["crop"]), scale=tuple(recipe["scale"]),
+        crop=_crop(args.crop) or tuple(recipe["crop"]), scale=tuple(recipe["scale"]),
         lr=args.lr if args.lr is not None else recipe["lr"], betas=tuple(recipe["betas"]),
         lr_schedule=args.lr_schedule or recipe["lr_schedule"],
         weight_decay=recipe["weight_decay"],
@@ -132,9 +153,9 @@ def _add_export(sub) -> None:
     p.add_argument("--onnx", help="ONNX output (needed when MODEL is a .pt)")
     p.add_argument("--engine", help="TensorRT engine output (needs tensorrt, pycuda, a GPU)")
     p.add_argument("--class-map", help="class map of a TorchScript model without sac metadata")
-    p.add_argument("--min-shape", type=_size, help="profile minimum WxH (default: config)")
-    p.add_argument("--opt-shape", type=_size, help="profile optimum WxH (default: config)")
-    p.add_argument("--max-shape", type=_size, help="profile maximum WxH (default: config)")
+    p.add_argument("--min-shape", type=_size_arg, help="profile minimum WxH (default: config)")
+    p.add_argument("--opt-shape", type=_size_arg, help="profile optimum WxH (default: config)")
+    p.add_argument("--max-shape", type=_size_arg, help="profile maximum WxH (default: config)")
     fp16 = p.add_mutually_exclusive_group()
     fp16.add_argument("--fp16", dest="fp16", action="store_true", default=None,
                       help="FP16 engine (default: config): built from a float16 copy of the "
