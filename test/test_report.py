@@ -290,12 +290,14 @@ def test_reproduce_takes_the_papers_pair_from_the_config(tmp_path, capsys):
     cfg["eval"]["paper_pairs"]["h264"] = [20, 30]
     config = tmp_path / "sac.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    code, stdout, err = cli(capsys, "reproduce", "--kitti-step", root, "--codecs", "h264",
-                            "--preset", "ultrafast", "--config", config, "--out",
+    # x264 and avc: sac eval's codec aliases, the same H.264 run once (issue 17 item 5).
+    code, stdout, err = cli(capsys, "reproduce", "--kitti-step", root, "--codecs", "x264",
+                            "avc", "--preset", "ultrafast", "--config", config, "--out",
                             tmp_path / "out", "--no-progress")
     assert code == 0, err
     rows = {r["method"]: r for r in json.loads((tmp_path / "out" / "results.json")
                                                .read_text())["rows"]}
+    assert {r["codec"] for r in rows.values()} == {"h264"}
     assert rows["SA-X264 20/30"]["mode"] == "dual_crf"
     assert "H.264 (= size of SA-X264 20/30)" in rows and "SA-X264 18/27" in rows
     assert "  SA-X264 20/30 " in stdout   # the equal-bytes lines use the config's pair

@@ -71,6 +71,15 @@ def test_crf_change_at_run_time_applies_at_next_key_frame(ros):
     assert sensor.node.running
 
 
+def test_codec_takes_the_aliases_sac_eval_takes(ros):
+    """Issue 17 item 5: -p codec:=x265 (or h265, x264, ...) is the codec sac eval means by
+    it, from the one alias table; the packets name it canonically."""
+    sensor = Sensor(ros, codec="x265")
+    packet = sensor.send_good()
+    assert packet.roi.codec == "hevc" and packet.non_roi[0].codec == "hevc"
+    assert sensor.node.running
+
+
 def test_target_bitrate_drives_the_crfs_between_gops(ros):
     # Far below what CRF 20 / 34 costs on these frames at 10 fps: the controller must
     # raise the CRFs GOP by GOP, non-ROI first, and the rate must come down to the budget.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sac_ros import datasets
 from sac_ros.cli.progress import Progress
 from sac_ros.cli.results_folder import add_overwrite_option, check_results_folder
+from sac_ros.core.codec import CODEC_ALIASES, canonical_codec
 from sac_ros.core.errors import SacError
 from sac_ros.core.wire import INPUT_TOPIC
 
@@ -52,7 +53,9 @@ def add_parsers(sub) -> None:
                       "panoptic_maps/) or a split / sequence folder")
     p.add_argument("--size", default="auto", help="WIDTHxHEIGHT, native, or auto (default: "
                    "1024x512 for Cityscapes as in the papers, native for KITTI-STEP)")
-    p.add_argument("--codecs", nargs="+", default=["h264", "hevc"], choices=("h264", "hevc"))
+    p.add_argument("--codecs", nargs="+", default=["h264", "hevc"], choices=CODEC_ALIASES,
+                   metavar="CODEC", help="h264 (x264, avc) and/or hevc (h265, x265); "
+                   "default: both")
     p.add_argument("--mask", default="labels", choices=("labels", "model"),
                    help="ROI masks from the ground-truth labels (default) or the segmenter")
     p.add_argument("--model", help="segmenter for Table IV (and --mask model): default or a "
@@ -128,7 +131,8 @@ def run_reproduce(args) -> int:
     cfg = load_core_config(args.config)
     settings = settings_from_config(cfg, args.preset, rate)
     options = ReproduceOptions(dataset, args.cityscapes or args.kitti_step, size,
-                               tuple(args.codecs), args.mask, args.model,
+                               tuple(dict.fromkeys(canonical_codec(c) for c in args.codecs)),
+                               args.mask, args.model,
                                args.frames_per_sequence, args.max_sequences, out=args.out,
                                paper=paper_crfs(cfg))
     check_results_folder(args.out, args.overwrite)

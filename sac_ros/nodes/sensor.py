@@ -18,7 +18,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 from sac_ros.config import load_core_config, rate_controller
-from sac_ros.core.codec import PRESETS, EncoderSettings
+from sac_ros.core.codec import CODEC_ALIASES, PRESETS, EncoderSettings, canonical_codec
 from sac_ros.core.errors import SacError
 from sac_ros.core.mask import PolygonMaskSource, block_mask, expand_blocks
 from sac_ros.core.sac import MAX_DIMENSION, MODES, SacEncoder
@@ -81,7 +81,9 @@ class SensorNode(Node):
         self.packet_topic = d("packet_topic", PACKET_TOPIC, "SacPacket output topic.",
                               read_only=True)
         self.mode = d("mode", "dual_crf", "Coding mode.", choices=MODES, read_only=True)
-        self.codec = d("codec", "h264", "Codec.", choices=("h264", "hevc"), read_only=True)
+        # The aliases sac eval takes (one table: core/codec.py), named as h264 or hevc.
+        self.codec = canonical_codec(d("codec", "h264", "Codec.", choices=tuple(CODEC_ALIASES),
+                                       read_only=True))
         preset = d("preset", "veryfast", "Encoder preset.", choices=PRESETS, read_only=True)
         gop = d("gop", 30, "Key-frame interval (frames).", low=1, high=600, read_only=True)
         threads = d("threads", 0, "Encoder threads per stream, 0 = automatic.", low=0, high=64,
@@ -128,9 +130,8 @@ class SensorNode(Node):
 
     def _set_up_coding(self, start: SimpleNamespace) -> None:
         """Encoder settings, the ROI source and, given a frame size, the warmed-up encoders."""
-        self.settings = EncoderSettings("h264" if self.codec == "h264" else "hevc",
-                                        start.preset, start.gop, start.threads, start.fps,
-                                        None if start.aq_mode < 0 else start.aq_mode)
+        self.settings = EncoderSettings(self.codec, start.preset, start.gop, start.threads,
+                                        start.fps, None if start.aq_mode < 0 else start.aq_mode)
         if len(start.polygon) < 6 or len(start.polygon) % 2:
             raise SacError("roi_polygon needs at least three x, y pairs")
         self.mask = PolygonMaskSource(np.asarray(start.polygon, float).reshape(-1, 2).tolist())
