@@ -175,9 +175,9 @@ def delivery_headline(delivered: int, sent: int, drops: dict[str, int],
                       unaccounted: int = 0) -> str:
     """What a run summary leads with: frames delivered: N of M (P%), then the drops by
     reason. Frames counted as drops are accounted for, not delivered."""
-    pct = 100.0 * delivered / sent if sent else 0.0
+    pct = round(100.0 * delivered / sent, 1) if sent else 0.0
     if delivered < sent:  # never rounded up to a clean 100%
-        pct = math.floor(pct * 10) / 10
+        pct = min(pct, 99.9)
     line = f"frames delivered: {delivered} of {sent} ({pct:.1f}%)"
     lost = [f"{reason} {count}" for reason, count in drops.items() if count]
     if unaccounted > 0:

@@ -20,6 +20,7 @@ from sac_ros.core.errors import SacError
 from sac_ros.pipeline import (
     EXECUTABLES,
     TRANSPORTS_VAR,
+    delivery_headline,
     link_budget,
     load_layout,
     node_command,
@@ -209,6 +210,18 @@ def test_link_budget_line():
         "total 0.500 Mbit/s for 2 cameras: fits 1000BASE-T1 (1000 Mbit/s) with 99.9% headroom "
         "(1 without a measured rate)")
     assert "a 42 Mbit/s link" in link_budget([1.0], 42.0)["line"]
+
+
+def test_delivery_headline():
+    """Issue 17 item 2: delivered leads; counted drops are not delivered; a run that lost a
+    frame never shows 100%."""
+    assert delivery_headline(60, 60, {"superseded": 0}) == "frames delivered: 60 of 60 (100.0%)"
+    assert delivery_headline(30, 60, {"superseded": 30}) == (
+        "frames delivered: 30 of 60 (50.0%); dropped: superseded 30")
+    assert delivery_headline(1999, 2000, {}, unaccounted=1) == (
+        "frames delivered: 1999 of 2000 (99.9%); dropped: unaccounted for 1")
+    assert delivery_headline(19999, 20000, {"ecu late": 1}) == (
+        "frames delivered: 19999 of 20000 (99.9%); dropped: ecu late 1")
 
 
 def test_runner_command_lines_match_the_launch_nodes(tmp_path):

@@ -138,7 +138,7 @@ def test_two_cameras_through_the_runner(tmp_path):
 
 def delivery_line(delivered: int, sent: int, drops: dict) -> str:
     """The headline as issue 17 asks for it, written out here (not the package's)."""
-    pct = int(1000 * delivered / sent) / 10
+    pct = min(round(100 * delivered / sent, 1), 100.0 if delivered == sent else 99.9)
     line = f"frames delivered: {delivered} of {sent} ({pct:.1f}%)"
     lost = ", ".join(f"{k} {v}" for k, v in drops.items() if v)
     return f"{line}; dropped: {lost}" if lost else line
