@@ -40,7 +40,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--no-progress", action="store_true",
                    help="hide the progress (a bar on a terminal, plain lines otherwise)")
     p.set_defaults(func=run_report)
+    _add_reproduce(sub)
 
+
+def _add_reproduce(sub) -> None:
     p = sub.add_parser(
         "reproduce", help="the papers' experiment on Cityscapes or KITTI-STEP, end to end",
         description="Uniform H.264 CRF 23 vs SA-X264 18/27 and H.265 28 vs SA-X265 23/32 (all "
