@@ -71,13 +71,12 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=60)
     parser.add_argument("--sizes", nargs="+", default=["1024x512", "2048x1024"])
     parser.add_argument("--codec", default="h264")
-    parser.add_argument("--preset", default="veryfast")
+    parser.add_argument("--preset", help="default: config/sac.yaml's")
     parser.add_argument("--repeats", type=int, default=3, help="median over interleaved repeats")
     args = parser.parse_args()
     cfg = load_core_config()
-    section = dict(cfg["codec"], preset=args.preset)
-    settings = encoder_settings(section, codec=args.codec)
-    polygon = PolygonMaskSource(cfg["mask"]["roi_polygon"])
+    settings = encoder_settings(cfg, args.preset, codec=args.codec)
+    polygon = PolygonMaskSource(cfg.mask.roi_polygon)
     methods = (("uniform", "uniform", True), ("SAC, 2 threads", "dual_crf", True),
                ("SAC, sequential", "dual_crf", False), ("ROI-QP", "roi_qp", True))
     print(f"codec {settings.codec} preset {settings.preset}, {args.frames} frames, "

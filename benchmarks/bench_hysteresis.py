@@ -28,7 +28,7 @@ from sac_ros.core.sac import SacDecoder, SacEncoder
 def raw_masks(clip, cfg, jitter: float, seed: int = 0) -> tuple[list[np.ndarray], str]:
     if jitter:
         rng = np.random.default_rng(seed)
-        polygon = np.asarray(cfg["mask"]["roi_polygon"], float)
+        polygon = np.asarray(cfg.mask.roi_polygon, float)
         scale = np.array([jitter / clip.width, jitter / clip.height])
         masks = []
         for index, frame in enumerate(clip.frames):
@@ -37,7 +37,7 @@ def raw_masks(clip, cfg, jitter: float, seed: int = 0) -> tuple[list[np.ndarray]
         return masks, f"road polygon, vertices jittered by up to {jitter:g} px per frame"
     from sac_ros.segmentation.loader import segmenter_mask_source
 
-    source, description = segmenter_mask_source("default", cfg["mask"]["non_roi_classes"] or {})
+    source, description = segmenter_mask_source("default", cfg.mask.non_roi_classes)
     masks = [block_mask(source.roi_pixels(i, f, n))
              for i, (f, n) in enumerate(zip(clip.frames, clip.names, strict=True))]
     return masks, description
@@ -76,10 +76,10 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_core_config()
     clip = load_clip("sample", 0, args.frames)
-    settings = encoder_settings(cfg["codec"], codec=args.codec, fps=round(clip.fps))
+    settings = encoder_settings(cfg, fps=clip.fps, codec=args.codec)
     raw, description = raw_masks(clip, cfg, args.jitter)
-    crfs = cfg["eval"]["crf_sweep"][settings.codec]
-    runs = (("dual_crf", 9.0), ("roi_qp", float(cfg["eval"]["roi_qp_offsets"][settings.codec][0])))
+    crfs = cfg.eval.crf_sweep[settings.codec]
+    runs = (("dual_crf", 9.0), ("roi_qp", float(cfg.eval.roi_qp_offsets[settings.codec][0])))
     print(f"{clip.width}x{clip.height}, {len(clip.frames)} frames, {settings.codec} "
           f"{settings.preset}, GOP {settings.gop}; masks: {description}")
     print(f"CRF sweep {crfs}: dual_crf c / c+9, roi_qp c {runs[1][1]:+g}; kB/frame at CRF "

@@ -11,6 +11,7 @@ the papers' input size). Figures are medians over ``--runs`` calls after a warm-
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import time
@@ -66,7 +67,7 @@ def main() -> int:
     width, height = (int(v) for v in args.size.lower().split("x"))
     cfg = load_segmentation_config()
     if args.threads is not None:
-        cfg["threads"] = args.threads
+        cfg = dataclasses.replace(cfg, threads=args.threads)
     segmenter = load_segmenter(cfg, args.model, args.backend)
     frames = sample_frames(10, width, height)
     # the network input exactly as the segmenter builds it
@@ -99,7 +100,7 @@ def main() -> int:
     print(f"model: {segmenter.name} ({path.stat().st_size / 1e6:.2f} MB"
           + (f", {params:,} parameters" if params else "") + ")")
     print(f"frames: {width}x{height} (sample footage resized); input {segmenter.input_size}; "
-          f"{os.cpu_count()} CPU cores; threads setting {cfg['threads']}")
+          f"{os.cpu_count()} CPU cores; threads setting {cfg.threads}")
     print(f"{'path':<36} {'median ms':>10} {'p90 ms':>8} {'fps':>7}")
     for name, times in rows:
         median = statistics.median(times)

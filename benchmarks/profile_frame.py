@@ -33,7 +33,7 @@ def profile(size: str, frames: int, preset: str, model: str) -> dict[str, float]
     clip = [av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
         width=width, height=height).to_ndarray() for rgb, _ in iter_frames(sample_video(), 0,
                                                                             frames)]
-    polygon = PolygonMaskSource(load_core_config()["mask"]["roi_polygon"])
+    polygon = PolygonMaskSource(load_core_config().mask.roi_polygon)
 
     def polygon_blocks(frame):
         return block_mask(polygon.roi_pixels(0, frame))

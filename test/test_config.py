@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
 from PIL import Image
 
-from sac_ros.config import config_dir, load_core_config
+from sac_ros.config import MaskConfig, RateControlConfig, config_dir, load_core_config
 from sac_ros.core.codec import EncoderSettings
 from sac_ros.core.errors import SacError
 from sac_ros.core.mask import PolygonMaskSource
@@ -32,17 +33,17 @@ def test_shipped_config_loads():
     # The source tree's config, or its installed copy under share/sac_ros/config.
     assert (config_dir() / "sac.yaml").read_text() == SHIPPED_CONFIG.read_text()
     cfg = load_core_config()
-    assert isinstance(cfg["encoder"], EncoderSettings)
-    assert cfg["encoder"].gop == cfg["codec"]["gop"]
-    assert cfg["eval"]["codecs"] == ["h264", "hevc"]
-    assert cfg["eval"]["paper_pairs"]["h264"] == [18, 27]
-    assert cfg["eval"]["paper_pairs"]["hevc"] == [23, 32]
-    assert cfg["eval"]["uniform_reference"] == {"h264": 23, "hevc": 28}
-    assert cfg["eval"]["size_tolerance"] == 0.01
-    assert cfg["mask"]["block_size"] == 16
-    PolygonMaskSource(cfg["mask"]["roi_polygon"])  # the shipped polygon is valid
+    assert isinstance(cfg.codec, EncoderSettings)
+    assert cfg.codec.gop == yaml.safe_load(SHIPPED_CONFIG.read_text())["codec"]["gop"]
+    assert cfg.eval.codecs == ("h264", "hevc")
+    assert cfg.eval.paper_pairs["h264"] == [18, 27]
+    assert cfg.eval.paper_pairs["hevc"] == [23, 32]
+    assert cfg.eval.uniform_reference == {"h264": 23, "hevc": 28}
+    assert cfg.eval.size_tolerance == 0.01
+    assert cfg.mask.block_size == 16
+    PolygonMaskSource(cfg.mask.roi_polygon)  # the shipped polygon is valid
     # Loading by explicit path gives the same result.
-    assert load_core_config(SHIPPED_CONFIG)["eval"] == cfg["eval"]
+    assert load_core_config(SHIPPED_CONFIG) == cfg
 
 
 def test_codec_aliases_are_canonicalised(tmp_path, shipped):
@@ -50,8 +51,8 @@ def test_codec_aliases_are_canonicalised(tmp_path, shipped):
     data["eval"]["codecs"] = ["x264", "H265"]
     data["eval"]["crf_sweep"] = {"x264": [20, 30], "x265": [25, 35]}
     cfg = load_core_config(write(tmp_path, data))
-    assert cfg["eval"]["codecs"] == ["h264", "hevc"]
-    assert cfg["eval"]["crf_sweep"] == {"h264": [20, 30], "hevc": [25, 35]}
+    assert cfg.eval.codecs == ("h264", "hevc")
+    assert cfg.eval.crf_sweep == {"h264": [20, 30], "hevc": [25, 35]}
 
 
 def edit(data, dotted, value):
@@ -131,3 +132,31 @@ def test_empty_file_uses_defaults(tmp_path):
     # An empty config has no CRF tables for the default codecs: a clear error, not a crash.
     with pytest.raises(SacError, match="has no entry for codec h264"):
         load_core_config(path)
+
+
+def test_defaults_are_the_dataclasses(tmp_path, shipped):
+    # A key left out takes its field default: the one place a default is written.
+    data = copy.deepcopy(shipped)
+    del data["codec"], data["mask"]["hysteresis_frames"], data["ratecontrol"]
+    cfg = load_core_config(write(tmp_path, data))
+    assert cfg.codec == EncoderSettings()
+    assert cfg.mask.hysteresis_frames == MaskConfig.hysteresis_frames == 0
+    assert cfg.ratecontrol == RateControlConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.mask.block_size = 8  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("polygon, message", [
+    (None, "mask.roi_polygon is missing"),
+    ([[0, 1], [0.5, 0.5]], "at least three"),
+    ([[0, 1], [0.5, 1.5], [1, 1]], "normalised to"),
+    (7, "list of \\[x, y\\] points"),
+])
+def test_bad_polygon(tmp_path, shipped, polygon, message):
+    data = copy.deepcopy(shipped)
+    if polygon is None:
+        del data["mask"]["roi_polygon"]
+    else:
+        data["mask"]["roi_polygon"] = polygon
+    with pytest.raises(SacError, match=message):
+        load_core_config(write(tmp_path, data))

@@ -72,15 +72,15 @@ def test_target_mbps_bad_input(run_sac, tmp_path, args, fragment):
 
 def test_shipped_rate_and_roi_qp_settings():
     cfg = load_core_config()
-    assert 1 <= cfg["mask"]["hysteresis_frames"] <= 4  # small, on
-    assert cfg["codec"]["aq_mode"] is None and cfg["encoder"].aq_mode is None
-    assert set(cfg["eval"]["roi_qp_offsets"]) == {"h264", "hevc"}
-    section = cfg["ratecontrol"]
+    assert 1 <= cfg.mask.hysteresis_frames <= 4  # small, on
+    assert cfg.codec.aq_mode is None
+    assert set(cfg.eval.roi_qp_offsets) == {"h264", "hevc"}
+    section = cfg.ratecontrol
     assert rate_gop(section, 25) == 25 and rate_gop(section, 30) == 30
     controller = rate_controller(section, 4e6, 25, 25, "roi_qp", 960, 540)
-    assert controller.cap_bps == pytest.approx(4e6 * section["cap_ratio"])
-    assert controller.decision.qp_offset == pytest.approx(section["spread"]["roi_qp"])
-    assert controller.decision.roi_vbv.maxrate_kbps == int(4000 * section["cap_ratio"])
+    assert controller.cap_bps == pytest.approx(4e6 * section.cap_ratio)
+    assert controller.decision.qp_offset == pytest.approx(section.spread["roi_qp"])
+    assert controller.decision.roi_vbv.maxrate_kbps == int(4000 * section.cap_ratio)
 
 
 def edit(data, dotted, value):

@@ -103,7 +103,7 @@ def test_step_curve_that_cannot_match_raises():
 @pytest.fixture(scope="module")
 def coder(sample_clip):
     cfg = load_core_config()
-    source = PolygonMaskSource(cfg["mask"]["roi_polygon"])
+    source = PolygonMaskSource(cfg.mask.roi_polygon)
     blocks = block_mask(source.roi_pixels(0, sample_clip[0]))
     assert 0.2 < blocks.mean() < 0.8  # a real split, not all / nothing
     settings = EncoderSettings("h264", preset="veryfast", gop=30)

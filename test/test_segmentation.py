@@ -8,6 +8,7 @@ macroblock mask of that rectangle.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -143,7 +144,7 @@ def test_class_count_mismatch_is_a_clear_error(tmp_path, config):
     model = red_roi_model(tmp_path / "three.onnx", classes=3)
     with pytest.raises(SacError, match="outputs 3 classes but class map 'binary' has 2"):
         load_segmenter(config, model)
-    cfg = dict(config, class_map="cityscapes_train_ids")
+    cfg = dataclasses.replace(config, class_map="cityscapes_train_ids")
     with pytest.raises(SacError, match="outputs 2 classes but class map 'cityscapes_train_ids'"
                                        " has 19.*binary"):
         load_segmenter(cfg, red_roi_model(tmp_path / "two.onnx"))
@@ -184,7 +185,8 @@ def test_foreign_model_needs_a_class_map_and_gets_normalised(tmp_path, config):
     onnx.save(model, str(tmp_path / "foreign.onnx"))
     with pytest.raises(SacError, match="set class_map"):
         load_segmenter(config, tmp_path / "foreign.onnx")
-    segmenter = load_segmenter(dict(config, class_map="binary"), tmp_path / "foreign.onnx")
+    segmenter = load_segmenter(dataclasses.replace(config, class_map="binary"),
+                               tmp_path / "foreign.onnx")
     # ImageNet normalisation now applies: 255 red -> (255 - 123.7) / 58.4 = 2.25 < 128,
     # so the red test model sees no ROI at all.
     frame, _ = red_frame(128, 128, (32, 96, 32, 96))
@@ -227,9 +229,9 @@ def test_default_model_is_small_and_self_describing(config):
 
 def test_shipped_segmentation_config_and_bad_values(tmp_path):
     cfg = load_segmentation_config()
-    assert cfg["model"] == "default" and cfg["backend"] == "auto"
-    assert cfg["train"]["lr"] == 3e-4 and cfg["train"]["betas"] == [0.9, 0.999]
-    assert cfg["train"]["weight_decay"] == 1e-5
+    assert cfg.model == "default" and cfg.backend == "auto"
+    assert cfg.train.lr == 3e-4 and cfg.train.betas == (0.9, 0.999)
+    assert cfg.train.weight_decay == 1e-5
     shipped = yaml.safe_load((config_dir() / "segmentation.yaml").read_text())
     bad = [({"backend": "tflite"}, "backend must be"), ({"input_size": [1000, 512]}, "multiples"),
            ({"roi_threshold": 1.5}, "roi_threshold"), ({"class_map": "coco"}, "class_map"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -208,7 +209,7 @@ def test_tensorrt_engine_matches_onnxruntime(run_sac, tmp_path):
     assert report["block_agreement"] > 0.99 and report["class_agreement"] > 0.99
     assert report["model_fps"] > 0
     # a frame larger than the profile is resized into it by default ...
-    cfg = dict(load_segmentation_config(), on_size_mismatch="error")
+    cfg = dataclasses.replace(load_segmentation_config(), on_size_mismatch="error")
     segmenter = load_segmenter(cfg, tmp_path / "default.engine")
     big = np.zeros((1440, 2560, 3), np.uint8)
     from sac_ros.core.errors import SacError

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -208,7 +209,7 @@ def test_export_to_onnx_matches_torch_and_loads_everywhere(tmp_path):
     # TorchScript files load on the torch backend too
     scripted = tmp_path / "scripted.pt"
     torch.jit.trace(model.eval(), torch.zeros(1, 3, 64, 64)).save(str(scripted))
-    via_script = load_segmenter(dict(cfg, class_map="four_class"), scripted)
+    via_script = load_segmenter(dataclasses.replace(cfg, class_map="four_class"), scripted)
     np.testing.assert_array_equal(via_script.block_roi(frames[1]), via_torch.block_roi(frames[1]))
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sac_ros.cli.progress import Progress
 from sac_ros.cli.results_folder import add_overwrite_option, check_results_folder
-from sac_ros.config import encoder_settings, load_core_config
+from sac_ros.config import EVAL_CODEC_TABLES, CoreConfig, encoder_settings, load_core_config
 from sac_ros.core.codec import canonical_codec, check_crf
 from sac_ros.core.errors import SacError
 from sac_ros.core.io import load_clip
@@ -100,47 +100,46 @@ def format_table(records: list[dict]) -> str:
     return table
 
 
-def _plan(args, cfg: dict, codecs: list[str]) -> EqualBytesPlan:
+def _plan(args, cfg: CoreConfig, codecs: list[str]) -> EqualBytesPlan:
     """The experiment's plan: config ``eval`` with the command line's overrides (which the
     rate-control run does not use)."""
-    ev = cfg["eval"]
+    ev = cfg.eval
     overrides = not args.target_mbps
     uniform = args.uniform_crf if overrides and args.uniform_crf is not None else None
     pair = args.pair if overrides else None
     return EqualBytesPlan(
-        codecs=tuple(codecs), crf_sweep={c: ev["crf_sweep"][c] for c in codecs},
-        delta_crfs=tuple(ev["delta_crfs"]),
+        codecs=tuple(codecs), crf_sweep={c: ev.crf_sweep[c] for c in codecs},
+        delta_crfs=ev.delta_crfs,
         roi_qp_offsets={c: [float(o) for o in (args.roi_qp_offsets
-                                               or ev["roi_qp_offsets"].get(c, []))]
+                                               or ev.roi_qp_offsets.get(c, []))]
                         for c in codecs},
         uniform_crf={c: check_crf(uniform if uniform is not None
-                                  else ev["uniform_reference"][c], "uniform CRF")
+                                  else ev.uniform_reference[c], "uniform CRF")
                      for c in codecs},
-        pair={c: tuple(check_crf(x, "pair CRF") for x in (pair or ev["paper_pairs"][c]))
+        pair={c: tuple(check_crf(x, "pair CRF") for x in (pair or ev.paper_pairs[c]))
               for c in codecs},
-        matched_roi_crf={c: float(ev["matched_sac_roi_crf"][c]) for c in codecs},
-        tolerance=float(ev.get("size_tolerance", 0.01)),
-        block_size=int(cfg["mask"]["block_size"]), video=bool(args.video))
+        matched_roi_crf={c: float(ev.matched_sac_roi_crf[c]) for c in codecs},
+        tolerance=ev.size_tolerance, block_size=cfg.mask.block_size, video=bool(args.video))
 
 
-def _options(args, cfg: dict) -> tuple[int, int, list[str]]:
+def _options(args, cfg: CoreConfig) -> tuple[int, int, list[str]]:
     """(frames, start, codecs) after the option checks."""
-    ev = cfg["eval"]
+    ev = cfg.eval
     if args.target_mbps and min(args.target_mbps) <= 0:
         raise SacError("--target-mbps must be positive")
     if any(not 0 < o <= 51 for o in args.roi_qp_offsets or []):
         raise SacError("--roi-qp-offsets must be in (0, 51]")
     if args.model and args.labels:
         raise SacError("give either --model or --labels as the mask source, not both")
-    default_frames = cfg["ratecontrol"]["frames"] if args.target_mbps else ev.get("frames", 60)
-    frames = args.frames if args.frames is not None else int(default_frames)
-    start = args.start if args.start is not None else int(ev.get("start", 0))
+    default_frames = cfg.ratecontrol.frames if args.target_mbps else ev.frames
+    frames = args.frames if args.frames is not None else default_frames
+    start = args.start if args.start is not None else ev.start
     if frames < 2:
         raise SacError("--frames must be at least 2")
-    codecs = [canonical_codec(c) for c in (args.codecs or ev["codecs"])]
+    codecs = [canonical_codec(c) for c in (args.codecs or ev.codecs)]
     for codec in codecs:
-        for key in ("crf_sweep", "paper_pairs", "uniform_reference", "matched_sac_roi_crf"):
-            if codec not in ev[key]:
+        for key in EVAL_CODEC_TABLES:
+            if codec not in getattr(ev, key):
                 raise SacError(f"config eval.{key} has no entry for codec {codec}")
     return frames, start, codecs
 
@@ -152,12 +151,9 @@ def run(args) -> int:
         raise SacError("--video goes with the equal-bytes run, not --target-mbps")
     plan = _plan(args, cfg, codecs)
     check_results_folder(args.out, args.overwrite, {"--json": args.json, "--csv": args.csv})
-    clip = load_clip(args.input or str(cfg["eval"].get("input", "sample")), start, frames)
-    section = dict(cfg["codec"])
-    if args.preset:
-        section["preset"] = args.preset
-    settings = encoder_settings(section, fps=max(1, round(clip.fps)))
-    blocks, mask = clip_blocks(clip, cfg["mask"], args.model, args.labels, args.label_layout)
+    clip = load_clip(args.input or cfg.eval.input, start, frames)
+    settings = encoder_settings(cfg, args.preset, clip.fps)
+    blocks, mask = clip_blocks(clip, cfg.mask, args.model, args.labels, args.label_layout)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     progress = Progress("sac eval", "frame", plan.frames_to_code(len(clip.frames)),
@@ -222,14 +218,13 @@ def _bd_line(bd) -> str:
 
 def _rate_control(args, cfg, clip, settings, blocks, mask: str, plan: EqualBytesPlan,
                   out: Path, progress) -> dict:
-    section = cfg["ratecontrol"]
+    section = cfg.ratecontrol
     gop = rate_clip_gop(section, clip.fps, len(clip.frames))
-    _input_line(clip, mask, settings, f"{gop} ({section['gop_s']:g} s) under rate control",
+    _input_line(clip, mask, settings, f"{gop} ({section.gop_s:g} s) under rate control",
                 out)
     return run_rate_control(clip, blocks, settings, section, args.target_mbps,
                             list(plan.codecs), out, progress,
-                            int(cfg["mask"]["block_size"]),
-                            float(cfg["eval"].get("size_tolerance", 0.01)), mask)
+                            cfg.mask.block_size, cfg.eval.size_tolerance, mask)
 
 
 def _print_rate_control(document: dict, path: Path, out: Path) -> int:

@@ -55,7 +55,7 @@ def _non_roi_ids(class_map: str) -> list[int] | None:
     """Non-ROI overrides from sac.yaml (mask.non_roi_classes), if any."""
     from sac_ros.config import load_core_config
 
-    return (load_core_config()["mask"].get("non_roi_classes") or {}).get(class_map)
+    return load_core_config().mask.non_roi_classes.get(class_map)
 
 
 # ------------------------------------------------------------------ sac train
@@ -102,7 +102,7 @@ def run_train(args) -> int:
     from sac_ros.segmentation.train import TrainSettings, train
 
     cfg = load_segmentation_config(args.config)
-    recipe = cfg["train"]
+    recipe = cfg.train
     source_map = {"cityscapes": "cityscapes_label_ids", "kitti_step": "kitti_step"}.get(
         args.dataset)
     for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size),
@@ -116,18 +116,18 @@ def run_train(args) -> int:
     settings = TrainSettings(
         dataset=args.dataset, data_root=args.data_root, out=Path(args.out), head=args.head,
         train_split=args.train_split, val_split=args.val_split,
-        epochs=args.epochs or recipe["epochs"], steps_per_epoch=args.steps_per_epoch,
-        batch_size=args.batch_size or recipe["batch_size"],
-        crop=_crop(args.crop) or tuple(recipe["crop"]), scale=tuple(recipe["scale"]),
-        lr=args.lr if args.lr is not None else recipe["lr"], betas=tuple(recipe["betas"]),
-        lr_schedule=args.lr_schedule or recipe["lr_schedule"],
-        weight_decay=recipe["weight_decay"],
-        width=args.width if args.width is not None else recipe["width"],
-        depth=args.depth if args.depth is not None else recipe["depth"],
-        shadow_prob=recipe["shadows"], ema=recipe["ema"],
-        seed=args.seed if args.seed is not None else recipe["seed"],
-        threads=args.threads if args.threads is not None else cfg["threads"],
-        val_limit=args.val_limit, val_every=args.val_every, input_size=cfg["input_size"],
+        epochs=args.epochs or recipe.epochs, steps_per_epoch=args.steps_per_epoch,
+        batch_size=args.batch_size or recipe.batch_size,
+        crop=_crop(args.crop) or recipe.crop, scale=recipe.scale,
+        lr=args.lr if args.lr is not None else recipe.lr, betas=recipe.betas,
+        lr_schedule=args.lr_schedule or recipe.lr_schedule,
+        weight_decay=recipe.weight_decay,
+        width=args.width if args.width is not None else recipe.width,
+        depth=args.depth if args.depth is not None else recipe.depth,
+        shadow_prob=recipe.shadows, ema=recipe.ema,
+        seed=args.seed if args.seed is not None else recipe.seed,
+        threads=args.threads if args.threads is not None else cfg.threads,
+        val_limit=args.val_limit, val_every=args.val_every, input_size=cfg.input_size,
         resume=Path(args.resume) if args.resume else None, progress=not args.no_progress,
         non_roi_ids=_non_roi_ids(source_map) if source_map else None)
     state = train(settings)
@@ -223,13 +223,13 @@ def _export_engine(args, cfg, onnx_path: Path, onnx_seg, frames, report: dict) -
     from sac_ros.segmentation import export
     from sac_ros.segmentation.loader import load_segmenter
 
-    ex = cfg["export"]
-    lo, opt, hi = (tuple(reversed(v or ex[key])) for v, key in (
+    ex = cfg.export
+    lo, opt, hi = (tuple(reversed(v or getattr(ex, key))) for v, key in (
         (args.min_shape, "min_shape"), (args.opt_shape, "opt_shape"),
         (args.max_shape, "max_shape")))
     if not all(lo[i] <= opt[i] <= hi[i] for i in range(2)):
         raise SacError("profile shapes must satisfy min <= opt <= max")
-    fp16 = ex["fp16"] if args.fp16 is None else args.fp16
+    fp16 = ex.fp16 if args.fp16 is None else args.fp16
     precision = "int8" if args.int8 else "fp16" if fp16 else "fp32"
     onnx_seg = onnx_seg or load_segmenter(cfg, onnx_path, "onnxruntime")
     build_source = export.reduced_precision_onnx(
@@ -243,7 +243,7 @@ def _export_engine(args, cfg, onnx_path: Path, onnx_seg, frames, report: dict) -
               f"{len(frames)} frames: {agreement.line()}")
         _check(agreement, args.min_class_agreement, f"{precision.upper()} vs float32")
     engine_path = export.build_engine(build_source, args.engine, lo, opt, hi, precision,
-                                      ex["workspace_mb"], onnx_seg.backend.metadata)
+                                      ex.workspace_mb, onnx_seg.backend.metadata)
     trt_seg = load_segmenter(cfg, engine_path, "tensorrt")
     agreement = export.compare(onnx_seg, trt_seg, frames)
     timing = export.time_backend(trt_seg, opt)

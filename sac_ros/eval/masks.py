@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from sac_ros.config import MaskConfig
 from sac_ros.core.io import Clip
 from sac_ros.core.mask import LabelMaskSource, PolygonMaskSource, block_mask, hold_blocks
 
 
-def clip_blocks(clip: Clip, mask_cfg: dict, model: str | None = None,
+def clip_blocks(clip: Clip, mask_cfg: MaskConfig, model: str | None = None,
                 labels: str | None = None,
                 label_layout: str = "cityscapes") -> tuple[list[np.ndarray], str]:
     """(one block mask per frame, a description of the source), config ``mask`` settings.
@@ -16,7 +17,7 @@ def clip_blocks(clip: Clip, mask_cfg: dict, model: str | None = None,
     The source is the segmenter ``model`` or the ``labels`` folder (one of them at most),
     else the config's static polygon; the config's hysteresis is applied.
     """
-    non_roi = mask_cfg.get("non_roi_classes") or {}
+    non_roi = mask_cfg.non_roi_classes
     if model:
         from sac_ros.segmentation.loader import segmenter_mask_source
 
@@ -26,9 +27,9 @@ def clip_blocks(clip: Clip, mask_cfg: dict, model: str | None = None,
         source = LabelMaskSource(labels, label_layout, non_roi.get(class_map))
         description = f"labels {labels} ({label_layout})"
     else:
-        source = PolygonMaskSource(mask_cfg["roi_polygon"])
+        source = PolygonMaskSource(mask_cfg.roi_polygon)
         description = "static ROI polygon from config"
-    size = int(mask_cfg.get("block_size", 16))
+    size = mask_cfg.block_size
     blocks, cache = [], {}
     for index, (frame, name) in enumerate(zip(clip.frames, clip.names, strict=False)):
         roi = source.roi_pixels(index, frame, name)
@@ -40,7 +41,7 @@ def clip_blocks(clip: Clip, mask_cfg: dict, model: str | None = None,
         if key is not None:
             cache[key] = block
         blocks.append(block)
-    hold = mask_cfg["hysteresis_frames"]
+    hold = mask_cfg.hysteresis_frames
     if hold:
         description += f", hysteresis {hold} frames"
     return hold_blocks(blocks, hold), description

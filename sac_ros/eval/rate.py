@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sac_ros.config import rate_controller, rate_gop
+from sac_ros.config import RateControlConfig, rate_controller, rate_gop
 from sac_ros.core import metrics
 from sac_ros.core.codec import CODECS, EncoderSettings, Vbv
 from sac_ros.core.errors import SacError
@@ -38,7 +38,7 @@ def _window_stats(frame_bytes: list[int], fps: float, gop: int, target_bps: floa
             "windows": windows}
 
 
-def rate_clip_gop(section: dict, fps: float, frames: int) -> int:
+def rate_clip_gop(section: RateControlConfig, fps: float, frames: int) -> int:
     """The GOP under rate control (config ``ratecontrol``); the clip must hold one GOP and
     one second after it."""
     gop = rate_gop(section, fps)
@@ -48,7 +48,7 @@ def rate_clip_gop(section: dict, fps: float, frames: int) -> int:
     return gop
 
 
-def run_rate_control(clip: Clip, blocks, settings: EncoderSettings, section: dict,
+def run_rate_control(clip: Clip, blocks, settings: EncoderSettings, section: RateControlConfig,
                      targets_mbps: list[float], codecs: list[str], out: Path,
                      progress: Callable[[int], None] | None = None, block_size: int = 16,
                      tolerance: float = 0.01, mask: str = "") -> dict:
@@ -65,7 +65,7 @@ def run_rate_control(clip: Clip, blocks, settings: EncoderSettings, section: dic
     records, traces = [], {}
     for codec in codecs:
         for target_mbps in targets_mbps:
-            for mode in section["modes"]:
+            for mode in section.modes:
                 record, windows = _controlled(coder, codec, mode, target_mbps, section, fps,
                                               gop, float(blocks[0].mean()), tolerance)
                 traces[(codec, target_mbps, mode)] = windows
@@ -74,22 +74,23 @@ def run_rate_control(clip: Clip, blocks, settings: EncoderSettings, section: dic
         plots.rate_trace(out / f"rate_{label}.png",
                          f"{label} {settings.preset}, GOP {gop}: 1-s windows after the first GOP",
                          {f"{mode} @ {t:g} Mbit/s": traces[(codec, t, mode)]
-                          for t in targets_mbps for mode in section["modes"]},
+                          for t in targets_mbps for mode in section.modes},
                          fps, BAND)
     return {"input": clip.source, "width": clip.width, "height": clip.height,
             "frames": len(clip.frames), "fps": fps, "mask": mask, "preset": settings.preset,
             "gop": gop,
-            "band": BAND, "ratecontrol": section, "records": records}
+            "band": BAND, "ratecontrol": dataclasses.asdict(section), "records": records}
 
 
-def _controlled(coder: ClipCoder, codec: str, mode: str, target_mbps: float, section: dict,
+def _controlled(coder: ClipCoder, codec: str, mode: str, target_mbps: float,
+                section: RateControlConfig,
                 fps: float, gop: int, roi_share: float,
                 tolerance: float) -> tuple[dict, np.ndarray]:
     """One controlled run and its capped uniform match: (record, 1-s window trace)."""
     target = target_mbps * 1e6
-    cap = target * float(section["cap_ratio"])
+    cap = target * float(section.cap_ratio)
     cap_kbps = max(1, int(cap / 1000))
-    vbv = Vbv(cap_kbps, max(1, int(cap_kbps * float(section["vbv_buffer_s"]))))
+    vbv = Vbv(cap_kbps, max(1, int(cap_kbps * float(section.vbv_buffer_s))))
     controller = rate_controller(section, target, fps, gop, mode, coder.width, coder.height,
                                  coder.block_size, roi_share=roi_share)
     result = coder.run(codec, mode, 0, controller=controller)

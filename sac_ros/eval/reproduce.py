@@ -21,7 +21,6 @@ printed beside the paper's.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ import numpy as np
 from PIL import Image as PILImage
 
 from sac_ros import datasets
-from sac_ros.config import encoder_settings, load_core_config
+from sac_ros.config import CoreConfig, encoder_settings, load_core_config
 from sac_ros.core import metrics
 from sac_ros.core.classes import get_class_map
 from sac_ros.core.codec import CODECS
@@ -63,12 +62,12 @@ class PaperCrfs:
     uniform: dict[str, float]
 
 
-def paper_crfs(cfg: dict) -> PaperCrfs:
+def paper_crfs(cfg: CoreConfig) -> PaperCrfs:
     """The papers' CRFs of a loaded core config (``load_core_config``)."""
-    ev = cfg["eval"]
+    ev = cfg.eval
     return PaperCrfs({codec: (float(pair[0]), float(pair[1]))
-                      for codec, pair in ev["paper_pairs"].items()},
-                     {codec: float(crf) for codec, crf in ev["uniform_reference"].items()})
+                      for codec, pair in ev.paper_pairs.items()},
+                     {codec: float(crf) for codec, crf in ev.uniform_reference.items()})
 
 
 def _default_paper_crfs() -> PaperCrfs:
@@ -445,9 +444,6 @@ def _segmentation_lines(result: dict) -> list[str]:
             "frames; the paper's mIoU is over its 4 classes)"]
 
 
-def settings_from_config(cfg: dict, preset: str | None, fps: float):
+def settings_from_config(cfg: CoreConfig, preset: str | None, fps: float):
     """Encoder settings of a loaded core config, with ``preset`` (if given) and ``fps``."""
-    section = dict(cfg["codec"])
-    if preset:
-        section["preset"] = preset
-    return dataclasses.replace(encoder_settings(section, fps=max(1, round(fps))))
+    return encoder_settings(cfg, preset, fps)

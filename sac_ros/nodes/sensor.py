@@ -142,7 +142,7 @@ class SensorNode(Node):
             self.segmenter = open_segmenter(start.model, start.backend, non_roi)
         self.encoder: SacEncoder | None = None
         self.rate = None
-        self._rate_section = load_core_config()["ratecontrol"] if self.target_bitrate else None
+        self._rate_section = load_core_config().ratecontrol if self.target_bitrate else None
         self._rate_warned: str | None = None
         size = start.frame_size
         if len(size) != 2 or min(size) < 0 or max(size) > 16384:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sac_ros.core.errors import SacError
 from sac_ros.segmentation.classmaps import ClassMapAdapter
 from sac_ros.segmentation.segmenter import Segmenter, SegmenterMaskSource
+
+if TYPE_CHECKING:
+    from sac_ros.config import SegmentationConfig
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "sac_roi_default.onnx"
 BACKEND_BY_SUFFIX = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt",
@@ -53,7 +56,7 @@ def open_backend(name: str, path: Path, device: str = "auto", threads: int = 0):
     raise SacError(f"unknown backend '{name}'")
 
 
-def load_segmenter(cfg: dict[str, Any] | None = None, model: str | Path | None = None,
+def load_segmenter(cfg: SegmentationConfig | None = None, model: str | Path | None = None,
                    backend: str | None = None, input_size: Any = None,
                    non_roi_ids: Iterable[int] | None = None) -> Segmenter:
     """A Segmenter from a validated segmentation config, with optional overrides."""
@@ -61,12 +64,12 @@ def load_segmenter(cfg: dict[str, Any] | None = None, model: str | Path | None =
         from sac_ros.config import load_segmentation_config
 
         cfg = load_segmentation_config()
-    path = resolve_model(model if model is not None else cfg["model"])
-    engine = open_backend(choose_backend(path, backend or cfg["backend"]), path,
-                          cfg["device"], cfg["threads"])
+    path = resolve_model(model if model is not None else cfg.model)
+    engine = open_backend(choose_backend(path, backend or cfg.backend), path, cfg.device,
+                          cfg.threads)
     try:
         meta = engine.metadata
-        class_map = cfg["class_map"]
+        class_map = cfg.class_map
         if class_map == "auto":
             class_map = meta.get("sac_class_map")
             if class_map is None:
@@ -75,13 +78,12 @@ def load_segmenter(cfg: dict[str, Any] | None = None, model: str | Path | None =
                                "cityscapes_label_ids, kitti_step, four_class or binary)")
         adapter = ClassMapAdapter(class_map, non_roi_ids)
         own_normalisation = meta.get("sac_input") == "rgb255"
-        normalize = None if own_normalisation else (cfg["normalize"]["mean"],
-                                                    cfg["normalize"]["std"])
+        normalize = None if own_normalisation else (cfg.normalize.mean, cfg.normalize.std)
         return Segmenter(engine, adapter,
-                         input_size=input_size if input_size is not None else cfg["input_size"],
-                         roi_threshold=cfg["roi_threshold"],
-                         block_threshold=cfg["block_threshold"], normalize=normalize,
-                         on_size_mismatch=cfg["on_size_mismatch"])
+                         input_size=input_size if input_size is not None else cfg.input_size,
+                         roi_threshold=cfg.roi_threshold,
+                         block_threshold=cfg.block_threshold, normalize=normalize,
+                         on_size_mismatch=cfg.on_size_mismatch)
     except BaseException:
         engine.close()
         raise

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from sac_ros.config import SegmentationConfig, TrainConfig
 from sac_ros.core.errors import SacError
 from sac_ros.segmentation.backends.torch_backend import (
     import_torch,
@@ -38,24 +39,25 @@ class TrainSettings:
     head: str = "four_class"
     train_split: str = "train"
     val_split: str | None = None          # None: the dataset's usual validation split
-    epochs: int = 40
+    # The recipe's defaults are config.TrainConfig's (segmentation.yaml ``train``).
+    epochs: int = TrainConfig.epochs
     steps_per_epoch: int | None = None    # None: one pass over the training frames
-    batch_size: int = 8
-    crop: tuple[int, int] = (768, 384)
-    scale: tuple[float, float] = (0.6, 1.1)
-    lr: float = 3e-4
-    lr_schedule: str = "constant"         # or "cosine": decays to 1% of lr by the last step
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 1e-5
-    width: float = 1.5
-    depth: int = 0
-    shadow_prob: float = 0.5              # share of crops given cast shadows / sun patches
-    ema: float = 0.99                     # weight averaging per step (0: off)
-    seed: int = 0
-    threads: int = 0
+    batch_size: int = TrainConfig.batch_size
+    crop: tuple[int, int] = TrainConfig.crop
+    scale: tuple[float, float] = TrainConfig.scale
+    lr: float = TrainConfig.lr
+    lr_schedule: str = TrainConfig.lr_schedule  # or "cosine": to 1% of lr by the last step
+    betas: tuple[float, float] = TrainConfig.betas
+    weight_decay: float = TrainConfig.weight_decay
+    width: float = TrainConfig.width
+    depth: int = TrainConfig.depth
+    shadow_prob: float = TrainConfig.shadows  # share of crops given shadows / sun patches
+    ema: float = TrainConfig.ema            # weight averaging per step (0: off)
+    seed: int = TrainConfig.seed
+    threads: int = SegmentationConfig.threads
     val_limit: int | None = None
     val_every: int = 1                    # validate every N epochs (and after the last)
-    input_size: Any = "native"
+    input_size: Any = SegmentationConfig.input_size
     resume: Path | None = None
     progress: bool = True
     non_roi_ids: list[int] | None = None
