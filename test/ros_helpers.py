@@ -43,6 +43,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
                 f"(sac_ros.msg): {exc}", allow_module_level=True)
 
 # Imported outside the guard: a broken import of our own code must fail, not skip.
+from sac_ros.config import load_core_config
 from sac_ros.core.mask import PolygonMaskSource, block_mask, expand_blocks, unpack_blocks
 from sac_ros.core.wire import stamp_ns
 from sac_ros.nodes.messages import packet_to_msg, rgb_to_image
@@ -76,9 +77,9 @@ def frame(index: int, width: int = WIDTH, height: int = HEIGHT) -> np.ndarray:
     return np.clip(np.stack([r, g, b], axis=-1), 0, 255).astype(np.uint8)
 
 
-def polygon_blocks(rgb: np.ndarray, polygon) -> np.ndarray:
-    """The block mask the sensor's polygon mask source gives for a frame."""
-    source = PolygonMaskSource(np.asarray(polygon, float).reshape(-1, 2).tolist())
+def polygon_blocks(rgb: np.ndarray) -> np.ndarray:
+    """The block mask the sensor's default polygon (config/sac.yaml's) gives for a frame."""
+    source = PolygonMaskSource(load_core_config().mask.roi_polygon)
     return block_mask(source.roi_pixels(0, rgb))
 
 

@@ -18,7 +18,6 @@ from sensor_msgs.msg import Image
 from sac_ros.core.codec import EncoderSettings
 from sac_ros.core.sac import SacDecoder, SacEncoder
 from sac_ros.msg import SacPacket, SacStats
-from sac_ros.nodes.sensor import DEFAULT_POLYGON
 
 GOP = 5
 COUNT = 20
@@ -30,7 +29,7 @@ def encoded():
     frames = [frame(i) for i in range(COUNT)]
     encoder = SacEncoder(WIDTH, HEIGHT, 20.0, 34.0, EncoderSettings("h264", "veryfast", GOP))
     try:
-        packets = [encoder.encode(rgb, rh.polygon_blocks(rgb, DEFAULT_POLYGON))
+        packets = [encoder.encode(rgb, rh.polygon_blocks(rgb))
                    for rgb in frames]
     finally:
         encoder.close()

@@ -24,7 +24,6 @@ from sac_ros.core.mask import pack_blocks
 from sac_ros.core.sac import SacEncoder
 from sac_ros.msg import SacPacket, SacStats
 from sac_ros.nodes.common import NodeStats
-from sac_ros.nodes.sensor import DEFAULT_POLYGON
 
 GOP = 5
 SENSOR = {"gop": GOP, "fps": 10, "preset": "veryfast", "roi_crf": 20.0, "non_roi_crf": 36.0}
@@ -204,7 +203,7 @@ def test_packet_bytes_match_offline_core(ros, codec):
     encoder = SacEncoder(WIDTH, HEIGHT, params["roi_crf"], params["non_roi_crf"], settings,
                          "dual_crf")
     try:
-        offline = [encoder.encode(rgb, rh.polygon_blocks(rgb, DEFAULT_POLYGON))
+        offline = [encoder.encode(rgb, rh.polygon_blocks(rgb))
                    for rgb in frames]
     finally:
         encoder.close()

@@ -11,7 +11,10 @@ import ros_helpers as rh
 from ros_helpers import HEIGHT, WIDTH, drops_of, frame
 from sensor_msgs.msg import Image
 
+from sac_ros.config import load_core_config
+from sac_ros.core.errors import SacError
 from sac_ros.msg import SacPacket, SacStats
+from sac_ros.nodes.sensor import polygon_parameter, polygon_points
 
 GOP = 5
 
@@ -78,6 +81,19 @@ def test_codec_takes_the_aliases_sac_eval_takes(ros):
     packet = sensor.send_good()
     assert packet.roi.codec == "hevc" and packet.non_roi[0].codec == "hevc"
     assert sensor.node.running
+
+
+def test_roi_polygon_default_is_sac_yaml_s(ros):
+    """Issue 15: the ROI polygon has one definition, config/sac.yaml mask.roi_polygon; the
+    sensor's roi_polygon parameter defaults to it, flat (ROS parameters cannot nest)."""
+    points = load_core_config().mask.roi_polygon
+    sensor = Sensor(ros)
+    assert ros.get_parameters("sac_sensor", "roi_polygon") == [polygon_parameter(points)]
+    assert polygon_points(polygon_parameter(points)) == [list(p) for p in points]
+    packet = sensor.send_good()
+    assert (rh.roi_pixels_of(packet)[::16, ::16] == rh.polygon_blocks(frame(0))).all()
+    with pytest.raises(SacError, match="at least three x, y pairs"):
+        polygon_points([0.0, 1.0, 0.5])
 
 
 def test_target_bitrate_drives_the_crfs_between_gops(ros):

@@ -13,7 +13,6 @@ from std_msgs.msg import Header
 from sac_ros.core.codec import EncoderSettings
 from sac_ros.core.sac import SacEncoder
 from sac_ros.nodes.messages import packet_to_msg, rgb_to_image
-from sac_ros.nodes.sensor import DEFAULT_POLYGON
 from sac_ros.nodes.summary import SummaryCollector
 
 
@@ -24,7 +23,7 @@ def test_a_frame_is_measured_in_any_arrival_order(order):
     rgb = frame(3)
     encoder = SacEncoder(WIDTH, HEIGHT, 20.0, 34.0, EncoderSettings("h264", "veryfast", 5))
     try:
-        packet = encoder.encode(rgb, rh.polygon_blocks(rgb, DEFAULT_POLYGON))
+        packet = encoder.encode(rgb, rh.polygon_blocks(rgb))
     finally:
         encoder.close()
     header = Header(frame_id="cam")

@@ -43,7 +43,18 @@ from sac_ros.nodes.common import (
 )
 from sac_ros.nodes.messages import image_to_rgb, packet_to_msg, rgb_to_image
 
-DEFAULT_POLYGON = [0.0, 1.0, 0.0, 0.60, 0.44, 0.555, 0.54, 0.555, 1.0, 0.72, 1.0, 1.0]
+
+def polygon_parameter(points) -> list[float]:
+    """(x, y) points as the flat [x0, y0, x1, y1, ...] list of the roi_polygon parameter
+    (ROS parameters cannot nest)."""
+    return [float(c) for point in points for c in point]
+
+
+def polygon_points(flat) -> list[list[float]]:
+    """The roi_polygon parameter's flat list as [x, y] points."""
+    if len(flat) < 6 or len(flat) % 2:
+        raise SacError("roi_polygon needs at least three x, y pairs")
+    return np.asarray(flat, float).reshape(-1, 2).tolist()
 
 
 class SensorNode(Node):
@@ -77,6 +88,7 @@ class SensorNode(Node):
     def _declare_parameters(self) -> SimpleNamespace:
         """Declare every parameter; the read-only start-up ones are returned."""
         d = lambda *a, **k: declare(self, *a, **k)  # noqa: E731
+        core = load_core_config()  # the ROI polygon's one definition; rate control
         self.input_topic = d("input_topic", INPUT_TOPIC, "Camera Image topic.", read_only=True)
         self.packet_topic = d("packet_topic", PACKET_TOPIC, "SacPacket output topic.",
                               read_only=True)
@@ -104,8 +116,9 @@ class SensorNode(Node):
                                 low=0.0, high=1e10, read_only=True)
         self.mask_source = d("mask_source", "polygon", "Where the ROI comes from.",
                              choices=("polygon", "model"), read_only=True)
-        polygon = d("roi_polygon", DEFAULT_POLYGON, "Static ROI polygon, flat [x0, y0, x1, y1, "
-                    "...] normalised to 0-1.", read_only=True)
+        polygon = d("roi_polygon", polygon_parameter(core.mask.roi_polygon), "Static ROI "
+                    "polygon, flat [x0, y0, x1, y1, ...] normalised to 0-1; default: "
+                    "config/sac.yaml mask.roi_polygon.", read_only=True)
         model = d("model", "default", "Segmentation model for mask_source=model: 'default' "
                   "(shipped ONNX) or a .onnx / .engine / .pt path.", read_only=True)
         backend = d("backend", "auto", "Segmentation backend.", read_only=True,
@@ -125,6 +138,7 @@ class SensorNode(Node):
                   high=1000, read_only=True)
         return SimpleNamespace(
             preset=preset, gop=gop, threads=threads, fps=fps, aq_mode=aq_mode, polygon=polygon,
+            ratecontrol=core.ratecontrol,
             model=model, backend=backend, reliability=reliability, input_depth=input_depth,
             frame_size=frame_size, depth=depth)
 
@@ -132,9 +146,7 @@ class SensorNode(Node):
         """Encoder settings, the ROI source and, given a frame size, the warmed-up encoders."""
         self.settings = EncoderSettings(self.codec, start.preset, start.gop, start.threads,
                                         start.fps, None if start.aq_mode < 0 else start.aq_mode)
-        if len(start.polygon) < 6 or len(start.polygon) % 2:
-            raise SacError("roi_polygon needs at least three x, y pairs")
-        self.mask = PolygonMaskSource(np.asarray(start.polygon, float).reshape(-1, 2).tolist())
+        self.mask = PolygonMaskSource(polygon_points(start.polygon))
         non_roi = declare_int_list(self, "non_roi_classes", "Non-ROI class ids of the model's "
                                    "class map; unset = the papers' defaults for that map.")
         self.segmenter = None
@@ -142,7 +154,7 @@ class SensorNode(Node):
             self.segmenter = open_segmenter(start.model, start.backend, non_roi)
         self.encoder: SacEncoder | None = None
         self.rate = None
-        self._rate_section = load_core_config().ratecontrol if self.target_bitrate else None
+        self._rate_section = start.ratecontrol if self.target_bitrate else None
         self._rate_warned: str | None = None
         size = start.frame_size
         if len(size) != 2 or min(size) < 0 or max(size) > 16384:
