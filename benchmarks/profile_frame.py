@@ -43,7 +43,7 @@ def profile(size: str, frames: int, preset: str, model: str) -> dict[str, float]
         from sac_ros.segmentation import load_segmenter
 
         segmenter = load_segmenter(model=model)
-    settings = EncoderSettings("h264", preset, 30, 1)
+    settings = EncoderSettings(preset=preset, threads=1)
     layout = PlaneLayout(height, width)
     roi_enc = StreamEncoder(layout.padded_width, layout.padded_height, 23, settings)
     non_enc = StreamEncoder(layout.padded_width, layout.padded_height, 32, settings)
@@ -88,7 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--frames", type=int, default=60)
     parser.add_argument("--sizes", nargs="+", default=["1024x512", "2048x1024"])
-    parser.add_argument("--preset", default="veryfast")
+    parser.add_argument("--preset", default=EncoderSettings.preset)
     parser.add_argument("--model", default="default", help="'' = static polygon mask")
     args = parser.parse_args()
     for size in args.sizes:

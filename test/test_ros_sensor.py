@@ -12,6 +12,7 @@ from ros_helpers import HEIGHT, WIDTH, drops_of, frame
 from sensor_msgs.msg import Image
 
 from sac_ros.config import load_core_config
+from sac_ros.core.codec import EncoderSettings
 from sac_ros.core.errors import SacError
 from sac_ros.msg import SacPacket, SacStats
 from sac_ros.nodes.sensor import polygon_parameter, polygon_points
@@ -94,6 +95,16 @@ def test_roi_polygon_default_is_sac_yaml_s(ros):
     assert (rh.roi_pixels_of(packet)[::16, ::16] == rh.polygon_blocks(frame(0))).all()
     with pytest.raises(SacError, match="at least three x, y pairs"):
         polygon_points([0.0, 1.0, 0.5])
+
+
+def test_codec_defaults_are_encoder_settings(ros):
+    """Issue 15: the codec defaults have one definition, core/codec.py's EncoderSettings."""
+    ros.start("sac_sensor")
+    names = ("codec", "preset", "gop", "threads", "fps", "aq_mode")
+    defaults = EncoderSettings()
+    assert ros.get_parameters("sac_sensor", *names) == [
+        defaults.codec, defaults.preset, defaults.gop, defaults.threads, defaults.fps,
+        -1 if defaults.aq_mode is None else defaults.aq_mode]
 
 
 def test_target_bitrate_drives_the_crfs_between_gops(ros):

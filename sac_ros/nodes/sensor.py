@@ -89,22 +89,24 @@ class SensorNode(Node):
         """Declare every parameter; the read-only start-up ones are returned."""
         d = lambda *a, **k: declare(self, *a, **k)  # noqa: E731
         core = load_core_config()  # the ROI polygon's one definition; rate control
+        codec = EncoderSettings()  # the codec defaults' one definition
         self.input_topic = d("input_topic", INPUT_TOPIC, "Camera Image topic.", read_only=True)
         self.packet_topic = d("packet_topic", PACKET_TOPIC, "SacPacket output topic.",
                               read_only=True)
         self.mode = d("mode", "dual_crf", "Coding mode.", choices=MODES, read_only=True)
         # The aliases sac eval takes (one table: core/codec.py), named as h264 or hevc.
-        self.codec = canonical_codec(d("codec", "h264", "Codec.", choices=tuple(CODEC_ALIASES),
-                                       read_only=True))
-        preset = d("preset", "veryfast", "Encoder preset.", choices=PRESETS, read_only=True)
-        gop = d("gop", 30, "Key-frame interval (frames).", low=1, high=600, read_only=True)
-        threads = d("threads", 0, "Encoder threads per stream, 0 = automatic.", low=0, high=64,
-                    read_only=True)
-        fps = d("fps", 30, "Nominal camera rate, for the encoders' rate model.", low=1,
+        self.codec = canonical_codec(d("codec", codec.codec, "Codec.",
+                                       choices=tuple(CODEC_ALIASES), read_only=True))
+        preset = d("preset", codec.preset, "Encoder preset.", choices=PRESETS, read_only=True)
+        gop = d("gop", codec.gop, "Key-frame interval (frames).", low=1, high=600,
+                read_only=True)
+        threads = d("threads", codec.threads, "Encoder threads per stream, 0 = automatic.",
+                    low=0, high=64, read_only=True)
+        fps = d("fps", codec.fps, "Nominal camera rate, for the encoders' rate model.", low=1,
                 high=240, read_only=True)
-        aq_mode = d("aq_mode", -1, "Adaptive quantisation mode (x264 0-3, x265 0-4); -1 = the "
-                    "preset's own (ultrafast: off; roi_qp turns it on).", low=-1, high=4,
-                    read_only=True)
+        aq_mode = d("aq_mode", -1 if codec.aq_mode is None else codec.aq_mode, "Adaptive "
+                    "quantisation mode (x264 0-3, x265 0-4); -1 = the preset's own (ultrafast: "
+                    "off; roi_qp turns it on).", low=-1, high=4, read_only=True)
         self.roi_crf = d("roi_crf", 23.0, "CRF of the ROI stream; changes apply at the next "
                          "key frame.", low=0.0, high=51.0)
         self.non_roi_crf = d("non_roi_crf", 32.0, "CRF of the non-ROI stream; changes apply at "
