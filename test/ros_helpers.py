@@ -366,6 +366,13 @@ class RosHarness:
         return list(self._call(lambda: client.set_parameters(params),
                                f"set_parameters {values}").results)
 
+    def list_parameters(self, node_name: str) -> set[str]:
+        """The names of the parameters the node has declared (its ListParameters service),
+        without the ones rclpy declares itself."""
+        client = self._parameter_client(node_name)
+        reply = self._call(lambda: client.list_parameters(), "list_parameters")
+        return set(reply.result.names) - {"use_sim_time", "start_type_description_service"}
+
     def get_parameters(self, node_name: str, *names: str) -> list:
         """Current values through the node's real GetParameters service."""
         client = self._parameter_client(node_name)

@@ -138,22 +138,21 @@ class SensorNode(Node):
                        "another size still work.", read_only=True)
         depth = d("qos_depth", 30, "Packet publisher queue depth (keep >= one GOP).", low=1,
                   high=1000, read_only=True)
+        non_roi = declare_int_list(self, "non_roi_classes", "Non-ROI class ids of the model's "
+                                   "class map; unset = the papers' defaults for that map.")
         return SimpleNamespace(
             preset=preset, gop=gop, threads=threads, fps=fps, aq_mode=aq_mode, polygon=polygon,
-            ratecontrol=core.ratecontrol,
-            model=model, backend=backend, reliability=reliability, input_depth=input_depth,
-            frame_size=frame_size, depth=depth)
+            ratecontrol=core.ratecontrol, model=model, backend=backend, non_roi=non_roi,
+            reliability=reliability, input_depth=input_depth, frame_size=frame_size, depth=depth)
 
     def _set_up_coding(self, start: SimpleNamespace) -> None:
         """Encoder settings, the ROI source and, given a frame size, the warmed-up encoders."""
         self.settings = EncoderSettings(self.codec, start.preset, start.gop, start.threads,
                                         start.fps, None if start.aq_mode < 0 else start.aq_mode)
         self.mask = PolygonMaskSource(polygon_points(start.polygon))
-        non_roi = declare_int_list(self, "non_roi_classes", "Non-ROI class ids of the model's "
-                                   "class map; unset = the papers' defaults for that map.")
         self.segmenter = None
         if self.mask_source == "model":
-            self.segmenter = open_segmenter(start.model, start.backend, non_roi)
+            self.segmenter = open_segmenter(start.model, start.backend, start.non_roi)
         self.encoder: SacEncoder | None = None
         self.rate = None
         self._rate_section = start.ratecontrol if self.target_bitrate else None
