@@ -163,8 +163,7 @@ def run_node(name: str, node_factory, args=None) -> int:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
     node = None
     try:
-        node = node_factory()
-        check_parameter_names(node)
+        node = node_factory()  # each node checks its parameter names before any work
         executor.add_node(node)
         executor.spin()
     except (SacError, ParameterException) as exc:
