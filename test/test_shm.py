@@ -103,8 +103,12 @@ class Node:
         while True:
             files = owned_files(self.proc.pid)
             # Fast DDS zeroes a new segment: wait until all of it is in memory.
-            if segments(files) and all(files[n] >= (SHM_DIR / n).stat().st_size
-                                       for n in segments(files)):
+            # The size first (it may still be growing), then every page of it.
+            try:
+                sizes = {n: (SHM_DIR / n).stat().st_size for n in segments(files)}
+            except OSError:
+                sizes = {}  # removed meanwhile
+            if sizes and all(30 * MB < sizes[n] <= files[n] for n in sizes):
                 return files
             if self.proc.poll() is not None:
                 raise AssertionError(f"node exited {self.proc.returncode}:\n"
