@@ -51,7 +51,13 @@ PERCEPTION_STATS_TOPIC = "sac/perception_stats"
 CLASS_MAP_TOPIC = "sac/perception/class_map"
 OVERLAY_TOPIC = "sac/perception/overlay"
 LABELS_TOPIC = "labels"                    # ground truth in converted and recorded bags
-CAMERA_INFO_TOPIC = "camera_info"
+CAMERA_INFO_TOPIC = "camera_info"         # the camera's CameraInfo, beside image_raw
+LINK_CAMERA_INFO_TOPIC = "sac/link/camera_info"  # CameraInfo per encoded frame, sensor -> ECU
+OUTPUT_CAMERA_INFO_TOPIC = "sac/camera_info"     # beside sac/image, the image's stamp (ECU)
+VIDEO_TOPIC = "sac/video"                  # foxglove_msgs/CompressedVideo (roi_qp / uniform
+                                           # from the sensor; dual_crf re-encoded by the ECU)
+MOTION_TOPIC = "sac/motion"                # SacMotion, per-block motion (ECU, optional)
+DIAGNOSTICS_TOPIC = "/diagnostics"         # diagnostic_msgs/DiagnosticArray, every node
 
 
 def topic_in(namespace: str, name: str) -> str:
