@@ -208,6 +208,30 @@ def block_runs(blocks: np.ndarray) -> np.ndarray:
     return np.stack([row[first], row[last] + 1, left[first], right[first]], axis=1).astype(np.int32)
 
 
+def offset_regions(offset_blocks: np.ndarray | None,
+                   qp_offset: float) -> tuple[np.ndarray, np.ndarray]:
+    """(rectangles in blocks, their QP offsets in thousandths) for the side data.
+
+    ``offset_blocks``: a bool mask (its True blocks at ``qp_offset``) or per-block
+    offsets (float, class-level roi_qp: one set of rectangles per distinct offset).
+    """
+    if offset_blocks is None:
+        return np.empty((0, 4), np.int32), np.empty(0, np.int32)
+    if offset_blocks.dtype == bool:
+        rects = block_runs(offset_blocks) if qp_offset else np.empty((0, 4), np.int32)
+        return rects, np.full(len(rects), round(qp_offset * 1000), np.int32)
+    levels = np.unique(offset_blocks)
+    if not np.isfinite(levels).all() or np.abs(levels).max(initial=0) > MAX_QP_OFFSET:
+        raise SacError("per-block QP offsets must be finite and within -51 to +51")
+    parts = [(block_runs(offset_blocks == level), level) for level in levels if level]
+    if not parts:
+        return np.empty((0, 4), np.int32), np.empty(0, np.int32)
+    rects = np.concatenate([r for r, _ in parts])
+    milli = np.concatenate([np.full(len(r), round(float(level) * 1000), np.int32)
+                            for r, level in parts])
+    return rects, milli
+
+
 @functools.cache
 def check_roi_qp_honoured(codec: str, preset: str, aq_mode: int | None) -> None:
     """Encode one small frame with and without a +20 QP offset; raise if nothing changed.
@@ -323,13 +347,11 @@ class StreamEncoder:
                 raise SacError(f"a {rows}x{cols} block grid does not tile the {self.width}x"
                                f"{self.height} frame in blocks of a multiple of 16 px; roi_qp "
                                f"needs block_size 16, 32 or 64")
-        key = (b"" if offset_blocks is None else offset_blocks.tobytes(), self.qp_offset)
+        key = (b"" if offset_blocks is None else offset_blocks.dtype.str.encode()
+               + offset_blocks.tobytes(), self.qp_offset)
         if key == self._written:
             return  # same mask and offset as the last frame: the side data already holds it
-        if offset_blocks is None or not self.qp_offset:
-            rects = np.empty((0, 4), np.int32)
-        else:
-            rects = block_runs(offset_blocks)
+        rects, milli = offset_regions(offset_blocks, self.qp_offset)
         if self._regions is None or len(rects) > len(self._regions):
             # Room for more regions: a new input frame (rare; powers of two, at least 16).
             slots = max(16, 1 << (len(rects) - 1).bit_length())
@@ -340,7 +362,7 @@ class StreamEncoder:
         regions, count = self._regions, len(rects)
         regions[:, 0] = ROI_SIZE
         regions[:count, 1:5] = rects * block  # top, bottom, left, right in pixels
-        regions[:count, 5] = round(self.qp_offset * 1000)
+        regions[:count, 5] = milli
         regions[count:, 1:6] = 0  # unused slots: empty rectangles, offset 0
         regions[:, 6] = QOFFSET_DEN
         self._written = key
@@ -349,7 +371,8 @@ class StreamEncoder:
                offset_blocks: np.ndarray | None = None) -> tuple[bytes, bool]:
         """Encode one frame; returns (Annex-B bytes, key-frame flag).
 
-        ``offset_blocks`` (ROI-QP streams only): the blocks coded at ``qp_offset``.
+        ``offset_blocks`` (ROI-QP streams only): the blocks coded at ``qp_offset`` (bool),
+        or each block's own QP offset (float: class-level offsets, core/classqp.py).
         """
         if self.next_is_key and self._pending:
             self._apply_pending()
@@ -391,12 +414,19 @@ class StreamDecoder:
 
     Packets are dropped until a key frame arrives; after a decode error or a
     reported gap the decoder waits for the next key frame again.
+
+    ``export_motion``: the context opened at the next key frame exports the motion
+    vectors (FFmpeg ``export_mvs``; H.264 only, HEVC exports none); ``last_vectors``
+    then holds the last frame's (PyAV's structured array), else None.
     """
 
     def __init__(self, codec: str):
         self.codec = canonical_codec(codec)
         self._ctx: av.CodecContext | None = None
         self.synced = False
+        self.export_motion = False
+        self.exporting = False  # the open context exports vectors
+        self.last_vectors: np.ndarray | None = None
 
     def reset(self) -> None:
         """Forget the reference state: call after a lost packet."""
@@ -419,8 +449,13 @@ class StreamDecoder:
         if self._ctx is None:
             self._ctx = av.CodecContext.create(CODECS[self.codec][1], "r")
             # A hostile SPS must not make the decoder allocate more than the largest frame.
-            self._ctx.options = {"max_pixels": str(MAX_DECODE_PIXELS)}
+            options = {"max_pixels": str(MAX_DECODE_PIXELS)}
+            if self.export_motion:
+                options["flags2"] = "+export_mvs"
+            self._ctx.options = options
+            self.exporting = self.export_motion
             self.synced = True
+        self.last_vectors = None
         try:
             frames = self._ctx.decode(av.Packet(data))
             if len(frames) != 1:
@@ -430,6 +465,9 @@ class StreamDecoder:
             if size is not None and (frame.width, frame.height) != size:
                 raise DecodeError(f"{self.codec} stream is {frame.width}x{frame.height}, the "
                                   f"packet says {size[0]}x{size[1]}")
+            if self.exporting:
+                vectors = frame.side_data.get("MOTION_VECTORS")
+                self.last_vectors = None if vectors is None else vectors.to_ndarray()
             if frame.format.name != "yuv420p":
                 frame = frame.reformat(format="yuv420p")
             return frame.to_ndarray()

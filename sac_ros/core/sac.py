@@ -32,6 +32,7 @@ from sac_ros.core.codec import (
 from sac_ros.core.errors import PacketError, SacError
 from sac_ros.core.frames import PlaneLayout, as_rgb, select, split
 from sac_ros.core.mask import BLOCK_SIZE, pack_blocks, unpack_blocks
+from sac_ros.core.motion import MotionField, motion_field
 
 MODES = ("dual_crf", "uniform", "roi_qp")
 
@@ -138,6 +139,7 @@ class DecodedFrame:
     roi_stream_rgb: np.ndarray | None = None
     non_roi_stream_rgb: np.ndarray | None = None
     decode_ms: float = 0.0
+    motion: MotionField | None = None  # with SacDecoder.export_motion, once vectors flow
 
 
 class SacEncoder:
@@ -281,10 +283,15 @@ class SacDecoder:
     """Decodes packets of any mode and size; recovers at the next key frame after a gap.
 
     ``decode`` returns None (and sets ``last_drop_reason``) for packets it must drop.
+    ``export_motion``: frames carry the merged per-block motion (core/motion.py) from the
+    next key frame on (the decoders are reopened there); off, it costs nothing.
     """
 
-    def __init__(self, keep_streams: bool = False, parallel: bool = True):
+    def __init__(self, keep_streams: bool = False, parallel: bool = True,
+                 export_motion: bool = False):
         self.keep_streams = keep_streams
+        self.export_motion = export_motion
+        self._previous_y: np.ndarray | None = None  # last reconstruction's luma (motion)
         self._pool = ThreadPoolExecutor(max_workers=1) if parallel else None
         self._layout: PlaneLayout | None = None
         self._decoders: dict[str, StreamDecoder] = {}
@@ -296,6 +303,7 @@ class SacDecoder:
         decoder = self._decoders.get(role)
         if decoder is None or decoder.codec != codec:
             decoder = self._decoders[role] = StreamDecoder(codec)
+        decoder.export_motion = self.export_motion
         return decoder
 
     def _prepare(self, packet: SacPacket) -> None:
@@ -318,6 +326,7 @@ class SacDecoder:
         if self._last_seq is not None and packet.seq != self._last_seq + 1:
             for decoder in self._decoders.values():
                 decoder.reset()  # lost or reordered packets: resync at the next key frame
+            self._previous_y = None
         self._last_seq = packet.seq
         self._prepare(packet)
         blocks = packet.blocks()
@@ -354,11 +363,31 @@ class SacDecoder:
         else:
             combined = select(layout, planes["roi"], planes["non_roi"], blocks, self._out)
         frame = DecodedFrame(seq=packet.seq, rgb=layout.i420_to_rgb(combined), blocks=blocks)
+        frame.motion = self._motion(packet, blocks, combined)
         if self.keep_streams and packet.non_roi is not None:
             frame.roi_stream_rgb = layout.i420_to_rgb(planes["roi"])
             frame.non_roi_stream_rgb = layout.i420_to_rgb(planes["non_roi"])
         frame.decode_ms = (time.perf_counter() - start) * 1e3
         return frame
+
+    def _motion(self, packet: SacPacket, blocks: np.ndarray,
+                combined: np.ndarray) -> MotionField | None:
+        """The merged motion of this frame, while every stream's decoder exports it."""
+        roles = ("roi", "non_roi") if packet.non_roi is not None else ("roi",)
+        if not (self.export_motion and all(self._decoders[r].exporting for r in roles)):
+            self._previous_y = None
+            return None
+        layout = self._layout
+        current_y = combined[:layout.padded_height]
+        non_roi = self._decoders["non_roi"].last_vectors if packet.non_roi is not None else None
+        field = motion_field(self._decoders["roi"].last_vectors, non_roi,
+                             packet.non_roi is not None, blocks, packet.block_size,
+                             packet.width, packet.height, packet.key_frame, current_y,
+                             self._previous_y, packet.seq)
+        if self._previous_y is None or self._previous_y.shape != current_y.shape:
+            self._previous_y = np.empty_like(current_y)
+        np.copyto(self._previous_y, current_y)  # combined may be a reused buffer
+        return field
 
     def close(self) -> None:
         if self._pool is not None:

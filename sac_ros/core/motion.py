@@ -1,0 +1,275 @@
+"""Motion from the bitstream: per-16x16-block vectors, residuals and the class-map warp.
+
+The ECU's H.264 decoders export the motion vectors they decode (FFmpeg ``export_mvs``,
+see ``codec.StreamDecoder(export_motion=True)``): one entry per inter-coded partition,
+with the partition's centre in the current frame (``dst``), where it came from in the
+reference (``src``), and the motion in 1/``motion_scale`` pixels. ``block_motion``
+turns those into one vector per 16x16 block (partitions averaged by area), ``merge``
+takes each block from the stream it was coded in (dual_crf: ROI blocks from the ROI
+stream, the rest from the non-ROI stream), and ``MotionField`` is what msg/SacMotion.msg
+carries:
+
+- ``dx``, ``dy`` (int16, quarter pixels): content(x, y, t) ~ content(x + dx/4, y + dy/4, t-1);
+- ``unreliable`` (bool): no usable vector (intra-coded, a future reference, a key frame,
+  or a stream without exported vectors: FFmpeg's HEVC decoder exports none);
+- ``residual`` (uint8): mean absolute luma error of the block after applying its vector
+  (rounded to whole pixels) to the previous reconstruction; 255 when there is none.
+
+``warp_class_map`` carries a class map from t-1 to t with the field (nearest pixel;
+unreliable blocks keep what they had, the caller decides whether to re-segment).
+
+FFmpeg does not say which reference frame a vector points at: with more than one
+reference (x264 preset ``faster`` and slower) a vector may point two frames back. The
+residual catches those (it is measured against the previous frame only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MOTION_BLOCK = 16          # the motion grid: H.264 macroblocks
+NO_RESIDUAL = 255          # residual of a block with nothing to compare against
+MAX_QUARTER_PEL = 32767    # int16 on the wire
+# A block needs at least this share of its area covered by inter partitions to get a
+# vector (an H.264 macroblock is all inter or all intra; partial cover is a frame edge).
+MIN_COVER = 0.5
+
+
+def grid(width: int, height: int, block: int = MOTION_BLOCK) -> tuple[int, int]:
+    """(rows, cols) of the motion grid of a width x height frame."""
+    return -(-height // block), -(-width // block)
+
+
+@dataclass
+class MotionField:
+    """One frame's motion on the 16x16 block grid (mirrors msg/SacMotion.msg)."""
+
+    rows: int
+    cols: int
+    key_frame: bool
+    dx: np.ndarray          # (rows, cols) int16, quarter pixels
+    dy: np.ndarray          # (rows, cols) int16, quarter pixels
+    unreliable: np.ndarray  # (rows, cols) bool
+    residual: np.ndarray    # (rows, cols) uint8
+    block_size: int = MOTION_BLOCK
+    seq: int = 0
+
+    @classmethod
+    def still(cls, rows: int, cols: int, key_frame: bool = True) -> MotionField:
+        """No motion known: every block unreliable, nothing to compare against."""
+        shape = (rows, cols)
+        return cls(rows, cols, key_frame, np.zeros(shape, np.int16), np.zeros(shape, np.int16),
+                   np.ones(shape, bool), np.full(shape, NO_RESIDUAL, np.uint8))
+
+    def refresh_blocks(self, max_residual: float) -> np.ndarray:
+        """Blocks whose vector cannot be trusted: unreliable, or residual above the bound."""
+        return self.unreliable | (self.residual > max_residual)
+
+
+def block_motion(vectors: np.ndarray | None, rows: int, cols: int,
+                 block: int = MOTION_BLOCK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dx, dy, unreliable) per block from FFmpeg's exported vectors (quarter pixels).
+
+    ``vectors``: the structured array of PyAV's ``MotionVectors.to_ndarray()`` (fields
+    source, w, h, dst_x, dst_y, motion_x, motion_y, motion_scale), or None when the
+    stream exported none (a key frame, or a decoder without ``export_mvs``).
+    """
+    shape = (rows, cols)
+    if vectors is None or len(vectors) == 0:
+        return np.zeros(shape, np.int16), np.zeros(shape, np.int16), np.ones(shape, bool)
+    # Past references only (source < 0); there are no B-frames, but a stream from
+    # elsewhere might have them.
+    past = vectors[vectors["source"] < 0]
+    col = np.clip(past["dst_x"].astype(np.int64) // block, 0, cols - 1)
+    row = np.clip(past["dst_y"].astype(np.int64) // block, 0, rows - 1)
+    index = row * cols + col
+    area = past["w"].astype(np.float64) * past["h"]
+    # motion / motion_scale pixels = src - dst: where the content was in the previous frame.
+    scale = np.maximum(past["motion_scale"].astype(np.float64), 1.0)
+    qx = past["motion_x"] * 4.0 / scale
+    qy = past["motion_y"] * 4.0 / scale
+    n = rows * cols
+    cover = np.bincount(index, area, n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dx = np.bincount(index, area * qx, n) / cover
+        dy = np.bincount(index, area * qy, n) / cover
+    unreliable = cover < MIN_COVER * block * block
+    dx = np.where(unreliable, 0.0, dx)
+    dy = np.where(unreliable, 0.0, dy)
+    dx = np.clip(np.rint(dx), -MAX_QUARTER_PEL, MAX_QUARTER_PEL).astype(np.int16)
+    dy = np.clip(np.rint(dy), -MAX_QUARTER_PEL, MAX_QUARTER_PEL).astype(np.int16)
+    return dx.reshape(shape), dy.reshape(shape), unreliable.reshape(shape)
+
+
+def roi_on_motion_grid(blocks: np.ndarray, mask_block: int, rows: int, cols: int,
+                       block: int = MOTION_BLOCK) -> np.ndarray:
+    """The ROI mask (on the packet's grid of ``mask_block`` px) on the motion grid.
+
+    A 16 px block covered by coarser mask blocks takes their value; one that spans
+    finer (8 px) mask blocks is ROI when any of them is (it holds ROI-stream pixels).
+    """
+    if mask_block == block and blocks.shape == (rows, cols):
+        return blocks
+    # Sample the mask at every pixel row/column the motion grid covers, then reduce.
+    ys = np.minimum(np.arange(rows * block) // mask_block, blocks.shape[0] - 1)
+    xs = np.minimum(np.arange(cols * block) // mask_block, blocks.shape[1] - 1)
+    step = min(mask_block, block)
+    fine = blocks[ys[::step]][:, xs[::step]]
+    k = block // step
+    return fine.reshape(rows, k, cols, k).any(axis=(1, 3))
+
+
+def merge(roi: tuple[np.ndarray, np.ndarray, np.ndarray],
+          non_roi: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+          roi_blocks: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each block's (dx, dy, unreliable) from the stream it was coded in.
+
+    ``roi_blocks`` on the motion grid (``roi_on_motion_grid``); ``non_roi`` None for the
+    one-stream modes (uniform, roi_qp), where the ROI stream codes every block.
+    """
+    if non_roi is None:
+        return roi
+    keep = roi_blocks.astype(bool)
+    return tuple(np.where(keep, a, b) for a, b in zip(roi, non_roi, strict=True))
+
+
+class _Gather:
+    """Flat source indices of a per-block whole-pixel shift, for one frame size."""
+
+    def __init__(self, height: int, width: int, rows: int, cols: int, block: int):
+        self.height, self.width, self.rows, self.cols, self.block = height, width, rows, cols, block
+        self.ys = np.arange(height, dtype=np.int32)
+        self.xs = np.arange(width, dtype=np.int32)
+        self.row_of = np.minimum(self.ys // block, rows - 1)
+        self.col_of = np.minimum(self.xs // block, cols - 1)
+
+    def indices(self, dx_px: np.ndarray, dy_px: np.ndarray) -> np.ndarray:
+        """(height, width) flat indices of content(x + dx, y + dy), clamped at the edges."""
+        per_row_dy = dy_px[self.row_of]            # (H, cols)
+        per_row_dx = dx_px[self.row_of]            # (H, cols)
+        src_y = np.clip(self.ys[:, None] + per_row_dy[:, self.col_of], 0, self.height - 1)
+        src_x = np.clip(self.xs[None, :] + per_row_dx[:, self.col_of], 0, self.width - 1)
+        return src_y * self.width + src_x
+
+
+_GATHERS: dict[tuple[int, int, int, int, int], _Gather] = {}
+
+
+def _gather(height: int, width: int, rows: int, cols: int, block: int) -> _Gather:
+    key = (height, width, rows, cols, block)
+    gather = _GATHERS.get(key)
+    if gather is None:
+        if len(_GATHERS) > 8:
+            _GATHERS.clear()
+        gather = _GATHERS[key] = _Gather(height, width, rows, cols, block)
+    return gather
+
+
+def whole_pixels(quarter: np.ndarray) -> np.ndarray:
+    """Quarter-pixel vectors rounded to whole pixels (int32)."""
+    return np.floor_divide(quarter.astype(np.int32) + 2, 4)
+
+
+def shift_blocks(image: np.ndarray, dx: np.ndarray, dy: np.ndarray,
+                 block: int = MOTION_BLOCK) -> np.ndarray:
+    """``image`` (H x W [x C]) moved per block: out(x, y) = image(x + dx/4, y + dy/4).
+
+    Vectors are rounded to whole pixels (nearest neighbour, no new values: what a class
+    map needs); sources outside the frame are clamped to its edge.
+    """
+    height, width = image.shape[:2]
+    rows, cols = dx.shape
+    gather = _gather(height, width, rows, cols, block)
+    flat = image.reshape(height * width, *image.shape[2:])
+    return flat[gather.indices(whole_pixels(dx), whole_pixels(dy))]
+
+
+def residual(current_y: np.ndarray, previous_y: np.ndarray, dx: np.ndarray, dy: np.ndarray,
+             block: int = MOTION_BLOCK) -> np.ndarray:
+    """Per block: mean |current - previous moved by (dx, dy)| of the luma, 0-255 (uint8).
+
+    Both planes are the padded luma (a multiple of ``block`` px on each side, or at
+    least the grid's extent); only the ``rows x cols`` blocks of ``dx`` are measured.
+    """
+    rows, cols = dx.shape
+    height, width = rows * block, cols * block
+    cur = current_y[:height, :width]
+    predicted = shift_blocks(previous_y[:height, :width], dx, dy, block)
+    error = np.abs(cur.astype(np.int16) - predicted.astype(np.int16))
+    means = error.reshape(rows, block, cols, block).mean(axis=(1, 3))
+    return np.minimum(np.rint(means), 255).astype(np.uint8)
+
+
+def motion_field(roi_vectors: np.ndarray | None, non_roi_vectors: np.ndarray | None,
+                 dual: bool, roi_blocks: np.ndarray | None, mask_block: int,
+                 width: int, height: int, key_frame: bool, current_y: np.ndarray,
+                 previous_y: np.ndarray | None, seq: int = 0) -> MotionField:
+    """The whole ECU step: vectors of one or two streams -> merged field with residuals.
+
+    ``current_y`` / ``previous_y``: the combined reconstruction's padded luma now and one
+    frame earlier (``previous_y`` None after a gap: every residual is then 255).
+    """
+    rows, cols = grid(width, height)
+    if key_frame:
+        dx = dy = np.zeros((rows, cols), np.int16)
+        unreliable = np.ones((rows, cols), bool)
+    else:
+        roi = block_motion(roi_vectors, rows, cols)
+        non_roi = block_motion(non_roi_vectors, rows, cols) if dual else None
+        grid_roi = (roi_on_motion_grid(roi_blocks, mask_block, rows, cols) if dual else None)
+        dx, dy, unreliable = merge(roi, non_roi, grid_roi)
+    if previous_y is None or previous_y.shape != current_y.shape \
+            or current_y.shape[0] < rows * MOTION_BLOCK or current_y.shape[1] < cols * MOTION_BLOCK:
+        res = np.full((rows, cols), NO_RESIDUAL, np.uint8)
+    else:
+        res = residual(current_y, previous_y, dx, dy)
+    return MotionField(rows, cols, key_frame, dx, dy, unreliable, res, MOTION_BLOCK, seq)
+
+
+def warp_class_map(class_map: np.ndarray, field: MotionField) -> np.ndarray:
+    """The class map of t-1 carried to t (unreliable blocks keep their old classes).
+
+    ``class_map`` at frame resolution (its grid must be the field's).
+    """
+    height, width = class_map.shape[:2]
+    if grid(width, height, field.block_size) != (field.rows, field.cols):
+        raise ValueError(f"class map {width}x{height} does not fit a {field.rows}x"
+                         f"{field.cols} motion grid of {field.block_size} px blocks")
+    dx = np.where(field.unreliable, 0, field.dx)
+    dy = np.where(field.unreliable, 0, field.dy)
+    return shift_blocks(class_map, dx, dy, field.block_size)
+
+
+# --- the message, duck-typed (core stays ROS-free; the nodes pass sac_ros.msg.SacMotion) ---
+
+def fill_msg(msg, field: MotionField):
+    """Write ``field`` into a SacMotion message (header left to the caller)."""
+    msg.seq = int(field.seq)
+    msg.block_size = int(field.block_size)
+    msg.cols, msg.rows = int(field.cols), int(field.rows)
+    msg.key_frame = bool(field.key_frame)
+    msg.dx = field.dx.astype(np.int16).ravel()
+    msg.dy = field.dy.astype(np.int16).ravel()
+    msg.unreliable = field.unreliable.astype(np.uint8).ravel()
+    msg.residual = field.residual.astype(np.uint8).ravel()
+    return msg
+
+
+def field_from_msg(msg) -> MotionField:
+    """A SacMotion message as a MotionField; ValueError if its arrays do not fit its grid."""
+    rows, cols, block = int(msg.rows), int(msg.cols), int(msg.block_size)
+    if block != MOTION_BLOCK or not (1 <= rows <= 8192 and 1 <= cols <= 8192):
+        raise ValueError(f"motion grid {rows}x{cols} of {block} px blocks is not supported")
+    n = rows * cols
+    arrays = [np.asarray(a) for a in (msg.dx, msg.dy, msg.unreliable, msg.residual)]
+    if any(a.size != n for a in arrays):
+        raise ValueError(f"motion arrays of sizes {[a.size for a in arrays]} for {rows}x{cols} "
+                         "blocks")
+    dx, dy, unreliable, res = arrays
+    return MotionField(rows, cols, bool(msg.key_frame),
+                       dx.astype(np.int16).reshape(rows, cols),
+                       dy.astype(np.int16).reshape(rows, cols),
+                       unreliable.astype(bool).reshape(rows, cols),
+                       res.astype(np.uint8).reshape(rows, cols), block, int(msg.seq))
