@@ -80,6 +80,8 @@ class EvalConfig:
     matched_sac_roi_crf: dict[str, float] = field(default_factory=dict)
     size_tolerance: float = 0.01
     roi_qp_offsets: dict[str, list[float]] = field(default_factory=dict)
+    perception_model: str | None = None  # task accuracy on reconstructions (eval/task.py)
+    task_frames: int | None = None       # frames of each run it segments; None = all
 
 
 @dataclass(frozen=True)
@@ -230,6 +232,11 @@ def _eval(section: dict[str, Any]) -> EvalConfig:
                 isinstance(o, (int, float)) and not isinstance(o, bool) and 0 < o <= 51
                 for o in values):
             raise SacError(f"eval.roi_qp_offsets.{codec} must be a list of QP offsets in (0, 51]")
+    if ev.perception_model is not None and (not isinstance(ev.perception_model, str)
+                                            or not ev.perception_model):
+        raise SacError("eval.perception_model must be 'default', a model path or null")
+    if ev.task_frames is not None and not _whole(ev.task_frames, 1):
+        raise SacError("eval.task_frames must be a whole number >= 1 or null (every frame)")
     return dataclasses.replace(
         ev, input=str(ev.input), start=int(ev.start), frames=int(ev.frames), codecs=codecs,
         delta_crfs=tuple(ev.delta_crfs), size_tolerance=float(ev.size_tolerance),

@@ -26,6 +26,7 @@ from sac_ros.eval.equal_bytes import (
 from sac_ros.eval.masks import clip_blocks
 from sac_ros.eval.rate import BAND, rate_clip_gop, run_rate_control, write_json
 from sac_ros.eval.tables import text_table
+from sac_ros.eval.task import clip_meter
 
 TABLE_COLUMNS = (
     ("method", "Method", "{}"), ("c_roi", "C_roi", "{:g}"), ("c_non", "C_non", "{:g}"),
@@ -33,7 +34,8 @@ TABLE_COLUMNS = (
     ("roi_psnr", "ROI PSNR", "{:.2f}"), ("non_roi_psnr", "non-ROI PSNR", "{:.2f}"),
     ("sa_psnr_region", "SA-PSNR(reg)", "{:.2f}"), ("sa_psnr_stream", "SA-PSNR(str)", "{:.2f}"),
     ("sa_ssim_region", "SA-SSIM(reg)", "{:.4f}"), ("sa_ssim_stream", "SA-SSIM(str)", "{:.4f}"),
-    ("compression_ratio", "1:N", "{:.0f}"),
+    ("compression_ratio", "1:N", "{:.0f}"), ("task_miou", "mIoU", "{:.4f}"),
+    ("task_roi_iiou", "ROI iIoU", "{:.4f}"),
 )
 
 
@@ -58,6 +60,14 @@ def add_parser(sub) -> None:
                    help="label format: Cityscapes *_labelIds.png or KITTI-STEP panoptic (R = id)")
     p.add_argument("--model", help="segmenter as the mask source: 'default' (the shipped ONNX "
                    "model) or a .onnx/.engine/.pt path; settings from config/segmentation.yaml")
+    p.add_argument("--perception-model", metavar="MODEL",
+                   help="segmenter run on the reconstructions for the task BD-rate (bytes "
+                   "vs mIoU / ROI iIoU against --labels, else against its output on the "
+                   "original frames): 'default', a .onnx/.engine/.pt path, or 'none' "
+                   "(default: eval.perception_model)")
+    p.add_argument("--task-frames", type=int, metavar="N",
+                   help="frames of each run the perception model segments, evenly spread; "
+                   "0 = every frame (default: eval.task_frames)")
     p.add_argument("--roi-qp-offsets", type=float, nargs="+", metavar="QP",
                    help="roi_qp non-ROI QP offsets for the BD-rate curves, for every codec "
                    "(default: eval.roi_qp_offsets; the first one gets the equal-bytes row)")
@@ -131,6 +141,8 @@ def _options(args, cfg: CoreConfig) -> tuple[int, int, list[str]]:
         raise SacError("--roi-qp-offsets must be in (0, 51]")
     if args.model and args.labels:
         raise SacError("give either --model or --labels as the mask source, not both")
+    if args.task_frames is not None and args.task_frames < 0:
+        raise SacError("--task-frames must be 0 (every frame) or more")
     default_frames = cfg.ratecontrol.frames if args.target_mbps else ev.frames
     frames = args.frames if args.frames is not None else default_frames
     start = args.start if args.start is not None else ev.start
@@ -164,14 +176,25 @@ def run(args) -> int:
                                      progress.update)
         else:
             _input_line(clip, mask, settings, str(settings.gop), out)
+            progress.stage("segmenting the original frames for the task BD-rate")
+            task = _task_meter(args, cfg, clip)
             result = run_equal_bytes(clip, blocks, settings, plan, out, progress.update,
-                                     progress.stage)
+                                     progress.stage, task)
     finally:
         progress.close()
     if args.target_mbps:
         return _print_rate_control(document, Path(args.json) if args.json
                                    else out / "rate_control.json", out)
     return _print_equal_bytes(result, result.summary(clip, mask, settings), args, out)
+
+
+def _task_meter(args, cfg: CoreConfig, clip):
+    """The perception measurement (eval/task.py), or None when switched off."""
+    model = args.perception_model or cfg.eval.perception_model
+    if model is None or model == "none":
+        return None
+    wanted = cfg.eval.task_frames if args.task_frames is None else (args.task_frames or None)
+    return clip_meter(clip, model, wanted, cfg.mask, args.labels, args.label_layout)
 
 
 def _input_line(clip, mask: str, settings, gop: str, out: Path) -> None:
@@ -189,6 +212,10 @@ def _print_equal_bytes(result: EqualBytesResult, document: dict, args, out: Path
           "non-ROI PSNR change at equal bytes:")
     for bd in result.bd_rates + result.bd_rates_roi_qp:
         print(_bd_line(bd))
+    if result.task is not None:
+        print(_task_header(result.task))
+        for bd in result.task_bd_rates:
+            print(_task_line(bd))
     print("Boundary 'flash' (pixels within 8 px of the ROI edge off by > 40 levels):")
     for r in records:
         flash = r["flash_fraction"]
@@ -214,6 +241,24 @@ def _bd_line(bd) -> str:
         return f"{head}ROI BD-rate refused ({why}); non-ROI {non_roi} at equal bytes"
     return (f"{head}ROI BD-rate {bd.roi_bd_rate_pct:+.1f}%  (ROI {bd.roi_bd_psnr_db:+.2f} dB, "
             f"non-ROI {non_roi} at equal bytes)")
+
+
+def _task_header(task: dict) -> str:
+    against = ("the labels" if task["reference"] == "labels"
+               else "its output on the original frames")
+    return (f"Task BD-rate against uniform (bytes at equal perception accuracy; negative = "
+            f"fewer bytes): {task['perception_model']} on {task['frames_scored']} frames of "
+            f"each run, against {against}; mIoU over {task['miou_over']}; with the accuracy "
+            "change at equal bytes:")
+
+
+def _task_line(bd) -> str:
+    name = "dCRF" if bd.mode == "dual_crf" else "roi_qp offset"
+    pct = lambda v: "-" if v is None else f"{v:+.1f}%"  # noqa: E731
+    gap = lambda v: "-" if v is None else f"{v:+.4f}"  # noqa: E731
+    return (f"  {bd.codec} {name} +{bd.delta:g}: mIoU {pct(bd.task_bd_rate_miou_pct)} "
+            f"(mIoU {gap(bd.bd_miou)}), ROI iIoU {pct(bd.task_bd_rate_roi_iiou_pct)} "
+            f"(ROI iIoU {gap(bd.bd_roi_iiou)})")
 
 
 def _rate_control(args, cfg, clip, settings, blocks, mask: str, plan: EqualBytesPlan,

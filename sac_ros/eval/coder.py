@@ -22,6 +22,7 @@ from sac_ros.eval.quality import frame_quality, sa_values
 
 if TYPE_CHECKING:
     from sac_ros.core.ratecontrol import RateController
+    from sac_ros.eval.task import TaskMeter
 
 Progress = Callable[[int], None]
 FrameSink = Callable[[int, np.ndarray], None]  # (frame index, decoded RGB)
@@ -60,6 +61,8 @@ class RunResult:
     stream_roi_ssim: float = float("nan")
     stream_non_roi_ssim: float = float("nan")
     flash_fraction: float = float("nan")
+    task_miou: float = float("nan")        # perception on the reconstruction (eval/task.py)
+    task_roi_iiou: float = float("nan")
     size_match_error_pct: float | None = None
     sample_frame: np.ndarray | None = field(default=None, repr=False)
     frame_bytes: list[int] = field(default_factory=list, repr=False)
@@ -82,7 +85,8 @@ class RunResult:
         ``roi_degenerate`` flags ROI figures over less than ``MIN_ROI_SHARE`` of the pixels."""
         keys = ("method", "codec", "mode", "c_roi", "c_non", "frames", "width", "height",
                 "total_bytes", "roi_share", "psnr", "ssim", "roi_psnr", "non_roi_psnr",
-                "roi_ssim", "non_roi_ssim", "flash_fraction", "size_match_error_pct")
+                "roi_ssim", "non_roi_ssim", "flash_fraction", "size_match_error_pct",
+                "task_miou", "task_roi_iiou")
         data = {k: v for k, v in vars(self).items() if k in keys}
         data.update(
             kb_per_frame=self.kb_per_frame, bpp=self.bpp,
@@ -116,6 +120,7 @@ class ClipCoder:
         self.progress = progress or (lambda n: None)
         self._pixel_masks: dict[int, np.ndarray] = {}
         self._bands: dict[int, np.ndarray] = {}
+        self.task: TaskMeter | None = None  # when set, every run scores perception on it
 
     def pixel_mask(self, index: int) -> np.ndarray:
         key = id(self.blocks[index])  # static masks share one array: compute once
@@ -178,6 +183,7 @@ class ClipCoder:
         sums: dict[str, list[float]] = {}
         result = RunResult(method_name(codec, mode, c_roi, c_non), codec, mode, c_roi, c_non,
                            len(self.frames), self.width, self.height, 0, 0.0)
+        task = self.task.start() if self.task is not None else None
         try:
             for index, (frame, blocks) in enumerate(zip(self.frames, self.blocks, strict=False)):
                 packet = encoder.encode(frame, blocks)
@@ -197,12 +203,16 @@ class ClipCoder:
                     result.captured[index] = decoded.rgb.copy()
                 if on_frame is not None:
                     on_frame(index, decoded.rgb)
+                if task is not None:
+                    task.add(index, decoded.rgb)
                 self.progress(1)
         finally:
             encoder.close()
             decoder.close()
         result.total_bytes = sum(result.frame_bytes)
         result.roi_share = self.roi_share()
+        if task is not None:
+            result.task_miou, result.task_roi_iiou = task.accuracy()
         for key, values in sums.items():  # a reading no frame had stays NaN
             setattr(result, key, float(np.nanmean(values)) if not np.all(np.isnan(values))
                     else float("nan"))
@@ -243,6 +253,8 @@ class SweepPoint:
     psnr: float
     roi_psnr: float
     non_roi_psnr: float
+    task_miou: float = float("nan")
+    task_roi_iiou: float = float("nan")
 
 
 @dataclass
@@ -281,7 +293,7 @@ def sweep(coder: ClipCoder, codec: str, crfs: Sequence[float],
         c_non = crf if delta is None else min(crf + delta, 51.0)
         run = coder.run(codec, mode, crf, c_non)
         points.append(SweepPoint(crf, c_non, run.kb_per_frame, run.psnr, run.roi_psnr,
-                                 run.non_roi_psnr))
+                                 run.non_roi_psnr, run.task_miou, run.task_roi_iiou))
     return points
 
 

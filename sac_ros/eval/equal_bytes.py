@@ -32,6 +32,7 @@ from sac_ros.eval.coder import (
     degenerate_roi,
     sweep,
 )
+from sac_ros.eval.task import TaskBd, TaskMeter, task_bd
 
 Stage = Callable[[str], None]  # says what the experiment does now (for progress lines)
 
@@ -69,6 +70,8 @@ class EqualBytesResult:
     roi_share: float = float("nan")              # of the clip's pixels, in ROI blocks
     warnings: list[str] = field(default_factory=list)
     videos: list[Path] = field(default_factory=list)
+    task: dict | None = None                     # the perception measurement (eval/task.py)
+    task_bd_rates: list[TaskBd] = field(default_factory=list)
 
     def summary(self, clip: Clip, mask: str, settings: EncoderSettings) -> dict:
         """The JSON document (``results.json``)."""
@@ -82,19 +85,24 @@ class EqualBytesResult:
             "bd_rates_roi_qp": [bd.__dict__ for bd in self.bd_rates_roi_qp],
             "notes": self.notes, "warnings": self.warnings,
             "videos": [str(v) for v in self.videos],
+            "task": self.task, "task_bd_rate": [bd.__dict__ for bd in self.task_bd_rates],
         }
 
 
 def run_equal_bytes(clip: Clip, blocks, settings: EncoderSettings, plan: EqualBytesPlan,
                     out: Path, progress: Callable[[int], None] | None = None,
-                    stage: Stage | None = None) -> EqualBytesResult:
+                    stage: Stage | None = None, task: TaskMeter | None = None
+                    ) -> EqualBytesResult:
     """Run the experiment on ``clip``; write ``rd_*.png`` and ``crop_*.png`` (and with
-    ``plan.video`` ``video_*.mp4``) into ``out``."""
+    ``plan.video`` ``video_*.mp4``) into ``out``. With ``task`` every run's reconstructions
+    are segmented too: task BD-rates against uniform and ``task_rd_*.png``."""
     from sac_ros.eval import plots  # matplotlib: imported only when needed
 
     stage = stage or (lambda text: None)
     coder = ClipCoder(clip.frames, blocks, settings, progress, plan.block_size)
-    result = EqualBytesResult(roi_share=coder.roi_share())
+    coder.task = task
+    result = EqualBytesResult(roi_share=coder.roi_share(),
+                              task=task.describe() if task is not None else None)
     reason = degenerate_roi(result.roi_share)
     if reason:
         result.warnings.append(f"ROI BD-rates refused: {reason}; ROI columns marked * "
@@ -117,6 +125,9 @@ def run_equal_bytes(clip: Clip, blocks, settings: EncoderSettings, plan: EqualBy
         title = (f"{label} {settings.preset}: {clip.width}x{clip.height}, {len(clip.frames)} "
                  f"frames, ROI {rows[0].roi_share:.0%} of pixels")
         plots.rd_curves(out / f"rd_{label}.png", title, curves, equal_bytes, clip.fps)
+        if task is not None:
+            plots.task_rd_curves(out / f"task_rd_{label}.png", title, curves, equal_bytes,
+                                 clip.fps, task.reference)
         plots.crop_figure(out / f"crop_{label}.png", clip.frames[keep],
                           [(f"{r.method}: {r.kb_per_frame:.1f} kB/frame", r.sample_frame)
                            for r in equal_bytes],
@@ -154,13 +165,23 @@ def _sweeps(coder: ClipCoder, codec: str, plan: EqualBytesPlan, result: EqualByt
         curves[name] = sweep(coder, codec, crfs, float(delta))
         result.bd_rates.append(bd_against(curves["uniform"], curves[name], codec, float(delta),
                                           result.roi_share))
+        _task_bd(coder, result, curves["uniform"], curves[name], codec, float(delta), "dual_crf")
     for offset in plan.roi_qp_offsets[codec]:
         name = f"ROI-QP {offset:+g}"
         stage(f"{label}: RD sweep, {name}")
         curves[name] = sweep(coder, codec, crfs, offset, "roi_qp")
         result.bd_rates_roi_qp.append(bd_against(curves["uniform"], curves[name], codec,
                                                  offset, result.roi_share, "roi_qp"))
+        _task_bd(coder, result, curves["uniform"], curves[name], codec, float(offset), "roi_qp")
     return curves
+
+
+def _task_bd(coder: ClipCoder, result: EqualBytesResult, anchor: list[SweepPoint],
+             test: list[SweepPoint], codec: str, delta: float, mode: str) -> None:
+    """The curve's task BD-rate against uniform, when perception is measured."""
+    if coder.task is not None:
+        result.task_bd_rates.append(task_bd(anchor, test, codec, delta, mode,
+                                            coder.task.reference, len(coder.task.indexes)))
 
 
 def _matched(run: RunResult, reference: RunResult) -> RunResult:

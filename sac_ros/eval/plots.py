@@ -58,6 +58,30 @@ def rd_curves(path: Path, title: str, curves: dict[str, list[SweepPoint]],
     plt.close(fig)
 
 
+def task_rd_curves(path: Path, title: str, curves: dict[str, list[SweepPoint]],
+                   markers: list[RunResult], fps: float, reference: str) -> None:
+    """Perception accuracy on the reconstructions (mIoU, ROI iIoU; eval/task.py) against
+    kB/frame: the curves the task BD-rates are taken on."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    against = "labels" if reference == "labels" else "the original frames' segmentation"
+    for ax, key, label in ((axes[0], "task_miou", "mIoU"),
+                           (axes[1], "task_roi_iiou", "ROI iIoU")):
+        for name, points in curves.items():
+            style = "o-" if name.startswith("uniform") else "s--"
+            ax.plot([p.kb_per_frame for p in points], [getattr(p, key) for p in points],
+                    style, label=name)
+        for run in markers:
+            ax.plot(run.kb_per_frame, getattr(run, key), "*", markersize=12, label=run.method)
+        ax.set_xlabel("kB / frame")
+        mbps_axis(ax, fps)
+        ax.set_ylabel(f"{label} vs {against}")
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=8, loc="best")
+    fig.suptitle(f"perception on the reconstruction: {title}")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def crop_window(blocks_px: np.ndarray, crop_h: int, crop_w: int) -> tuple[int, int]:
     """Top-left of a crop centred on the ROI boundary near the middle column."""
     height, width = blocks_px.shape
