@@ -78,3 +78,32 @@ def get_class_map(name: str) -> ClassMap:
         raise SacError(
             f"unknown class map '{name}'; choose one of: {', '.join(sorted(CLASS_MAPS))}"
         ) from None
+
+
+# Categories (Cityscapes' eight, as in cityscapesscripts' label table) of each class map's
+# ids: what class-level QP offsets are given for (core/classqp.py). A merged class (the
+# 4-class "roi", binary's two) covers several; an id listed nowhere is "void".
+CATEGORIES = ("flat", "human", "vehicle", "object", "construction", "nature", "sky", "void")
+_TRAIN_ID_CATEGORIES = {0: ("flat",), 1: ("flat",), 2: ("construction",), 3: ("construction",),
+                        4: ("construction",), 5: ("object",), 6: ("object",), 7: ("object",),
+                        8: ("nature",), 9: ("nature",), 10: ("sky",), 11: ("human",),
+                        12: ("human",), **{i: ("vehicle",) for i in range(13, 19)}}
+_ROI_CATEGORIES = ("flat", "human", "vehicle", "object", "void")
+CLASS_CATEGORIES: dict[str, dict[int, tuple[str, ...]]] = {
+    "cityscapes_label_ids": {**{i: ("void",) for i in range(7)},
+                             **{i: ("flat",) for i in range(7, 11)},
+                             **{i: ("construction",) for i in range(11, 17)},
+                             **{i: ("object",) for i in range(17, 21)},
+                             21: ("nature",), 22: ("nature",), 23: ("sky",), 24: ("human",),
+                             25: ("human",), **{i: ("vehicle",) for i in range(26, 34)}},
+    "cityscapes_train_ids": _TRAIN_ID_CATEGORIES,
+    "kitti_step": _TRAIN_ID_CATEGORIES,
+    "four_class": {0: _ROI_CATEGORIES, 1: ("construction",), 2: ("nature",), 3: ("sky",)},
+    "binary": {1: _ROI_CATEGORIES, 0: ("construction", "nature", "sky")},
+}
+
+
+def class_categories(name: str, class_id: int) -> tuple[str, ...]:
+    """The categories class ``class_id`` of class map ``name`` covers ("void" if unlisted)."""
+    get_class_map(name)  # an unknown name is a SacError listing the known ones
+    return CLASS_CATEGORIES[name].get(int(class_id), ("void",))

@@ -33,6 +33,7 @@ from sac_ros.core.errors import PacketError, SacError
 from sac_ros.core.frames import PlaneLayout, as_rgb, select, split
 from sac_ros.core.mask import BLOCK_SIZE, pack_blocks, unpack_blocks
 from sac_ros.core.motion import MotionField, motion_field
+from sac_ros.core.prefilter import Prefilter
 
 MODES = ("dual_crf", "uniform", "roi_qp")
 
@@ -145,11 +146,14 @@ class DecodedFrame:
 class SacEncoder:
     def __init__(self, width: int, height: int, roi_crf: float, non_roi_crf: float | None = None,
                  settings: EncoderSettings | None = None, mode: str = "dual_crf",
-                 parallel: bool = True, block_size: int = BLOCK_SIZE):
+                 parallel: bool = True, block_size: int = BLOCK_SIZE,
+                 prefilter: Prefilter | None = None):
         if mode not in MODES:
             raise SacError(f"unknown mode '{mode}'; choose one of {', '.join(MODES)}")
         self.mode = mode
         self.settings = settings or EncoderSettings()
+        # Non-ROI pre-filter (core/prefilter.py); uniform coding has no non-ROI to filter.
+        self.prefilter = prefilter if prefilter is not None and mode != "uniform" else None
         self.layout = PlaneLayout(height, width, block_size)
         roi_crf = check_crf(roi_crf, "roi_crf")
         dual = mode == "dual_crf"
@@ -224,8 +228,13 @@ class SacEncoder:
         if self._non_roi_encoder is not None:
             self._non_roi_encoder.set_vbv(non_roi_vbv)
 
-    def encode(self, rgb: np.ndarray, blocks: np.ndarray | None = None) -> SacPacket:
-        """Encode one RGB frame with its (rows, cols) ROI block mask."""
+    def encode(self, rgb: np.ndarray, blocks: np.ndarray | None = None,
+               qp_offsets: np.ndarray | None = None) -> SacPacket:
+        """Encode one RGB frame with its (rows, cols) ROI block mask.
+
+        ``qp_offsets`` (roi_qp only): each block's own QP offset (class-level offsets,
+        core/classqp.py) instead of ``qp_offset`` on the non-ROI blocks.
+        """
         start = time.perf_counter()
         layout = self.layout
         if blocks is None or self.mode == "uniform":
@@ -234,8 +243,15 @@ class SacEncoder:
             raise SacError(f"block mask is {blocks.shape}, expected "
                            f"{(layout.rows, layout.cols)} for {layout.width}x{layout.height}")
         i420 = layout.rgb_to_i420(as_rgb(rgb))
+        if self.prefilter is not None:
+            self.prefilter.apply(layout, i420, blocks)
         non_roi = None
-        if self.mode == "roi_qp":
+        if self.mode == "roi_qp" and qp_offsets is not None:
+            if qp_offsets.shape != blocks.shape:
+                raise SacError(f"QP offsets are {qp_offsets.shape}, expected {blocks.shape}")
+            roi_data, roi_key = self._roi_encoder.encode(
+                i420, np.asarray(qp_offsets, np.float32))
+        elif self.mode == "roi_qp":
             # One stream; the non-ROI blocks get the QP offset through the side data.
             offset_blocks = np.logical_not(blocks, out=self._non_blocks)
             roi_data, roi_key = self._roi_encoder.encode(i420, offset_blocks)
