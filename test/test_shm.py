@@ -9,6 +9,7 @@ Other test runs may share /dev/shm, so only this test's nodes' files are checked
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -46,7 +47,7 @@ def owned_files(pid: int) -> dict[str, int]:
     beside each, with the memory they hold (bytes)."""
     held = flocked_inodes(pid)
     owned = {}
-    for path in SHM_DIR.glob("fastdds_*"):
+    for path in SHM_DIR.glob("fast*_*"):  # fastdds_ (Kilted) or fastrtps_ (Jazzy)
         try:
             if _key(path) in held:
                 for name in (path.name, path.name[:-3]):
@@ -57,7 +58,7 @@ def owned_files(pid: int) -> dict[str, int]:
 
 
 def segments(files) -> list[str]:
-    return [n for n in files if len(n) == len("fastdds_") + 16 and "port" not in n]
+    return [n for n in files if re.fullmatch(r"(fastdds|fastrtps)_[0-9a-z]{16}", n)]
 
 
 def is_locked_by_someone(name: str) -> bool:
@@ -77,7 +78,7 @@ def leaked(files: dict[str, int]) -> dict[str, int]:
         path = SHM_DIR / name
         lock = name if name.endswith(("_el", "_sl")) else name + "_el"
         if path.exists() and not is_locked_by_someone(lock) and not (
-                name.startswith("fastdds_port") and is_locked_by_someone(name + "_sl")):
+                "_port" in name and is_locked_by_someone(name + "_sl")):
             out[name] = size
     return out
 
