@@ -196,8 +196,11 @@ def binary_iou(gt: np.ndarray, pred: np.ndarray) -> float:
 # ------------------------------------------------------------------ BD-rate
 
 def _mean_gap(anchor_x: np.ndarray, anchor_y: np.ndarray,
-              test_x: np.ndarray, test_y: np.ndarray) -> float:
-    """Mean of test_y(x) - anchor_y(x) over the shared x range, each a cubic fit (VCEG-M33).
+              test_x: np.ndarray, test_y: np.ndarray, interpolation: str = "cubic") -> float:
+    """Mean of test_y(x) - anchor_y(x) over the shared x range, each a cubic fit (VCEG-M33),
+    or with ``interpolation="pchip"`` a piecewise cubic Hermite interpolant (the JVET
+    variant: it cannot overshoot between points, so it holds on curves that flatten out,
+    such as a segmenter's accuracy; x must rise strictly along each curve).
 
     NaN when a curve has a non-finite point (e.g. the PSNR of an empty region) or fewer
     than two points: there is no curve to fit, and lstsq would fail to converge.
@@ -205,6 +208,8 @@ def _mean_gap(anchor_x: np.ndarray, anchor_y: np.ndarray,
     curves = (anchor_x, anchor_y, test_x, test_y)
     if min(len(anchor_x), len(test_x)) < 2 or not all(np.isfinite(c).all() for c in curves):
         return float("nan")
+    if interpolation == "pchip":
+        return _pchip_gap(anchor_x, anchor_y, test_x, test_y)
     deg = min(3, len(anchor_x) - 1, len(test_x) - 1)
     ia = np.polyint(np.polyfit(anchor_x, anchor_y, deg))
     it = np.polyint(np.polyfit(test_x, test_y, deg))
@@ -215,24 +220,43 @@ def _mean_gap(anchor_x: np.ndarray, anchor_y: np.ndarray,
                   - (np.polyval(ia, hi) - np.polyval(ia, lo))) / (hi - lo))
 
 
+def _pchip_gap(anchor_x, anchor_y, test_x, test_y) -> float:
+    from scipy.interpolate import PchipInterpolator
+
+    fits = []
+    for x, y in ((anchor_x, anchor_y), (test_x, test_y)):
+        order = np.argsort(x)
+        x, y = x[order], y[order]
+        if np.any(np.diff(x) <= 0):
+            return float("nan")  # two points at one x: not a function of x
+        fits.append(PchipInterpolator(x, y))
+    lo, hi = max(anchor_x.min(), test_x.min()), min(anchor_x.max(), test_x.max())
+    if hi <= lo:
+        return float("nan")
+    return float((fits[1].integrate(lo, hi) - fits[0].integrate(lo, hi)) / (hi - lo))
+
+
 def _bd_inputs(anchor_rate, anchor_quality, test_rate, test_quality):
     return (np.log(np.asarray(anchor_rate, float)), np.asarray(anchor_quality, float),
             np.log(np.asarray(test_rate, float)), np.asarray(test_quality, float))
 
 
 def bd_rate(anchor_rate: Sequence[float], anchor_quality: Sequence[float],
-            test_rate: Sequence[float], test_quality: Sequence[float]) -> float:
-    """Bjontegaard delta rate in percent (VCEG-M33: cubic fit of log-rate vs quality).
+            test_rate: Sequence[float], test_quality: Sequence[float],
+            interpolation: str = "cubic") -> float:
+    """Bjontegaard delta rate in percent (VCEG-M33: cubic fit of log-rate vs quality;
+    ``interpolation="pchip"``: piecewise cubic Hermite, see ``_mean_gap``).
 
     Negative = the test needs fewer bytes than the anchor for the same quality. NaN
     where the curves cannot be fitted (see ``_mean_gap``).
     """
     la, qa, lt, qt = _bd_inputs(anchor_rate, anchor_quality, test_rate, test_quality)
-    return (math.exp(_mean_gap(qa, la, qt, lt)) - 1.0) * 100.0
+    return (math.exp(_mean_gap(qa, la, qt, lt, interpolation)) - 1.0) * 100.0
 
 
 def bd_quality(anchor_rate: Sequence[float], anchor_quality: Sequence[float],
-               test_rate: Sequence[float], test_quality: Sequence[float]) -> float:
+               test_rate: Sequence[float], test_quality: Sequence[float],
+               interpolation: str = "cubic") -> float:
     """Bjontegaard delta quality (dB): mean quality change at equal rate."""
     la, qa, lt, qt = _bd_inputs(anchor_rate, anchor_quality, test_rate, test_quality)
-    return _mean_gap(la, qa, lt, qt)
+    return _mean_gap(la, qa, lt, qt, interpolation)

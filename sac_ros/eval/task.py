@@ -114,8 +114,9 @@ class TaskScore:
 class TaskBd:
     """A curve's task figures against the uniform anchor. BD-rates in percent, negative =
     fewer bytes for the same accuracy; ``bd_*`` = the mean accuracy change at equal bytes
-    (negative = a loss). None where the curves cannot be fitted (no shared accuracy range,
-    too few points)."""
+    (negative = a loss). None where the curves cannot be fitted (fewer than two points
+    left, no shared accuracy range). ``points_*``: (anchor, test) points used of each
+    curve (``pareto``)."""
 
     codec: str
     mode: str
@@ -126,28 +127,44 @@ class TaskBd:
     bd_miou: float | None
     bd_roi_iiou: float | None
     frames_scored: int = 0
+    points_miou: tuple[int, int] = (0, 0)
+    points_roi_iiou: tuple[int, int] = (0, 0)
 
 
 def _finite(value: float) -> float | None:
     return None if value is None or not np.isfinite(value) else float(value)
 
 
+def pareto(rates: Sequence[float], accuracy: Sequence[float]) -> tuple[list[float], list[float]]:
+    """The points no cheaper point of the curve matches in accuracy, by rate: more bytes
+    for no more accuracy is the segmenter's noise, and an accuracy curve that turns back
+    cannot be integrated. What is left rises strictly in both."""
+    kept_r, kept_a = [], []
+    for rate, acc in sorted(zip(rates, accuracy, strict=True)):
+        if np.isfinite(acc) and (not kept_a or acc > kept_a[-1]):
+            kept_r.append(rate)
+            kept_a.append(acc)
+    return kept_r, kept_a
+
+
 def task_bd(anchor: Sequence, test: Sequence, codec: str, delta: float, mode: str,
             reference: str, frames_scored: int = 0) -> TaskBd:
     """Task BD figures of the ``test`` sweep points against the ``anchor``'s (each with
-    ``kb_per_frame``, ``task_miou``, ``task_roi_iiou``; ``coder.SweepPoint``)."""
-    rate_a = [p.kb_per_frame for p in anchor]
-    rate_t = [p.kb_per_frame for p in test]
+    ``kb_per_frame``, ``task_miou``, ``task_roi_iiou``; ``coder.SweepPoint``): on each
+    curve's ``pareto`` points, with the piecewise cubic Hermite Bjontegaard integral
+    (``metrics.bd_rate(..., interpolation="pchip")``), which a cubic fit's overshoot on
+    flat accuracy curves would swamp."""
 
-    def figures(key: str) -> tuple[float | None, float | None]:
-        qa, qt = [getattr(p, key) for p in anchor], [getattr(p, key) for p in test]
-        return (_finite(metrics.bd_rate(rate_a, qa, rate_t, qt)),
-                _finite(metrics.bd_quality(rate_a, qa, rate_t, qt)))
+    def figures(key: str) -> tuple[float | None, float | None, tuple[int, int]]:
+        ra, qa = pareto([p.kb_per_frame for p in anchor], [getattr(p, key) for p in anchor])
+        rt, qt = pareto([p.kb_per_frame for p in test], [getattr(p, key) for p in test])
+        return (_finite(metrics.bd_rate(ra, qa, rt, qt, "pchip")),
+                _finite(metrics.bd_quality(ra, qa, rt, qt, "pchip")), (len(ra), len(rt)))
 
-    miou_rate, miou_gap = figures("task_miou")
-    iiou_rate, iiou_gap = figures("task_roi_iiou")
+    miou_rate, miou_gap, miou_points = figures("task_miou")
+    iiou_rate, iiou_gap, iiou_points = figures("task_roi_iiou")
     return TaskBd(codec, mode, float(delta), reference, miou_rate, iiou_rate, miou_gap,
-                  iiou_gap, frames_scored)
+                  iiou_gap, frames_scored, miou_points, iiou_points)
 
 
 def open_meter(model: str, frames: Sequence[np.ndarray], wanted: int | None,
