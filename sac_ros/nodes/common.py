@@ -15,6 +15,7 @@ from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from sac_ros.core.errors import SacError
+from sac_ros.core.health import Sample
 from sac_ros.core.wire import saturate_u64
 from sac_ros.msg import SacStats
 
@@ -71,9 +72,18 @@ def check_parameter_names(node: Node) -> None:
                        f"{node.get_name()}; its parameters are: {', '.join(known)}")
 
 
+# The qos_reliability parameter's values. sensor_data is ROS's profile for sensor streams
+# (rclpy.qos.qos_profile_sensor_data): best effort, keep last, depth 5 at most.
+QOS_CHOICES = ("reliable", "best_effort", "sensor_data")
+SENSOR_DATA_DEPTH = 5
+
+
 def qos(reliability: str, depth: int) -> QoSProfile:
+    if reliability == "sensor_data":
+        depth = min(depth, SENSOR_DATA_DEPTH)
     policy = {"reliable": ReliabilityPolicy.RELIABLE,
-              "best_effort": ReliabilityPolicy.BEST_EFFORT}[reliability]
+              "best_effort": ReliabilityPolicy.BEST_EFFORT,
+              "sensor_data": ReliabilityPolicy.BEST_EFFORT}[reliability]
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=policy)
 
 
@@ -86,15 +96,25 @@ class NodeStats:
         self.drops: Counter[str] = Counter()
         self._bytes: deque[tuple[float, int]] = deque(maxlen=window)
         self._latency_ms: deque[float] = deque(maxlen=window)
+        # (monotonic time, bytes, latency ms or None) per frame, for /diagnostics' window
+        self._frames: deque[tuple[float, int, float | None]] = deque(maxlen=window)
 
     def drop(self, reason: str, count: int = 1) -> None:
         self.drops[reason] += count
 
     def done(self, num_bytes: int, latency_ms: float | None) -> None:
         self.processed += 1
-        self._bytes.append((time.monotonic(), num_bytes))
+        now = time.monotonic()
+        self._bytes.append((now, num_bytes))
+        self._frames.append((now, num_bytes, latency_ms))
         if latency_ms is not None:
             self._latency_ms.append(latency_ms)
+
+    def sample(self, received: int | None = None, resyncs: int | None = None) -> Sample:
+        """The counters now, for /diagnostics (core/health.py); ``received`` / ``resyncs``
+        where the node keeps them elsewhere (the ECU's receiver)."""
+        return Sample(time.monotonic(), self.received if received is None else received,
+                      self.processed, dict(self.drops), resyncs, tuple(self._frames))
 
     def to_msg(self, node_name: str, header, output_readers: int = 0,
                input_writers: int = -1) -> SacStats:

@@ -12,14 +12,24 @@ from __future__ import annotations
 import time
 
 from rclpy.node import Node
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
+from sac_ros.core.camera_info import CameraInfoPairing, topic_beside
+from sac_ros.core.motion import fill_msg as fill_motion_msg
 from sac_ros.core.receiver import PacketReceiver
-from sac_ros.core.wire import ECU_STATS_TOPIC, IMAGE_TOPIC, PACKET_TOPIC
+from sac_ros.core.wire import (
+    ECU_STATS_TOPIC,
+    IMAGE_TOPIC,
+    LINK_CAMERA_INFO_TOPIC,
+    MOTION_TOPIC,
+    PACKET_TOPIC,
+    stamp_ns,
+)
+from sac_ros.msg import SacMotion, SacStats
 from sac_ros.msg import SacPacket as SacPacketMsg
-from sac_ros.msg import SacStats
 from sac_ros.nodes.common import (
+    QOS_CHOICES,
     NodeStats,
     check_parameter_names,
     declare,
@@ -27,7 +37,9 @@ from sac_ros.nodes.common import (
     qos,
     run_node,
 )
+from sac_ros.nodes.diagnostics import Diagnostics, declare_diagnostics
 from sac_ros.nodes.messages import rgb_to_image
+from sac_ros.nodes.video import ReencodedVideo, declare_ecu_video
 
 QUIET_REASONS = ("waiting_for_key_frame",)  # expected after a join or a loss: not warned
 LOG_EVERY_S = 5.0
@@ -40,8 +52,9 @@ class EcuNode(Node):
         packet_topic = d("packet_topic", PACKET_TOPIC, "SacPacket input topic.", read_only=True)
         output_topic = d("output_topic", IMAGE_TOPIC, "Reconstructed Image topic.",
                          read_only=True)
-        reliability = d("qos_reliability", "reliable", "QoS reliability of all topics.",
-                        choices=("reliable", "best_effort"), read_only=True)
+        reliability = d("qos_reliability", "reliable", "QoS of all topics (sensor_data: ROS's "
+                        "profile, best effort, depth 5 at most).", choices=QOS_CHOICES,
+                        read_only=True)
         depth = d("qos_depth", 30, "Packet subscription queue depth (keep >= one GOP).", low=1,
                   high=1000, read_only=True)
         window = d("reorder_window", 3, "Packets that may arrive ahead of a missing one "
@@ -52,6 +65,11 @@ class EcuNode(Node):
         require_e2e = d("require_e2e", True, "Drop packets without an end-to-end checksum "
                         "(from sensors older than the checksum) as 'unprotected'.",
                         read_only=True)
+        self.publish_motion = d("publish_motion", True, "Publish the decoders' per-block motion "
+                                f"({MOTION_TOPIC}) while someone subscribes to it; vectors are "
+                                "exported only then, from the next key frame.", read_only=True)
+        video = declare_ecu_video(self)
+        thresholds = declare_diagnostics(self, resyncs=True)
         check_parameter_names(self)
         self.stats = NodeStats()
         self.receiver = PacketReceiver(reorder_window=window, max_hold_ms=hold_ms,
@@ -59,14 +77,36 @@ class EcuNode(Node):
         self.stats.drops = self.receiver.drops  # one set of books
         self._last_log: dict[str, float] = {}
         self.image_pub = self.create_publisher(Image, output_topic, qos(reliability, 5))
+        self.motion_pub = self.create_publisher(SacMotion, MOTION_TOPIC, qos(reliability, 5))
         self.stats_pub = self.create_publisher(SacStats, ECU_STATS_TOPIC, 10)
+        # dual_crf as one standard H.264 stream, encoded only while someone subscribes.
+        self.video = ReencodedVideo(self, video, reliability, depth) if video.enabled else None
         self.packet_sub = self.create_subscription(SacPacketMsg, packet_topic, self._on_packet,
                                                    qos(reliability, depth))
         self.create_timer(1.0, self._publish_stats)
+        self._set_up_camera_info(output_topic, reliability, depth)
+        self.diagnostics = Diagnostics(self, thresholds, lambda: self.stats.sample(
+            self.receiver.received, self.receiver.resyncs))
+        self.diagnostics.add_relay("camera info", self.camera_info, quiet=("unmatched",))
         if window:
             self.create_timer(max(hold_ms / 2e3, 0.01), self._on_hold_timer)
         self.get_logger().info(f"{packet_topic} -> {output_topic} (reorder window {window}, "
                                f"E2E {'required' if require_e2e else 'optional'})")
+
+    def _set_up_camera_info(self, output_topic: str, reliability: str, depth: int) -> None:
+        """The sensor's CameraInfo per frame, republished beside each reconstructed image
+        (image_transport's convention) with exactly the image's header."""
+        self.camera_info = CameraInfoPairing()
+        self.info_pub = self.create_publisher(CameraInfo, topic_beside(output_topic),
+                                              qos(reliability, 5))
+        self.create_subscription(CameraInfo, LINK_CAMERA_INFO_TOPIC, lambda m: self._send_info(
+            self.camera_info.on_info(stamp_ns(m.header), m)), qos(reliability, depth))
+
+    def _send_info(self, pair) -> None:
+        if pair is not None:
+            info, header = pair
+            info.header = header
+            self.info_pub.publish(info)
 
     def _log_drop(self, reason: str, detail: str) -> None:
         """One warning per reason at most every few seconds, not one per packet."""
@@ -78,6 +118,10 @@ class EcuNode(Node):
             self.get_logger().warning(f"dropping packets ({reason}): {detail[:200]}")
 
     def _on_packet(self, msg: SacPacketMsg) -> None:
+        # Motion costs nothing unsubscribed: the decoders export it only while wanted
+        # (the switch takes effect at the next key frame, where they are reopened).
+        self.receiver.decoder.export_motion = (self.publish_motion and
+                                               self.motion_pub.get_subscription_count() > 0)
         self._publish(self.receiver.push(msg))
 
     def _on_hold_timer(self) -> None:
@@ -86,6 +130,10 @@ class EcuNode(Node):
 
     def _publish(self, delivered) -> None:
         for item in delivered:
+            if item.frame.motion is not None:
+                # Before the image, so that a consumer usually has it when the image comes.
+                self.motion_pub.publish(fill_motion_msg(SacMotion(header=item.header),
+                                                        item.frame.motion))
             try:
                 self.image_pub.publish(rgb_to_image(item.frame.rgb, item.header))
             except Exception as exc:  # noqa: BLE001 - a publish failure must not stop the node
@@ -95,6 +143,11 @@ class EcuNode(Node):
                 continue
             latency = (self.get_clock().now().nanoseconds - item.received.stamp_ns) / 1e6
             self.stats.done(item.received.packet.num_bytes, latency)
+            rgb = item.frame.rgb
+            self._send_info(self.camera_info.on_image(item.received.stamp_ns, item.header,
+                                                      rgb.shape[1], rgb.shape[0]))
+            if self.video is not None:  # after the image: the video is an extra
+                self.video.offer(item.frame.rgb, item.header, item.received.packet)
 
     def _publish_stats(self) -> None:
         self.stats.received = self.receiver.received

@@ -14,16 +14,18 @@ from types import SimpleNamespace
 import numpy as np
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
 from sac_ros.config import load_core_config, rate_controller
+from sac_ros.core.camera_info import CameraInfoMatcher, topic_beside
 from sac_ros.core.codec import CODEC_ALIASES, PRESETS, EncoderSettings, canonical_codec
 from sac_ros.core.errors import SacError
 from sac_ros.core.mask import PolygonMaskSource, block_mask, expand_blocks
 from sac_ros.core.sac import MAX_DIMENSION, MODES, SacEncoder
 from sac_ros.core.wire import (
     INPUT_TOPIC,
+    LINK_CAMERA_INFO_TOPIC,
     PACKET_TOPIC,
     ROI_MASK_TOPIC,
     SENSOR_STATS_TOPIC,
@@ -32,6 +34,7 @@ from sac_ros.core.wire import (
 from sac_ros.msg import SacPacket as SacPacketMsg
 from sac_ros.msg import SacStats
 from sac_ros.nodes.common import (
+    QOS_CHOICES,
     LatestWorker,
     NodeStats,
     check_parameter_names,
@@ -41,7 +44,9 @@ from sac_ros.nodes.common import (
     qos,
     run_node,
 )
+from sac_ros.nodes.diagnostics import Diagnostics, declare_diagnostics
 from sac_ros.nodes.messages import image_to_rgb, packet_to_msg, rgb_to_image
+from sac_ros.nodes.video import VideoPublisher, declare_sensor_video
 
 
 def polygon_parameter(points) -> list[float]:
@@ -61,6 +66,8 @@ class SensorNode(Node):
     def __init__(self):
         super().__init__("sac_sensor")
         start = self._declare_parameters()
+        video = declare_sensor_video(self)
+        thresholds = declare_diagnostics(self, bitrate=True, target_bitrate=self.target_bitrate)
         check_parameter_names(self)  # before any work: a misspelt name fails at once
         self._set_up_coding(start)
         self.stats = NodeStats()
@@ -68,6 +75,9 @@ class SensorNode(Node):
         self.packet_pub = self.create_publisher(SacPacketMsg, self.packet_topic,
                                                 qos(start.reliability, start.depth))
         self.mask_pub = self.create_publisher(Image, ROI_MASK_TOPIC, qos(start.reliability, 2))
+        # roi_qp / uniform: the one stream is standard video (dual_crf: the ECU re-encodes).
+        self.video = (VideoPublisher(self, video.topic, start.reliability, start.depth)
+                      if video.enabled and self.mode != "dual_crf" else None)
         self.stats_pub = self.create_publisher(SacStats, SENSOR_STATS_TOPIC, 10)
         # Depth >= a burst of frames: the callback is cheap and the worker counts what it
         # skips as 'superseded'; a depth of 2 let DDS overwrite frames uncounted while the
@@ -76,6 +86,9 @@ class SensorNode(Node):
                                  qos(start.reliability, start.input_depth))
         self.add_on_set_parameters_callback(self._on_parameters)
         self.create_timer(1.0, self._publish_stats)
+        self._set_up_camera_info(start)
+        self.diagnostics = Diagnostics(self, thresholds, self.stats.sample)
+        self.diagnostics.add_relay("camera info", self.camera_info)
         self._worker = LatestWorker("sac_sensor_encode", self._process,
                                     lambda: self.stats.drop("superseded"), self._on_error)
         rate = (f"rate control to {self.target_bitrate / 1e6:g} Mbit/s" if self.target_bitrate
@@ -126,8 +139,9 @@ class SensorNode(Node):
         backend = d("backend", "auto", "Segmentation backend.", read_only=True,
                     choices=("auto", "onnxruntime", "tensorrt", "torch"))
         self.publish_mask = d("publish_mask", False, "Also publish the block mask as mono8.")
-        reliability = d("qos_reliability", "reliable", "QoS reliability of all topics.",
-                        choices=("reliable", "best_effort"), read_only=True)
+        reliability = d("qos_reliability", "reliable", "QoS of all topics (sensor_data: ROS's "
+                        "profile, best effort, depth 5 at most).", choices=QOS_CHOICES,
+                        read_only=True)
         input_depth = d("input_depth", 30, "Camera frames the input subscription holds. "
                         "Deeper: every frame the node misses is counted (superseded); "
                         "shallower: lower latency when the CPU is saturated, but DDS may "
@@ -162,6 +176,22 @@ class SensorNode(Node):
             raise SacError(f"frame_size {list(size)} must be [width, height] in 0-16384")
         if min(size) > 0:
             self._prepare(int(size[0]), int(size[1]), warm_up=True)
+
+    def _set_up_camera_info(self, start: SimpleNamespace) -> None:
+        """The camera's CameraInfo beside its input (image_transport's convention), forwarded
+        with each encoded frame under the frame's header (core/camera_info.py)."""
+        self.camera_info = CameraInfoMatcher()
+        self.info_pub = self.create_publisher(CameraInfo, LINK_CAMERA_INFO_TOPIC,
+                                              qos(start.reliability, start.depth))
+        self.create_subscription(CameraInfo, topic_beside(self.input_topic),
+                                 lambda m: self.camera_info.add(stamp_ns(m.header), m),
+                                 qos(start.reliability, 10))
+
+    def _forward_camera_info(self, header, width: int, height: int) -> None:
+        info = self.camera_info.match(stamp_ns(header), width, height)
+        if info is not None:
+            info.header = header
+            self.info_pub.publish(info)
 
     # ------------------------------------------------------------- parameters
     def _on_parameters(self, params) -> SetParametersResult:
@@ -218,8 +248,11 @@ class SensorNode(Node):
         if self.rate is not None:
             self._control_rate(packet)
         self.packet_pub.publish(packet_to_msg(packet, msg.header))
+        self._forward_camera_info(msg.header, width, height)
         latency = (self.get_clock().now().nanoseconds - stamp_ns(msg.header)) / 1e6
         self.stats.done(packet.num_bytes, latency)
+        if self.video is not None:  # after the packet's latency: the video is an extra
+            self.video.offer(msg.header, packet.roi.data, packet.roi.codec)
         if self.publish_mask:
             mono = expand_blocks(blocks, height, width).astype(np.uint8) * 255
             self.mask_pub.publish(rgb_to_image(mono, msg.header))

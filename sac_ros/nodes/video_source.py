@@ -21,7 +21,8 @@ from std_msgs.msg import Header
 from sac_ros.core.errors import SacError
 from sac_ros.core.io import iter_frames, resolve_input, video_fps
 from sac_ros.core.wire import INPUT_TOPIC
-from sac_ros.nodes.common import check_parameter_names, declare, qos
+from sac_ros.nodes.common import QOS_CHOICES, NodeStats, check_parameter_names, declare, qos
+from sac_ros.nodes.diagnostics import Diagnostics, declare_diagnostics
 from sac_ros.nodes.messages import rgb_to_image
 
 
@@ -54,13 +55,19 @@ class VideoSourceNode(Node):
                             "frames before publishing starts, so that decoding the source does "
                             "not share the CPU with the pipeline it feeds (needs max_frames; "
                             "0 = decode while publishing).", low=0, high=65536, read_only=True)
-        reliability = d("qos_reliability", "reliable", "QoS reliability.",
-                        choices=("reliable", "best_effort"), read_only=True)
+        reliability = d("qos_reliability", "reliable", "QoS reliability (sensor_data: ROS's "
+                        "profile, best effort, depth 5).", choices=QOS_CHOICES, read_only=True)
+        thresholds = declare_diagnostics(self)
         check_parameter_names(self)
         self.path = resolve_input(self.source)
         self.fps = fps or video_fps(self.path)
         self.publisher = self.create_publisher(Image, topic, qos(reliability, 10))
         self.published = 0
+        # It does not spin: the publishing loop ticks the diagnostics (frames sent as
+        # "received", so the rate check watches the output rate).
+        self.stats = NodeStats()
+        self.diagnostics = Diagnostics(self, thresholds, self.stats.sample,
+                                       rate_name="output rate", timer=False)
 
     def _one_pass(self):
         """Image messages of one pass of the source; the stamp is set when each is sent."""
@@ -112,6 +119,7 @@ class VideoSourceNode(Node):
         images = self._preloaded()
         deadline = time.monotonic() + self.wait_timeout
         while self.publisher.get_subscription_count() < self.wait_for:
+            self.diagnostics.tick()
             if time.monotonic() > deadline:
                 raise SacError(f"no {self.wait_for} subscriber(s) after {self.wait_timeout:g} s")
             time.sleep(0.05)
@@ -124,6 +132,7 @@ class VideoSourceNode(Node):
         next_time = time.monotonic()
         source = self._one_pass if images is None else lambda: images
         for image in self._publishing_order(source):
+            self.diagnostics.tick()
             delay = next_time - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
@@ -131,6 +140,8 @@ class VideoSourceNode(Node):
             image.header.stamp = self.get_clock().now().to_msg()  # a looped frame: new stamp
             self.publisher.publish(image)
             self.published += 1
+            self.stats.received += 1
+            self.stats.done(len(image.data), None)
         self.get_logger().info(f"published {self.published} frames")
 
 
