@@ -30,6 +30,7 @@ from sac_ros.core.wire import (
     PACKET_TOPIC,
     PERCEPTION_STATS_TOPIC,
     SENSOR_STATS_TOPIC,
+    VIDEO_TOPIC,
     topic_in,
 )
 
@@ -37,9 +38,14 @@ FLUSH_S = 0.5     # bounds what a SIGKILLed recorder loses
 
 def camera_topics(namespace: str, input_topic: str = INPUT_TOPIC,
                   packet_topic: str = PACKET_TOPIC) -> list[str]:
-    """The topics of one camera of the pipeline, for --camera."""
+    """The topics of one camera of the pipeline, for --camera (and ``sac bag run``).
+
+    With them the standard video (``VIDEO_TOPIC``, foxglove_msgs/CompressedVideo) when a
+    node offers it: the sensor in roi_qp / uniform mode, or the ECU re-encoding dual_crf
+    (``reencode_video``). Subscribing to it is what switches it on.
+    """
     names = (input_topic, LABELS_TOPIC, CAMERA_INFO_TOPIC, packet_topic, IMAGE_TOPIC,
-             SENSOR_STATS_TOPIC, ECU_STATS_TOPIC, PERCEPTION_STATS_TOPIC)
+             VIDEO_TOPIC, SENSOR_STATS_TOPIC, ECU_STATS_TOPIC, PERCEPTION_STATS_TOPIC)
     return [topic_in(namespace, name) for name in names]
 
 

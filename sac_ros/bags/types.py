@@ -3,7 +3,8 @@
 ``typestore()`` is rosbags' ROS 2 Kilted store plus the custom types, registered
 from the package's own ``msg/*.msg`` files (the source tree's, or the installed
 ``share/sac_ros/msg``), so bags carry the same definitions and RIHS01 hashes as
-the rclpy messages.
+the rclpy messages; and ``foxglove_msgs/msg/CompressedVideo`` (the nodes' standard video
+out), which rosbags' store lacks: its four fields are its definition (and its hash).
 """
 
 from __future__ import annotations
@@ -22,6 +23,14 @@ CLOCK = "rosgraph_msgs/msg/Clock"
 PACKET = "sac_ros/msg/SacPacket"
 SAC_STATS = "sac_ros/msg/SacStats"
 PERCEPTION_STATS = "sac_ros/msg/PerceptionStats"
+COMPRESSED_VIDEO = "foxglove_msgs/msg/CompressedVideo"
+# Field for field upstream foxglove_msgs/msg/CompressedVideo.msg (comments left out).
+COMPRESSED_VIDEO_DEFINITION = """\
+builtin_interfaces/Time timestamp
+string frame_id
+uint8[] data
+string format
+"""
 
 
 def msg_dir() -> Path:
@@ -39,11 +48,11 @@ def msg_dir() -> Path:
 
 @lru_cache(maxsize=1)
 def typestore():
-    """rosbags' Kilted typestore with sac_ros/msg/* registered."""
+    """rosbags' Kilted typestore with sac_ros/msg/* and CompressedVideo registered."""
     from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
     store = get_typestore(Stores.ROS2_KILTED)
-    types = {}
+    types = dict(get_types_from_msg(COMPRESSED_VIDEO_DEFINITION, COMPRESSED_VIDEO))
     for path in sorted(msg_dir().glob("*.msg")):
         types.update(get_types_from_msg(path.read_text(encoding="utf-8"),
                                         f"{PACKAGE}/msg/{path.stem}"))
