@@ -25,6 +25,7 @@ residual catches those (it is measured against the previous frame only).
 
 from __future__ import annotations
 
+import array
 from dataclasses import dataclass
 
 import numpy as np
@@ -250,10 +251,11 @@ def fill_msg(msg, field: MotionField):
     msg.block_size = int(field.block_size)
     msg.cols, msg.rows = int(field.cols), int(field.rows)
     msg.key_frame = bool(field.key_frame)
-    msg.dx = field.dx.astype(np.int16).ravel()
-    msg.dy = field.dy.astype(np.int16).ravel()
-    msg.unreliable = field.unreliable.astype(np.uint8).ravel()
-    msg.residual = field.residual.astype(np.uint8).ravel()
+    # array.array: what the generated messages store, filled from bytes without a loop.
+    msg.dx = array.array("h", field.dx.astype(np.int16).tobytes())
+    msg.dy = array.array("h", field.dy.astype(np.int16).tobytes())
+    msg.unreliable = array.array("B", field.unreliable.astype(np.uint8).tobytes())
+    msg.residual = array.array("B", field.residual.astype(np.uint8).tobytes())
     return msg
 
 
@@ -273,3 +275,78 @@ def field_from_msg(msg) -> MotionField:
                        dy.astype(np.int16).reshape(rows, cols),
                        unreliable.astype(bool).reshape(rows, cols),
                        res.astype(np.uint8).reshape(rows, cols), block, int(msg.seq))
+
+
+# --- propagation of a class map between full segmentations (seed 003) ---
+
+PROPAGATED = "propagated"
+# Why a frame was segmented in full instead ("due" = its turn in segment_every).
+FULL_REASONS = ("first", "key_frame", "due", "no_motion", "gap", "unreliable", "grid")
+
+
+class ClassMapPropagator:
+    """Decides per frame: warp the last class map with the frame's motion, or segment.
+
+    A frame is segmented in full at a key frame, every ``segment_every`` frames, when
+    its motion is missing, when the motion does not follow the last class map's frame
+    (a sequence gap: frames dropped or superseded in between), or when more than
+    ``resegment_share`` of its blocks are unreliable or have a residual above
+    ``max_residual`` (the vectors do not explain the picture: a cut, occlusions, fast
+    motion). Otherwise the last map is warped (``warp_class_map``). ``counts`` holds
+    how many frames went which way (``PROPAGATED`` or one of ``FULL_REASONS``).
+    """
+
+    def __init__(self, segment_every: int = 1, max_residual: float = 24.0,
+                 resegment_share: float = 0.25):
+        if int(segment_every) < 1:
+            raise ValueError(f"segment_every {segment_every} must be at least 1")
+        if not 0.0 <= float(resegment_share) <= 1.0:
+            raise ValueError(f"resegment_share {resegment_share} is outside 0-1")
+        self.segment_every = int(segment_every)
+        self.max_residual = float(max_residual)
+        self.resegment_share = float(resegment_share)
+        self.counts: dict[str, int] = dict.fromkeys((PROPAGATED, *FULL_REASONS), 0)
+        self._map: np.ndarray | None = None
+        self._seq: int | None = None
+        self._since_full = 0
+
+    def plan(self, field: MotionField | None, shape: tuple[int, int]) -> str:
+        """``PROPAGATED`` or the reason to segment a frame of ``shape`` (H, W) in full."""
+        if self._map is None:
+            return "first"
+        if self.segment_every == 1:
+            return "due"
+        if field is None:
+            return "no_motion"
+        if field.key_frame:
+            return "key_frame"
+        if self._seq is None or field.seq != self._seq + 1:
+            return "gap"
+        if self._since_full + 1 >= self.segment_every:
+            return "due"
+        if grid(shape[1], shape[0], field.block_size) != (field.rows, field.cols) \
+                or self._map.shape != shape:
+            return "grid"
+        if field.refresh_blocks(self.max_residual).mean() > self.resegment_share:
+            return "unreliable"
+        return PROPAGATED
+
+    def propagate(self, field: MotionField) -> np.ndarray:
+        """The last class map warped to the frame of ``field`` (after ``plan`` said so)."""
+        self._map = warp_class_map(self._map, field)
+        self._seq = field.seq
+        self._since_full += 1
+        self.counts[PROPAGATED] += 1
+        return self._map
+
+    def segmented(self, class_map: np.ndarray, field: MotionField | None, reason: str) -> None:
+        """A full segmentation of the frame of ``field`` (None: its motion is unknown)."""
+        self._map = class_map
+        self._seq = None if field is None else field.seq
+        self._since_full = 0
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+
+    @property
+    def full(self) -> int:
+        """Frames segmented in full."""
+        return sum(n for reason, n in self.counts.items() if reason != PROPAGATED)

@@ -1,0 +1,166 @@
+"""Motion at the ECU and the propagating perception node, over real Fast DDS.
+
+Packets are encoded in the test (dual CRF, GOP 5) from real dashcam footage resized to
+the harness's odd size, published straight to a running ECU, and sent lock-step: the
+next packet goes out once the previous one's output has arrived.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import ros_helpers as rh
+from PIL import Image as PilImage
+from ros_helpers import HEIGHT, WIDTH
+from sensor_msgs.msg import Image
+
+from sac_ros.core import motion
+from sac_ros.core.codec import EncoderSettings
+from sac_ros.core.errors import SacError
+from sac_ros.core.io import load_clip
+from sac_ros.core.sac import SacEncoder
+from sac_ros.msg import PerceptionStats, SacMotion, SacPacket, SacStats
+
+GOP = 5
+COUNT = 20
+STEP = 2  # px per frame of the synthetic pan
+
+
+def pan_frames(count: int) -> list[np.ndarray]:
+    """A textured picture panning left by STEP px a frame: dx = 4 * STEP everywhere."""
+    rng = np.random.default_rng(1)
+    from scipy import ndimage
+
+    big = ndimage.gaussian_filter(rng.random((HEIGHT, WIDTH + STEP * count, 3)), (1.5, 1.5, 0))
+    big = ((big - big.min()) / np.ptp(big) * 235 + 10).astype(np.uint8)
+    return [np.ascontiguousarray(big[:, STEP * t:STEP * t + WIDTH]) for t in range(count)]
+
+
+def footage(count: int) -> list[np.ndarray]:
+    try:
+        clip = load_clip("sample:project_video01", 0, count)
+    except SacError as exc:
+        pytest.skip(f"needs the bundled sample footage: {exc}")
+    return [np.asarray(PilImage.fromarray(f).resize((WIDTH, HEIGHT), PilImage.Resampling.BILINEAR))
+            for f in clip.frames]
+
+
+def encode(frames: list[np.ndarray]):
+    encoder = SacEncoder(WIDTH, HEIGHT, 20.0, 30.0, EncoderSettings("h264", "veryfast", GOP))
+    try:
+        return [encoder.encode(rgb, rh.polygon_blocks(rgb)) for rgb in frames]
+    finally:
+        encoder.close()
+
+
+class Ecu:
+    def __init__(self, ros, params=None, motion_subscribed=True):
+        self.ros = ros
+        self.packets = ros.publisher(SacPacket, "sac/packets", depth=50)
+        self.outputs = ros.subscribe(Image, "sac/image")
+        self.motions = ros.subscribe(SacMotion, "sac/motion") if motion_subscribed else None
+        self.stats = ros.subscribe(SacStats, "sac/ecu_stats")
+        self.node = ros.start("sac_ecu", params)
+        ros.wait_discovery(publishers=[(self.packets, 1)], heard_from=[self.stats])
+        self.seq_of: dict[int, int] = {}
+
+    def send(self, packet, reply) -> int:
+        stamp = self.ros.send(self.packets, self.ros.packet_msg(packet), reply,
+                              f"the output of packet {packet.seq}")
+        self.seq_of[stamp] = packet.seq
+        return stamp
+
+
+def test_motion_has_the_image_stamp_shape_and_the_pan(ros):
+    packets = encode(pan_frames(COUNT))
+    ecu = Ecu(ros)
+    ros.wait_for(lambda: ecu.motions is not None and ros.node.count_publishers(
+        ros.topic("sac/motion")) >= 1, "the ECU's motion publisher")
+    stamps = [ecu.send(p, ecu.outputs) for p in packets]
+    motions = ros.wait_for(lambda: len(ecu.motions) >= COUNT and ecu.motions.by_stamp(),
+                           "a motion message per frame")
+    rows, cols = -(-HEIGHT // 16), -(-WIDTH // 16)
+    assert set(motions) == set(stamps)  # exactly the images' stamps
+    for image in ecu.outputs.messages:
+        stamp = rh.stamp_ns(image.header)
+        msg = motions[stamp]
+        assert msg.header.frame_id == image.header.frame_id
+        assert msg.seq == ecu.seq_of[stamp]
+        assert (msg.block_size, msg.rows, msg.cols) == (16, rows, cols)
+        assert all(len(a) == rows * cols for a in (msg.dx, msg.dy, msg.unreliable,
+                                                     msg.residual))
+        field = motion.field_from_msg(msg)
+        assert field.key_frame == (msg.seq % GOP == 0)
+        if field.key_frame:
+            assert field.unreliable.all()
+            continue
+        inner = (slice(1, -1), slice(1, -1))
+        # Within a quarter pixel (blocks at the ROI edge see the other stream's black).
+        good = ((abs(field.dx - 4 * STEP) <= 1) & (abs(field.dy) <= 1) & ~field.unreliable)
+        assert good[inner].mean() > 0.9, (msg.seq, field.dx, field.dy)
+
+
+def test_motion_starts_at_a_key_frame_after_a_subscriber_and_obeys_the_switch(ros):
+    packets = encode(pan_frames(COUNT))
+    ecu = Ecu(ros, motion_subscribed=False)
+    for packet in packets[:7]:  # nobody wants motion: none is exported
+        ecu.send(packet, ecu.outputs)
+    motions = ros.subscribe(SacMotion, "sac/motion")
+    ros.wait_for(lambda: ros.node.count_publishers(ros.topic("sac/motion")) >= 1,
+                 "the ECU's motion publisher")
+    for packet in packets[7:]:
+        ecu.send(packet, ecu.outputs)
+    ros.wait_for(lambda: len(motions) > 0, "motion once subscribed")
+    seqs = sorted(int(m.seq) for m in motions.messages)
+    # From the first key frame after the subscription on, every frame; none before.
+    assert seqs[0] >= 10 and seqs[0] % GOP == 0, seqs
+    assert seqs == list(range(seqs[0], COUNT))
+
+
+def test_publish_motion_off_publishes_none(ros):
+    packets = encode(pan_frames(8))
+    ecu = Ecu(ros, params={"publish_motion": False})
+    for packet in packets:
+        ecu.send(packet, ecu.outputs)
+    assert len(ecu.outputs) == 8 and len(ecu.motions) == 0
+
+
+@pytest.mark.parametrize("segment_every", [1, 3])
+def test_perception_publishes_a_class_map_per_frame(ros, segment_every):
+    frames = footage(COUNT)
+    packets = encode(frames)
+    class_maps = ros.subscribe(Image, "sac/perception/class_map")
+    perception_stats = ros.subscribe(PerceptionStats, "sac/perception_stats")
+    perception = ros.start("sac_perception", {"segment_every": segment_every,
+                                              "motion_wait_ms": 200.0})
+    ros.wait_discovery(heard_from=[perception_stats])
+    ecu = Ecu(ros)
+    if segment_every > 1:  # the perception node subscribes to motion only to propagate
+        ros.wait_for(lambda: ros.node.count_subscribers(ros.topic("sac/motion")) >= 2,
+                     "perception's motion subscription")
+    stamps = [ecu.send(p, class_maps) for p in packets]
+    maps = class_maps.by_stamp()
+    assert len(class_maps) == COUNT and set(maps) == set(stamps)
+    for msg in maps.values():
+        assert (msg.width, msg.height, msg.encoding) == (WIDTH, HEIGHT, "mono8")
+    stats = ros.wait_stats(perception_stats, lambda m: m.frames_segmented == COUNT,
+                           f"{COUNT} class maps in the perception stats")
+    assert stats.frames_segmented == COUNT
+    log = ros.wait_for(lambda: "class maps:" in perception.stderr() and perception.stderr(),
+                       "the propagation log line", required=segment_every > 1, timeout=5.0)
+    if segment_every == 1:
+        assert not log  # nothing propagated
+        return
+    # Key frames (every 5th) and every 3rd frame are segmented in full; the rest are warped.
+    line = next(x for x in reversed(log.splitlines()) if "class maps:" in x)
+    propagated = int(line.split("class maps: ")[1].split()[0])
+    assert propagated >= COUNT // 3, line
+    # Warped maps agree with the network run on the same reconstructed frames.
+    from sac_ros.segmentation import load_segmenter
+
+    segmenter = load_segmenter(model="default", backend="auto")
+    agreement = [float((segmenter.predict(rh.image_pixels(img)).class_map ==
+                        np.frombuffer(bytes(maps[rh.stamp_ns(img.header)].data), np.uint8)
+                        .reshape(HEIGHT, WIDTH)).mean())
+                 for img in ecu.outputs.messages]
+    assert np.mean(agreement) > 0.9, agreement
