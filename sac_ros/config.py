@@ -18,9 +18,11 @@ from typing import Any
 import yaml
 
 from sac_ros.core.classes import CLASS_MAPS
+from sac_ros.core.classqp import check_offsets
 from sac_ros.core.codec import EncoderSettings, canonical_codec, check_crf
 from sac_ros.core.errors import SacError
 from sac_ros.core.mask import PolygonMaskSource
+from sac_ros.core.prefilter import Prefilter
 from sac_ros.core.ratecontrol import RATE_MODES, RateController
 
 PACKAGE = "sac_ros"
@@ -63,6 +65,7 @@ class MaskConfig:
     block_size: int = 16
     non_roi_classes: dict[str, list[int]] = field(default_factory=dict)  # per class map
     hysteresis_frames: int = 0
+    segment_every: int = 1  # segmenter: every N-th (and key) frame, carried in between
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,14 @@ class RateControlConfig:
 
 
 @dataclass(frozen=True)
+class ClassQpConfig:
+    """sac.yaml ``class_qp``: per-category QP offsets for roi_qp (core/classqp.py)."""
+
+    enabled: bool = False
+    offsets: dict[str, float] = field(default_factory=dict)  # validated: all categories
+
+
+@dataclass(frozen=True)
 class CoreConfig:
     """config/sac.yaml. ``codec`` holds its codec section as encoder settings (codec h264
     at 30 fps until a caller replaces them: ``dataclasses.replace(cfg.codec, ...)``)."""
@@ -110,6 +121,8 @@ class CoreConfig:
     mask: MaskConfig
     eval: EvalConfig
     ratecontrol: RateControlConfig
+    prefilter: Prefilter = Prefilter()   # sac.yaml prefilter (non-ROI pre-filtering)
+    class_qp: ClassQpConfig = ClassQpConfig()
 
 
 CODEC_KEYS = ("preset", "gop", "threads", "aq_mode")  # sac.yaml codec: EncoderSettings fields
@@ -154,13 +167,33 @@ def load_core_config(path: str | Path | None = None) -> CoreConfig:
     """Load sac.yaml and validate every value; codec names are canonicalised."""
     data = load_yaml(path)
     keys = {"codec": set(CODEC_KEYS), "mask": _names(MaskConfig), "eval": _names(EvalConfig),
-            "ratecontrol": _names(RateControlConfig)}
+            "ratecontrol": _names(RateControlConfig),
+            "prefilter": {"nonroi_filter", "nonroi_filter_strength"},
+            "class_qp": _names(ClassQpConfig)}
     _check_keys(data, set(keys), "config")
     sections = _sections(data, keys)
     codec = _codec(sections["codec"])
     evaluation = _eval(sections["eval"])
     ratecontrol = _ratecontrol(sections["ratecontrol"])
-    return CoreConfig(codec, _mask(sections["mask"]), evaluation, ratecontrol)
+    return CoreConfig(codec, _mask(sections["mask"]), evaluation, ratecontrol,
+                      *_task_coding(sections["prefilter"], sections["class_qp"]))
+
+
+def _task_coding(prefilter: dict[str, Any],
+                 class_qp: dict[str, Any]) -> tuple[Prefilter, ClassQpConfig]:
+    """sac.yaml ``prefilter`` and ``class_qp`` (missing sections: off)."""
+    try:
+        pre = Prefilter(prefilter.get("nonroi_filter", "none"),
+                        prefilter.get("nonroi_filter_strength", 2.0))
+    except SacError as exc:
+        raise SacError(f"config prefilter: {exc}") from None
+    enabled = class_qp.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise SacError(f"class_qp.enabled must be true or false, got {enabled!r}")
+    offsets = class_qp.get("offsets")
+    if offsets is None and enabled:
+        raise SacError("class_qp.enabled needs class_qp.offsets")
+    return pre, ClassQpConfig(enabled, {} if offsets is None else check_offsets(offsets))
 
 
 def _codec(section: dict[str, Any]) -> EncoderSettings:
@@ -188,6 +221,9 @@ def _mask(section: dict[str, Any]) -> MaskConfig:
     hold = mask.hysteresis_frames
     if not _whole(hold, 0, 1000):
         raise SacError(f"mask.hysteresis_frames must be a whole number in 0-1000, got {hold!r}")
+    if not _whole(mask.segment_every, 1, 1000):
+        raise SacError(f"mask.segment_every must be a whole number in 1-1000, got "
+                       f"{mask.segment_every!r}")
     classes = mask.non_roi_classes or {}
     if not isinstance(classes, dict):
         raise SacError("mask.non_roi_classes must map class maps to lists of ids")

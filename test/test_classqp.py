@@ -48,6 +48,18 @@ def test_a_block_takes_the_smallest_offset_of_its_classes():
     assert qp.class_offset(255) == OFFSETS["void"]
 
 
+def test_blocks_the_mask_keeps_as_roi_take_at_most_the_roi_categories_offset():
+    qp = ClassQp(OFFSETS, "cityscapes_train_ids")
+    ids = np.full((32, 32), SKY, np.uint8)
+    ids[16:, 16:] = CAR
+    held = np.array([[True, False], [True, True]])  # e.g. hysteresis keeps sky blocks ROI
+    assert qp.roi_cap == OFFSETS["flat"]  # the largest of road, people, vehicles, ...
+    assert ClassQp(OFFSETS, "four_class").roi_cap == 0  # its one ROI class: the smallest
+    assert qp.block_offsets(ids, held).tolist() == [[3, 12], [3, 0]]
+    with pytest.raises(SacError, match="ROI block mask is"):
+        qp.block_offsets(ids, held[:1])
+
+
 def test_partial_edge_blocks_count_only_their_real_pixels():
     qp = ClassQp(OFFSETS, "cityscapes_train_ids")
     ids = np.full((20, 37), SKY, np.uint8)  # 2 x 3 blocks, the last row and column partial
@@ -146,3 +158,36 @@ def test_qp_offsets_must_fit_the_block_grid(clip):
     with pytest.raises(SacError, match="QP offsets are"):
         encoder.encode(clip.frames[0], None, np.zeros((3, 3), np.float32))
     encoder.close()
+
+
+def _config_with(tmp_path, **sections):
+    import yaml
+
+    from sac_ros.config import config_dir
+
+    data = yaml.safe_load((config_dir() / "sac.yaml").read_text())
+    data.update(sections)
+    path = tmp_path / "sac.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_the_shipped_config_gives_every_category_an_offset():
+    from sac_ros.config import load_core_config
+
+    cfg = load_core_config()
+    assert set(cfg.class_qp.offsets) == set(CATEGORIES)
+    ClassQp(cfg.class_qp.offsets, "four_class")  # valid as shipped
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"enabled": "yes", "offsets": OFFSETS}, "class_qp.enabled must be true or false"),
+    ({"enabled": True}, "class_qp.enabled needs class_qp.offsets"),
+    ({"offsets": {**OFFSETS, "sky": 99}}, "class_qp.offsets.sky must be a QP offset"),
+    ({"offsets": OFFSETS, "levels": 3}, "unknown key.*class_qp.*levels"),
+])
+def test_bad_class_qp_config_is_a_one_line_error(tmp_path, section, message):
+    from sac_ros.config import load_core_config
+
+    with pytest.raises(SacError, match=message):
+        load_core_config(_config_with(tmp_path, class_qp=section))

@@ -126,3 +126,22 @@ def test_uniform_mode_has_no_non_roi_to_filter(clip):
                          mode="uniform", prefilter=Prefilter("blur", 3.0))
     assert encoder.prefilter is None
     encoder.close()
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"nonroi_filter": "sharpen"}, "config prefilter: unknown nonroi_filter 'sharpen'"),
+    ({"nonroi_filter": "downscale", "nonroi_filter_strength": 40}, "outside 1-16"),
+    ({"strength": 2}, "unknown key.*prefilter.*strength"),
+])
+def test_bad_prefilter_config_is_a_one_line_error(tmp_path, section, message):
+    import yaml
+
+    from sac_ros.config import config_dir, load_core_config
+
+    data = yaml.safe_load((config_dir() / "sac.yaml").read_text())
+    data["prefilter"] = section
+    path = tmp_path / "sac.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(SacError, match=message):
+        load_core_config(path)
+    assert isinstance(load_core_config().prefilter, Prefilter)  # the shipped one loads

@@ -88,7 +88,7 @@ _TRAIN_ID_CATEGORIES = {0: ("flat",), 1: ("flat",), 2: ("construction",), 3: ("c
                         4: ("construction",), 5: ("object",), 6: ("object",), 7: ("object",),
                         8: ("nature",), 9: ("nature",), 10: ("sky",), 11: ("human",),
                         12: ("human",), **{i: ("vehicle",) for i in range(13, 19)}}
-_ROI_CATEGORIES = ("flat", "human", "vehicle", "object", "void")
+ROI_CATEGORIES = ("flat", "human", "vehicle", "object", "void")
 CLASS_CATEGORIES: dict[str, dict[int, tuple[str, ...]]] = {
     "cityscapes_label_ids": {**{i: ("void",) for i in range(7)},
                              **{i: ("flat",) for i in range(7, 11)},
@@ -98,8 +98,8 @@ CLASS_CATEGORIES: dict[str, dict[int, tuple[str, ...]]] = {
                              25: ("human",), **{i: ("vehicle",) for i in range(26, 34)}},
     "cityscapes_train_ids": _TRAIN_ID_CATEGORIES,
     "kitti_step": _TRAIN_ID_CATEGORIES,
-    "four_class": {0: _ROI_CATEGORIES, 1: ("construction",), 2: ("nature",), 3: ("sky",)},
-    "binary": {1: _ROI_CATEGORIES, 0: ("construction", "nature", "sky")},
+    "four_class": {0: ROI_CATEGORIES, 1: ("construction",), 2: ("nature",), 3: ("sky",)},
+    "binary": {1: ROI_CATEGORIES, 0: ("construction", "nature", "sky")},
 }
 
 

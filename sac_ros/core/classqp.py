@@ -70,9 +70,23 @@ class ClassQp:
         """The QP offset of one class id."""
         return float(self.levels[self._rank[int(class_id)]])
 
-    def block_offsets(self, class_ids: np.ndarray) -> np.ndarray:
+    @property
+    def roi_cap(self) -> float:
+        """The largest offset an ROI block may get: the largest of the class map's ROI
+        classes' (the papers' ROI: every id outside its non-ROI set)."""
+        non_roi = get_class_map(self.class_map).non_roi_ids
+        return max(self.class_offset(i) for i in CLASS_CATEGORIES[self.class_map]
+                   if i not in non_roi)
+
+    def block_offsets(self, class_ids: np.ndarray,
+                      roi_blocks: np.ndarray | None = None) -> np.ndarray:
         """(rows, cols) float32 QP offsets from an H x W class-id map: per block, the
-        smallest offset of the classes in it (partial edge blocks: their real pixels)."""
+        smallest offset of the classes in it (partial edge blocks: their real pixels).
+
+        ``roi_blocks``: the binary block mask (block head, hysteresis); its ROI blocks
+        take at most ``roi_cap``, so the class levels refine the ROI decision and never
+        code a block the mask keeps as ROI at a background offset.
+        """
         if class_ids.ndim != 2:
             raise SacError(f"a class map must be H x W ids, got shape {class_ids.shape}")
         if class_ids.dtype != np.uint8:
@@ -88,7 +102,41 @@ class ClassQp:
             padded[:height, :width] = ranks
             ranks = padded
         lowest = ranks.reshape(rows, b, cols, b).min(axis=3).min(axis=1)
-        return self.levels[lowest]
+        offsets = self.levels[lowest]
+        if roi_blocks is not None:
+            if roi_blocks.shape != offsets.shape:
+                raise SacError(f"ROI block mask is {roi_blocks.shape}, the class map's grid "
+                               f"{offsets.shape}")
+            np.minimum(offsets, self.roi_cap, out=offsets, where=roi_blocks)
+        return offsets
 
     def describe(self) -> str:
         return ", ".join(f"{c} {self.offsets[c]:+g}" for c in CATEGORIES)
+
+
+class ClassMapTap:
+    """A segmenter (anything with ``predict(rgb)`` -> ``.block_roi``, ``.class_map``) whose
+    ``block_roi`` also keeps the class map of that same network run, so class-level
+    offsets cost no second inference. Wrapped by a mask propagator that segments only some
+    frames, ``class_map`` is the last segmented frame's (the offsets of carried frames
+    still cap at ``roi_cap`` on the carried ROI blocks)."""
+
+    def __init__(self, segmenter):
+        self.segmenter = segmenter
+        self.class_map: np.ndarray | None = None
+
+    @property
+    def name(self) -> str:
+        return self.segmenter.name
+
+    @property
+    def class_adapter(self):
+        return self.segmenter.class_adapter
+
+    def block_roi(self, rgb: np.ndarray) -> np.ndarray:
+        prediction = self.segmenter.predict(rgb)
+        self.class_map = prediction.class_map
+        return prediction.block_roi
+
+    def close(self) -> None:
+        self.segmenter.close()

@@ -16,6 +16,7 @@ import numpy as np
 from sac_ros.core import metrics
 from sac_ros.core.codec import CODECS, EncoderSettings, Vbv
 from sac_ros.core.mask import expand_blocks
+from sac_ros.core.prefilter import Prefilter
 from sac_ros.core.ratematch import MatchResult, match_crf
 from sac_ros.core.sac import SacDecoder, SacEncoder
 from sac_ros.eval.quality import frame_quality, sa_values
@@ -121,6 +122,10 @@ class ClipCoder:
         self._pixel_masks: dict[int, np.ndarray] = {}
         self._bands: dict[int, np.ndarray] = {}
         self.task: TaskMeter | None = None  # when set, every run scores perception on it
+        # Task-aware coding (issue 20): when set, every SAC run pre-filters its non-ROI
+        # blocks, and roi_qp runs take these per-frame block QP offsets (core/classqp.py).
+        self.prefilter: Prefilter | None = None
+        self.class_offsets: Sequence[np.ndarray] | None = None
 
     def pixel_mask(self, index: int) -> np.ndarray:
         key = id(self.blocks[index])  # static masks share one array: compute once
@@ -143,7 +148,19 @@ class ClipCoder:
     def _encoder(self, codec: str, mode: str, c_roi: float, c_non: float) -> SacEncoder:
         settings = dataclasses.replace(self.settings, codec=codec)
         return SacEncoder(self.width, self.height, c_roi, c_non, settings, mode,
-                          block_size=self.block_size)
+                          block_size=self.block_size, prefilter=self.prefilter)
+
+    def _qp_offsets(self, mode: str, index: int) -> np.ndarray | None:
+        return self.class_offsets[index] if self.class_offsets and mode == "roi_qp" else None
+
+    def variant(self, mode: str) -> str:
+        """What the task-aware settings add to a run of ``mode`` ("" when nothing)."""
+        parts = []
+        if self.class_offsets and mode == "roi_qp":
+            parts.append("classes")
+        if self.prefilter is not None and self.prefilter.active and mode != "uniform":
+            parts.append(self.prefilter.describe())
+        return " + ".join(parts)
 
     def total_bytes(self, codec: str, mode: str, c_roi: float, c_non: float,
                     vbv: Vbv | None = None) -> int:
@@ -153,8 +170,8 @@ class ClipCoder:
             encoder.set_vbv(vbv)
         try:
             total = 0
-            for frame, blocks in zip(self.frames, self.blocks, strict=False):
-                total += encoder.encode(frame, blocks).num_bytes
+            for index, (frame, blocks) in enumerate(zip(self.frames, self.blocks, strict=False)):
+                total += encoder.encode(frame, blocks, self._qp_offsets(mode, index)).num_bytes
                 self.progress(1)
             return total
         finally:
@@ -183,10 +200,12 @@ class ClipCoder:
         sums: dict[str, list[float]] = {}
         result = RunResult(method_name(codec, mode, c_roi, c_non), codec, mode, c_roi, c_non,
                            len(self.frames), self.width, self.height, 0, 0.0)
+        if self.variant(mode):
+            result.method += f" [{self.variant(mode)}]"
         task = self.task.start() if self.task is not None else None
         try:
             for index, (frame, blocks) in enumerate(zip(self.frames, self.blocks, strict=False)):
-                packet = encoder.encode(frame, blocks)
+                packet = encoder.encode(frame, blocks, self._qp_offsets(mode, index))
                 result.frame_bytes.append(packet.num_bytes)
                 if controller is not None:
                     decision = controller.observe(packet)
