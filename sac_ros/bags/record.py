@@ -27,6 +27,7 @@ from sac_ros.core.wire import (
     IMAGE_TOPIC,
     INPUT_TOPIC,
     LABELS_TOPIC,
+    OUTPUT_CAMERA_INFO_TOPIC,
     PACKET_TOPIC,
     PERCEPTION_STATS_TOPIC,
     SENSOR_STATS_TOPIC,
@@ -45,7 +46,8 @@ def camera_topics(namespace: str, input_topic: str = INPUT_TOPIC,
     (``reencode_video``). Subscribing to it is what switches it on.
     """
     names = (input_topic, LABELS_TOPIC, CAMERA_INFO_TOPIC, packet_topic, IMAGE_TOPIC,
-             VIDEO_TOPIC, SENSOR_STATS_TOPIC, ECU_STATS_TOPIC, PERCEPTION_STATS_TOPIC)
+             OUTPUT_CAMERA_INFO_TOPIC, VIDEO_TOPIC, SENSOR_STATS_TOPIC, ECU_STATS_TOPIC,
+             PERCEPTION_STATS_TOPIC)
     return [topic_in(namespace, name) for name in names]
 
 
