@@ -60,6 +60,10 @@ def add_parser(sub) -> None:
                    help="label format: Cityscapes *_labelIds.png or KITTI-STEP panoptic (R = id)")
     p.add_argument("--model", help="segmenter as the mask source: 'default' (the shipped ONNX "
                    "model) or a .onnx/.engine/.pt path; settings from config/segmentation.yaml")
+    p.add_argument("--segment-every", type=int, metavar="N",
+                   help="with --model: segment every N-th frame and every key frame, carry the "
+                   "mask along the block motion in between, as the sensor's segment_every "
+                   "(default: config mask.segment_every; 1 = every frame)")
     p.add_argument("--perception-model", metavar="MODEL",
                    help="segmenter run on the reconstructions for the task BD-rate (bytes "
                    "vs mIoU / ROI iIoU against --labels, else against its output on the "
@@ -141,6 +145,10 @@ def _options(args, cfg: CoreConfig) -> tuple[int, int, list[str]]:
         raise SacError("--roi-qp-offsets must be in (0, 51]")
     if args.model and args.labels:
         raise SacError("give either --model or --labels as the mask source, not both")
+    if args.segment_every is not None and not args.model:
+        raise SacError("--segment-every goes with --model (a segmenter as the mask source)")
+    if args.segment_every is not None and not 1 <= args.segment_every <= 1000:
+        raise SacError("--segment-every must be in 1-1000 (1 = every frame)")
     if args.task_frames is not None and args.task_frames < 0:
         raise SacError("--task-frames must be 0 (every frame) or more")
     default_frames = cfg.ratecontrol.frames if args.target_mbps else ev.frames
@@ -165,7 +173,11 @@ def run(args) -> int:
     check_results_folder(args.out, args.overwrite, {"--json": args.json, "--csv": args.csv})
     clip = load_clip(args.input or cfg.eval.input, start, frames)
     settings = encoder_settings(cfg, args.preset, clip.fps)
-    blocks, mask = clip_blocks(clip, cfg.mask, args.model, args.labels, args.label_layout)
+    # The segmenter runs on the key frames of the coding run, as in the sensor.
+    gop = (rate_clip_gop(cfg.ratecontrol, clip.fps, len(clip.frames)) if args.target_mbps
+           else settings.gop)
+    blocks, mask = clip_blocks(clip, cfg.mask, args.model, args.labels, args.label_layout,
+                               args.segment_every, gop)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     progress = Progress("sac eval", "frame", plan.frames_to_code(len(clip.frames)),

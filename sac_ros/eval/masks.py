@@ -10,18 +10,23 @@ from sac_ros.core.mask import LabelMaskSource, PolygonMaskSource, block_mask, ho
 
 
 def clip_blocks(clip: Clip, mask_cfg: MaskConfig, model: str | None = None,
-                labels: str | None = None,
-                label_layout: str = "cityscapes") -> tuple[list[np.ndarray], str]:
+                labels: str | None = None, label_layout: str = "cityscapes",
+                segment_every: int | None = None,
+                gop: int = 1) -> tuple[list[np.ndarray], str]:
     """(one block mask per frame, a description of the source), config ``mask`` settings.
 
     The source is the segmenter ``model`` or the ``labels`` folder (one of them at most),
-    else the config's static polygon; the config's hysteresis is applied.
+    else the config's static polygon; the config's hysteresis is applied. A segmenter
+    runs on every ``segment_every``-th frame (default: the config's) and on the key
+    frames (every ``gop`` frames from frame 0), as in the sensor; its mask is carried
+    along the block motion in between.
     """
     non_roi = mask_cfg.non_roi_classes
     if model:
-        from sac_ros.segmentation.loader import segmenter_mask_source
+        from sac_ros.segmentation.propagation import propagating_mask_source
 
-        source, description = segmenter_mask_source(model, non_roi)
+        every = mask_cfg.segment_every if segment_every is None else segment_every
+        source, description = propagating_mask_source(model, non_roi, every, gop)
     elif labels:
         class_map = "cityscapes_label_ids" if label_layout == "cityscapes" else "kitti_step"
         source = LabelMaskSource(labels, label_layout, non_roi.get(class_map))
