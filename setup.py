@@ -11,7 +11,7 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),
-        ("share/" + package_name + "/config", glob("config/*.yaml")),
+        ("share/" + package_name + "/config", glob("config/*.yaml") + glob("config/*.json")),
         ("share/" + package_name + "/launch", glob("launch/*.py")),
     ],
     python_requires=">=3.10",
@@ -49,6 +49,7 @@ setup(
             "sac_ecu = sac_ros.nodes.ecu:main",
             "sac_perception = sac_ros.nodes.perception:main",
             "sac_video_source = sac_ros.nodes.video_source:main",
+            "sac_view = sac_ros.nodes.view:main",
         ],
     },
 )

@@ -1,6 +1,7 @@
 """Start the sac_ros pipeline: per camera, sensor -> ECU (-> perception).
 
     ros2 launch sac_ros pipeline.launch.py [config:=FILE] [input_topic:=TOPIC] [model:=PATH]
+                                           [view:=true]
 
 Reads the same config/pipeline.yaml as `sac pipeline` (the launch-free runner);
 sac_ros.pipeline decides which nodes start for both.
@@ -28,11 +29,16 @@ def _nodes(context):
         actions.append(SetEnvironmentVariable(TRANSPORTS_VAR, layout.fastdds_transports))
     for spec in pipeline_nodes(layout,
                                input_topic=LaunchConfiguration("input_topic").perform(context),
-                               model=LaunchConfiguration("model").perform(context)):
+                               model=LaunchConfiguration("model").perform(context),
+                               view=_true(LaunchConfiguration("view").perform(context))):
         actions.append(Node(package="sac_ros", executable=spec.executable, name=spec.name,
                             namespace=spec.namespace, parameters=[config, spec.overrides],
                             output="screen"))
     return actions
+
+
+def _true(value: str) -> bool:
+    return value.strip().lower() in ("true", "1", "yes")
 
 
 def generate_launch_description():
@@ -46,5 +52,8 @@ def generate_launch_description():
         DeclareLaunchArgument("model", default_value="",
                               description="Segmentation model (default or a path); empty = "
                                           "the config's mask source."),
+        DeclareLaunchArgument("view", default_value="false",
+                              description="true = also start sac_view, the Foxglove live view "
+                                          "of every camera (ws://127.0.0.1:8765)."),
         OpaqueFunction(function=_nodes),
     ])

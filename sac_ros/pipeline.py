@@ -36,6 +36,7 @@ EXECUTABLES = {
     "sac_ecu": "sac_ros.nodes.ecu",
     "sac_perception": "sac_ros.nodes.perception",
     "sac_video_source": "sac_ros.nodes.video_source",
+    "sac_view": "sac_ros.nodes.view",
 }
 PIPELINE_KEY = "sac_pipeline"
 TRANSPORTS_VAR = "FASTDDS_BUILTIN_TRANSPORTS"
@@ -225,8 +226,9 @@ def _check_transports(path: Path, transports) -> None:
 
 
 def pipeline_nodes(layout: PipelineLayout, input_topic: str = "", model: str = "",
-                   video_source: bool = False) -> list[NodeSpec]:
-    """The nodes to start, one set per camera namespace, with launch-time overrides."""
+                   video_source: bool = False, view: bool = False) -> list[NodeSpec]:
+    """The nodes to start, one set per camera namespace, with launch-time overrides;
+    ``view``: one sac_view (Foxglove) for all the cameras, in the root namespace."""
     sensor, perception = {}, {}
     if input_topic:
         sensor["input_topic"] = input_topic
@@ -244,6 +246,8 @@ def pipeline_nodes(layout: PipelineLayout, input_topic: str = "", model: str = "
         specs.append(NodeSpec("sac_ecu", namespace, {}))
         if layout.perception:
             specs.append(NodeSpec("sac_perception", namespace, dict(perception)))
+    if view:
+        specs.append(NodeSpec("sac_view", "/", {"cameras": list(layout.cameras)}))
     return specs
 
 

@@ -79,9 +79,12 @@ def test_launch_file_builds_its_nodes_from_pipeline_nodes(launch_tree):
     call = loop.iter
     assert len(call.args) == 1 and _is_name(call.args[0], "layout")
     keywords = {k.arg: k.value for k in call.keywords}
-    assert set(keywords) == {"input_topic", "model"}  # no video source under launch
+    assert set(keywords) == {"input_topic", "model", "view"}  # no video source under launch
     assert _is_launch_config(keywords["input_topic"], "input_topic")
     assert _is_launch_config(keywords["model"], "model")
+    # view:=true adds the Foxglove view: _true(LaunchConfiguration("view").perform(context))
+    assert (isinstance(keywords["view"], ast.Call) and _is_name(keywords["view"].func, "_true")
+            and _is_launch_config(keywords["view"].args[0], "view"))
 
     nodes = _calls(loop, "Node")
     assert len(nodes) == 1
@@ -105,7 +108,7 @@ def test_launch_file_builds_its_nodes_from_pipeline_nodes(launch_tree):
     # Every LaunchConfiguration used is declared.
     declared = {c.args[0].value for c in _calls(launch_tree, "DeclareLaunchArgument")}
     used = {c.args[0].value for c in _calls(launch_tree, "LaunchConfiguration")}
-    assert used <= declared == {"config", "input_topic", "model"}
+    assert used <= declared == {"config", "input_topic", "model", "view"}
 
 
 def test_launch_file_reclaims_dead_shared_memory_before_any_node(launch_tree):
@@ -231,9 +234,12 @@ def test_runner_command_lines_match_the_launch_nodes(tmp_path):
     path.write_text(yaml.safe_dump(config))
     layout = load_layout(path)
     specs = pipeline_nodes(layout, input_topic="camera/image_rect", model="/models/m.onnx",
-                           video_source=True)
+                           video_source=True, view=True)
     assert {(s.executable, s.namespace) for s in specs} == {
-        (e, ns) for e in EXECUTABLES for ns in ("/front", "/rear/left")}
+        (e, ns) for e in EXECUTABLES if e != "sac_view" for ns in ("/front", "/rear/left")} | {
+        ("sac_view", "/")}  # one Foxglove view serves every camera
+    view = next(s for s in specs if s.executable == "sac_view")
+    assert view.overrides == {"cameras": ["front", "rear/left"]}
     for spec in specs:
         cmd = node_command(spec, str(layout.config))
         assert cmd[:3] == [sys.executable, "-m", EXECUTABLES[spec.executable]], cmd
