@@ -18,7 +18,7 @@ iIoU) of a curve against the uniform anchor. The metrics are ``core/metrics.py``
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -129,6 +129,7 @@ class TaskBd:
     frames_scored: int = 0
     points_miou: tuple[int, int] = (0, 0)
     points_roi_iiou: tuple[int, int] = (0, 0)
+    notes: list[str] = field(default_factory=list)   # why a figure is None
 
 
 def _finite(value: float) -> float | None:
@@ -155,16 +156,21 @@ def task_bd(anchor: Sequence, test: Sequence, codec: str, delta: float, mode: st
     (``metrics.bd_rate(..., interpolation="pchip")``), which a cubic fit's overshoot on
     flat accuracy curves would swamp."""
 
-    def figures(key: str) -> tuple[float | None, float | None, tuple[int, int]]:
+    notes: list[str] = []
+
+    def figures(key: str, name: str) -> tuple[float | None, float | None, tuple[int, int]]:
         ra, qa = pareto([p.kb_per_frame for p in anchor], [getattr(p, key) for p in anchor])
         rt, qt = pareto([p.kb_per_frame for p in test], [getattr(p, key) for p in test])
-        return (_finite(metrics.bd_rate(ra, qa, rt, qt, "pchip")),
-                _finite(metrics.bd_quality(ra, qa, rt, qt, "pchip")), (len(ra), len(rt)))
+        rate = _finite(metrics.bd_rate(ra, qa, rt, qt, "pchip"))
+        if rate is None:
+            notes.append(f"{name}: fewer than two points rise in accuracy" if min(
+                len(ra), len(rt)) < 2 else f"{name}: the curves share no accuracy range")
+        return rate, _finite(metrics.bd_quality(ra, qa, rt, qt, "pchip")), (len(ra), len(rt))
 
-    miou_rate, miou_gap, miou_points = figures("task_miou")
-    iiou_rate, iiou_gap, iiou_points = figures("task_roi_iiou")
+    miou_rate, miou_gap, miou_points = figures("task_miou", "mIoU")
+    iiou_rate, iiou_gap, iiou_points = figures("task_roi_iiou", "ROI iIoU")
     return TaskBd(codec, mode, float(delta), reference, miou_rate, iiou_rate, miou_gap,
-                  iiou_gap, frames_scored, miou_points, iiou_points)
+                  iiou_gap, frames_scored, miou_points, iiou_points, notes)
 
 
 def open_meter(model: str, frames: Sequence[np.ndarray], wanted: int | None,
