@@ -205,3 +205,60 @@ def test_message_round_trip_and_bad_sizes():
     msg.block_size = 8
     with pytest.raises(ValueError):
         motion.field_from_msg(msg)
+
+
+def test_propagator_segments_at_key_frames_every_n_and_after_gaps():
+    frames = moving_frames(8, 2, 0)
+    fields = decode_fields(frames)
+    for i, f in enumerate(fields):
+        f.seq = i
+    propagator = motion.ClassMapPropagator(segment_every=3)
+    class_map = np.zeros((H, W), np.uint8)
+    plans = []
+    for i, field in enumerate(fields):
+        if i == 5:
+            field = None  # its motion never arrived
+        plan = propagator.plan(field, (H, W))
+        plans.append(plan)
+        if plan == motion.PROPAGATED:
+            propagator.propagate(field)
+        else:
+            propagator.segmented(class_map, field, plan)
+    # Every 3rd frame in full (0, 3); frame 5's motion never came: segmented, but its seq
+    # is unknown, so frame 6 cannot chain onto it (a gap); frame 7 chains onto 6.
+    assert plans == ["first", motion.PROPAGATED, motion.PROPAGATED, "due", motion.PROPAGATED,
+                     "no_motion", "gap", motion.PROPAGATED], plans
+    assert propagator.counts[motion.PROPAGATED] == plans.count(motion.PROPAGATED)
+    assert propagator.full == len(plans) - plans.count(motion.PROPAGATED)
+    key = motion.MotionField.still(*motion.grid(W, H), key_frame=True)
+    key.seq = 8
+    assert propagator.plan(key, (H, W)) == "key_frame"
+
+
+def test_propagator_re_segments_a_cut_the_vectors_cannot_explain():
+    frames = moving_frames(3, 2, 0, seed=1) + moving_frames(2, 2, 0, seed=2)  # cut at 3
+    fields = decode_fields(frames)
+    propagator = motion.ClassMapPropagator(segment_every=100, resegment_share=0.25)
+    class_map = np.zeros((H, W), np.uint8)
+    plans = []
+    for i, field in enumerate(fields):
+        field.seq = i
+        plan = propagator.plan(field, (H, W))
+        plans.append(plan)
+        if plan == motion.PROPAGATED:
+            propagator.propagate(field)
+        else:
+            propagator.segmented(class_map, field, plan)
+    assert plans == ["first", motion.PROPAGATED, motion.PROPAGATED, "unreliable",
+                     motion.PROPAGATED], plans
+
+
+def test_segment_every_one_never_propagates():
+    propagator = motion.ClassMapPropagator(segment_every=1)
+    field = motion.MotionField.still(*motion.grid(W, H), key_frame=False)
+    field.unreliable[:] = False
+    propagator.segmented(np.zeros((H, W), np.uint8), None, "first")
+    field.seq = 1
+    assert propagator.plan(field, (H, W)) == "due"
+    with pytest.raises(ValueError):
+        motion.ClassMapPropagator(segment_every=0)

@@ -136,71 +136,56 @@ def merge(roi: tuple[np.ndarray, np.ndarray, np.ndarray],
     return tuple(np.where(keep, a, b) for a, b in zip(roi, non_roi, strict=True))
 
 
-class _Gather:
-    """Flat source indices of a per-block whole-pixel shift, for one frame size."""
-
-    def __init__(self, height: int, width: int, rows: int, cols: int, block: int):
-        self.height, self.width, self.rows, self.cols, self.block = height, width, rows, cols, block
-        self.ys = np.arange(height, dtype=np.int32)
-        self.xs = np.arange(width, dtype=np.int32)
-        self.row_of = np.minimum(self.ys // block, rows - 1)
-        self.col_of = np.minimum(self.xs // block, cols - 1)
-
-    def indices(self, dx_px: np.ndarray, dy_px: np.ndarray) -> np.ndarray:
-        """(height, width) flat indices of content(x + dx, y + dy), clamped at the edges."""
-        per_row_dy = dy_px[self.row_of]            # (H, cols)
-        per_row_dx = dx_px[self.row_of]            # (H, cols)
-        src_y = np.clip(self.ys[:, None] + per_row_dy[:, self.col_of], 0, self.height - 1)
-        src_x = np.clip(self.xs[None, :] + per_row_dx[:, self.col_of], 0, self.width - 1)
-        return src_y * self.width + src_x
-
-
-_GATHERS: dict[tuple[int, int, int, int, int], _Gather] = {}
-
-
-def _gather(height: int, width: int, rows: int, cols: int, block: int) -> _Gather:
-    key = (height, width, rows, cols, block)
-    gather = _GATHERS.get(key)
-    if gather is None:
-        if len(_GATHERS) > 8:
-            _GATHERS.clear()
-        gather = _GATHERS[key] = _Gather(height, width, rows, cols, block)
-    return gather
-
-
 def whole_pixels(quarter: np.ndarray) -> np.ndarray:
-    """Quarter-pixel vectors rounded to whole pixels (int32)."""
-    return np.floor_divide(quarter.astype(np.int32) + 2, 4)
+    """Quarter-pixel vectors rounded to whole pixels (int64)."""
+    return np.floor_divide(quarter.astype(np.int64) + 2, 4)
+
+
+def _shifted_blocks(image: np.ndarray, dx: np.ndarray, dy: np.ndarray,
+                    block: int) -> np.ndarray:
+    """(rows, cols, block, block): each block of ``image`` (H x W) taken from where its
+    vector says, whole pixels, the frame's edge repeated outside it."""
+    height, width = image.shape
+    rows, cols = dx.shape
+    dx_px, dy_px = whole_pixels(dx), whole_pixels(dy)
+    margin = int(max(np.abs(dx_px).max(initial=0), np.abs(dy_px).max(initial=0)))
+    # Edge padding = clamping the source coordinates; the grid may overhang the frame.
+    padded = np.pad(image, ((margin, margin + max(0, rows * block - height)),
+                            (margin, margin + max(0, cols * block - width))), mode="edge")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (block, block))
+    top = (np.arange(rows) * block)[:, None] + margin + dy_px
+    left = (np.arange(cols) * block)[None, :] + margin + dx_px
+    return windows[top, left]  # one fancy index per block, not per pixel
 
 
 def shift_blocks(image: np.ndarray, dx: np.ndarray, dy: np.ndarray,
                  block: int = MOTION_BLOCK) -> np.ndarray:
-    """``image`` (H x W [x C]) moved per block: out(x, y) = image(x + dx/4, y + dy/4).
+    """``image`` (H x W) moved per block: out(x, y) = image(x + dx/4, y + dy/4).
 
     Vectors are rounded to whole pixels (nearest neighbour, no new values: what a class
     map needs); sources outside the frame are clamped to its edge.
     """
-    height, width = image.shape[:2]
+    height, width = image.shape
     rows, cols = dx.shape
-    gather = _gather(height, width, rows, cols, block)
-    flat = image.reshape(height * width, *image.shape[2:])
-    return flat[gather.indices(whole_pixels(dx), whole_pixels(dy))]
+    blocks = _shifted_blocks(image, dx, dy, block)
+    return blocks.swapaxes(1, 2).reshape(rows * block, cols * block)[:height, :width]
 
 
 def residual(current_y: np.ndarray, previous_y: np.ndarray, dx: np.ndarray, dy: np.ndarray,
              block: int = MOTION_BLOCK) -> np.ndarray:
     """Per block: mean |current - previous moved by (dx, dy)| of the luma, 0-255 (uint8).
 
-    Both planes are the padded luma (a multiple of ``block`` px on each side, or at
-    least the grid's extent); only the ``rows x cols`` blocks of ``dx`` are measured.
+    Both planes are the padded luma (at least the grid's extent); only the
+    ``rows x cols`` blocks of ``dx`` are measured.
     """
     rows, cols = dx.shape
-    height, width = rows * block, cols * block
-    cur = current_y[:height, :width]
-    predicted = shift_blocks(previous_y[:height, :width], dx, dy, block)
-    error = np.abs(cur.astype(np.int16) - predicted.astype(np.int16))
-    means = error.reshape(rows, block, cols, block).mean(axis=(1, 3))
-    return np.minimum(np.rint(means), 255).astype(np.uint8)
+    cur = current_y[:rows * block, :cols * block].reshape(rows, block, cols, block)
+    predicted = _shifted_blocks(previous_y[:rows * block, :cols * block], dx, dy, block)
+    cur = cur.swapaxes(1, 2)
+    # |a - b| in uint8 without widening whole frames: max - min.
+    error = np.maximum(cur, predicted) - np.minimum(cur, predicted)
+    sums = error.reshape(rows, cols, block * block).sum(axis=2, dtype=np.uint32)
+    return ((sums + block * block // 2) // (block * block)).astype(np.uint8)
 
 
 def motion_field(roi_vectors: np.ndarray | None, non_roi_vectors: np.ndarray | None,
