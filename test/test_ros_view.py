@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import ros_helpers as rh
 import yaml
+from conftest import sac_command
 from foxglove_msgs.msg import CompressedVideo as CompressedVideoMsg
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from PIL import Image as PILImage
@@ -342,3 +343,27 @@ def test_rate_gate_and_overlay():
     assert (out[:2] == 200).all() and (out[2:] == [190, 100, 190]).all()
     with pytest.raises(ValueError, match="does not match"):
         roi_overlay(rgb, mask[:3])
+
+
+def test_sac_view_serves_the_cameras_it_is_given(ros, tmp_path):
+    """`sac view` runs the node with the config's parameters and --cameras; Ctrl-C stops it."""
+    camera = ros.namespace.strip("/")
+    cli = rh.NodeProcess("sac_view_cli", [*sac_command(), "view", "--port", "0", "--cameras",
+                                          f"{camera},rear"], ros.env, ros.log_dir)
+    ros.children.append(cli)
+    found = ros.wait_for(lambda: re.search(r"ws://127\.0\.0\.1:(\d+)", cli.stderr()),
+                         "the view's port in its log", rh.DISCOVERY_TIMEOUT)
+    with FoxgloveClient(int(found.group(1))) as client:
+        assert set(client.channels) == {s.topic for s in channel_plan([camera, "rear"])}
+    assert cli.stop() == 0
+    assert "Traceback" not in cli.stderr()
+
+
+def test_sac_view_writes_the_layout_and_refuses_bad_cameras(run_sac, tmp_path):
+    done = run_sac("view", "--write-layout", tmp_path / "layout.json", "--cameras", "front,rear")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "layout.json").read_text()) == build_layout(["front", "rear"])
+    done = run_sac("view", "--cameras", "front,bad name")
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("sac view: error: --cameras: 'bad name' is not a valid ROS "
+                                   "namespace")

@@ -10,7 +10,7 @@ from sac_ros.core.errors import SacError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sac_ros.cli import bag_cmds, eval_cmd, pipeline_cmd, report_cmd, seg_cmds
+    from sac_ros.cli import bag_cmds, eval_cmd, pipeline_cmd, report_cmd, seg_cmds, view_cmd
 
     parser = argparse.ArgumentParser(
         prog="sac", description="Semantic-aware compression of automotive camera video.")
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline_cmd.add_parser(sub)
     bag_cmds.add_parsers(sub)
     report_cmd.add_parsers(sub)
+    view_cmd.add_parser(sub)
     return parser
 
 

@@ -53,6 +53,8 @@ def add_parser(sub) -> None:
                    help="override a node parameter, e.g. sac_sensor.preset=ultrafast "
                         "(repeatable)")
     p.add_argument("--no-perception", action="store_true", help="do not start perception nodes")
+    p.add_argument("--view", action="store_true", help="also start sac_view: every camera "
+                   "live in Foxglove over WebSocket (the config's sac_view port, 8765)")
     p.add_argument("--link-budget", metavar="MBPS|LINK",
                    help="with --source: the link the cameras share, in Mbit/s or by name "
                         "(100BASE-T1, 1000BASE-T1); default: the config's "
@@ -84,7 +86,8 @@ def run(args) -> int:
         layout.link_budget_mbps = parse_link_budget(args.link_budget)
     env = layout.environment()
     os.environ.update(env)  # this process's listener uses the same transports
-    specs = pipeline_nodes(layout, args.input_topic, args.model, video_source=bool(args.source))
+    specs = pipeline_nodes(layout, args.input_topic, args.model, video_source=bool(args.source),
+                           view=args.view)
     if args.source:  # the sensors prepare for the frames they will get (a -p can override)
         width, height = args.size or source_size(args.source)
         for spec in specs:
