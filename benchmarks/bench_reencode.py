@@ -8,7 +8,8 @@ RGB) and the re-encode of its output (``Reencoder.encode``: RGB -> I420, x264 at
 ``--crf``) are timed back to back, so both meet the same machine load. Printed per
 frame: wall ms and process CPU ms (every thread of the process) of each, and the
 re-encode as a ratio to the ECU's decode + recombine. The re-encoded stream's size and
-its PSNR against the reconstruction it was made from are printed beside them.
+its PSNR against the reconstruction it was made from are printed beside them, and the
+sensor's dual_crf packets' size (both streams: what crosses the link).
 
 Last, what the video out costs a node per frame while nobody subscribes: the
 subscription-count check ``VideoPublisher.offer`` makes before anything else (rclpy).
@@ -126,7 +127,8 @@ def main() -> None:
     print(f"sensor dual_crf x264 veryfast 23/32 GOP {args.gop}; re-encode x264 {args.preset} "
           f"CRF {args.crf:g}; {args.frames} frames; mean ms per frame (wall / process CPU)")
     print(f"{'size':>9} {'clip':<16} {'ECU decode+select':>18} {'re-encode':>14} "
-          f"{'ratio wall':>10} {'ratio CPU':>9} {'kB/frame':>8} {'PSNR dB':>7}")
+          f"{'ratio wall':>10} {'ratio CPU':>9} {'kB/frame':>8} {'PSNR dB':>7} "
+          f"{'link kB/frame':>13}")
     for size in args.sizes:
         width, height = (int(v) for v in size.lower().split("x"))
         for clip in args.clips:
@@ -136,7 +138,8 @@ def main() -> None:
             r = measure(packets, args.crf, args.preset)
             print(f"{size:>9} {clip:<16} {r['ecu_wall']:8.1f} / {r['ecu_cpu']:6.1f}  "
                   f"{r['re_wall']:6.1f} / {r['re_cpu']:5.1f} {r['re_wall'] / r['ecu_wall']:10.2f} "
-                  f"{r['re_cpu'] / r['ecu_cpu']:9.2f} {r['kb']:8.1f} {r['psnr']:7.2f}")
+                  f"{r['re_cpu'] / r['ecu_cpu']:9.2f} {r['kb']:8.1f} {r['psnr']:7.2f} "
+                  f"{statistics.mean(p.num_bytes for p in packets) / 1e3:13.1f}")
     print(f"video out without subscribers: {idle_check_us():.2f} us per frame "
           "(the subscription-count check; no message built, nothing encoded)")
 
