@@ -220,3 +220,36 @@ def test_task_frames_must_be_a_positive_whole_number(tmp_path):
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(SacError, match="eval.task_frames"):
         load_core_config(path)
+
+
+def test_sac_reproduce_reports_the_task_bd_rate_against_the_labels(tmp_path, capsys):
+    """`sac reproduce --model`: task curves summed over two Cityscapes snippets, scored on
+    the labelled frames against the labels. The uniform CRF 23 and SA 18/27 points equal
+    Table IV's figures of the same runs, measured by the other path (reproduce._segment)."""
+    from bags_fixtures import make_cityscapes, tiny_segmenter
+
+    root = tmp_path / "cityscapes"
+    make_cityscapes(root, [("train", "aachen", 0, 0, 5, {3}), ("val", "bonn", 2, 10, 4, {1})])
+    out = tmp_path / "out"
+    code = main([str(a) for a in ("reproduce", "--cityscapes", root, "--size", "native",
+                                  "--model", tiny_segmenter(tmp_path / "rule.onnx"),
+                                  "--codecs", "h264", "--preset", "ultrafast", "--out", out,
+                                  "--no-progress")])
+    stdout = capsys.readouterr().out
+    assert code == 0
+    result = json.loads((out / "results.json").read_text())
+    entries = {(e["mode"], e["delta"]): e for e in result["task_bd_rate"]}
+    assert set(entries) == {("dual_crf", 5.0), ("dual_crf", 9.0), ("roi_qp", 4.6)}
+    assert all(e["reference"] == "labels" and e["frames_scored"] == 2
+               for e in entries.values())
+    rows = {r["method"]: r for r in result["rows"]}
+    uniform = {round(p["kb_per_frame"], 6): p for p in result["task_points"]["h264 uniform 0"]}
+    row = rows["H.264 crf 23"]
+    point = uniform[round(row["kb_per_frame"], 6)]
+    assert point["task_roi_iiou"] == pytest.approx(row["iiou_vs_labels"], abs=1e-12)
+    assert point["task_miou"] == pytest.approx(row["miou_vs_labels"], abs=1e-12)
+    sa = rows["SA-X264 18/27"]
+    first = result["task_points"]["h264 dual_crf 9"][0]          # CRF 18 / 27
+    assert first["kb_per_frame"] == pytest.approx(sa["kb_per_frame"])
+    assert first["task_roi_iiou"] == pytest.approx(sa["iiou_vs_labels"], abs=1e-12)
+    assert "Task BD-rate against uniform" in stdout and "roi_qp offset +4.6" in stdout

@@ -26,7 +26,7 @@ from sac_ros.eval.equal_bytes import (
 from sac_ros.eval.masks import clip_blocks
 from sac_ros.eval.rate import BAND, rate_clip_gop, run_rate_control, write_json
 from sac_ros.eval.tables import text_table
-from sac_ros.eval.task import clip_meter
+from sac_ros.eval.task import clip_meter, task_line
 
 TABLE_COLUMNS = (
     ("method", "Method", "{}"), ("c_roi", "C_roi", "{:g}"), ("c_non", "C_non", "{:g}"),
@@ -227,7 +227,7 @@ def _print_equal_bytes(result: EqualBytesResult, document: dict, args, out: Path
     if result.task is not None:
         print(_task_header(result.task))
         for bd in result.task_bd_rates:
-            print(_task_line(bd))
+            print(task_line(bd.__dict__))
     print("Boundary 'flash' (pixels within 8 px of the ROI edge off by > 40 levels):")
     for r in records:
         flash = r["flash_fraction"]
@@ -262,15 +262,6 @@ def _task_header(task: dict) -> str:
             f"fewer bytes): {task['perception_model']} on {task['frames_scored']} frames of "
             f"each run, against {against}; mIoU over {task['miou_over']}; with the accuracy "
             "change at equal bytes:")
-
-
-def _task_line(bd) -> str:
-    name = "dCRF" if bd.mode == "dual_crf" else "roi_qp offset"
-    pct = lambda v: "-" if v is None else f"{v:+.1f}%"  # noqa: E731
-    gap = lambda v: "-" if v is None else f"{v:+.4f}"  # noqa: E731
-    return (f"  {bd.codec} {name} +{bd.delta:g}: mIoU {pct(bd.task_bd_rate_miou_pct)} "
-            f"(mIoU {gap(bd.bd_miou)}), ROI iIoU {pct(bd.task_bd_rate_roi_iiou_pct)} "
-            f"(ROI iIoU {gap(bd.bd_roi_iiou)})")
 
 
 def _rate_control(args, cfg, clip, settings, blocks, mask: str, plan: EqualBytesPlan,

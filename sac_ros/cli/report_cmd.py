@@ -61,8 +61,8 @@ def _add_reproduce(sub) -> None:
                    "default: both")
     p.add_argument("--mask", default="labels", choices=("labels", "model"),
                    help="ROI masks from the ground-truth labels (default) or the segmenter")
-    p.add_argument("--model", help="segmenter for Table IV (and --mask model): default or a "
-                   "path; without it Table IV is not measured")
+    p.add_argument("--model", help="segmenter for Table IV, the task BD-rate (and --mask "
+                   "model): default or a path; without it neither is measured")
     p.add_argument("--frames-per-sequence", type=int, help="use only the first N frames of "
                    "each sequence")
     p.add_argument("--max-sequences", type=int, help="use at most N sequences")
@@ -137,7 +137,8 @@ def run_reproduce(args) -> int:
                                tuple(dict.fromkeys(canonical_codec(c) for c in args.codecs)),
                                args.mask, args.model,
                                args.frames_per_sequence, args.max_sequences, out=args.out,
-                               paper=paper_crfs(cfg))
+                               paper=paper_crfs(cfg), task_deltas=cfg.eval.delta_crfs,
+                               task_offsets=cfg.eval.roi_qp_offsets)
     check_results_folder(args.out, args.overwrite)
     bar = Progress("sac reproduce", "frame", disable=args.no_progress)
     try:

@@ -13,7 +13,11 @@ For every sequence of the dataset (a Cityscapes snippet, a KITTI-STEP sequence):
    from are config ``eval.paper_pairs`` / ``eval.uniform_reference``);
 4. with a segmenter, Table IV: the network on the decoded frames that have labels, against
    the labels (ROI / non-ROI mIoU, iIoU = IoU of the ROI) and against its own output on
-   the original frames.
+   the original frames;
+5. with a segmenter, the task BD-rate (``eval/task.py``): uniform at Table II's uniform
+   CRFs against dual_crf at each ``eval.delta_crfs`` and roi_qp at each
+   ``eval.roi_qp_offsets`` over the same CRFs, accuracy on the labelled frames against
+   the labels, summed over sequences.
 
 Figures are frame-weighted means over sequences; bytes are totals. Every number is
 printed beside the paper's.
@@ -48,6 +52,7 @@ from sac_ros.eval.tables import (
     paper_row,
     text_table,
 )
+from sac_ros.eval.task import TaskCurves, TaskMeter, task_line
 
 PAPER_RATIO = {"h264": 250, "hevc": 375}     # "around 1:250 and 1:375" (seed 001, IV.D)
 LABEL_MAPS = {"cityscapes": "cityscapes_label_ids", "kitti_step": "kitti_step"}
@@ -87,6 +92,8 @@ class ReproduceOptions:
     tolerance: float = 0.01
     out: str = "sac_reproduce_out"
     paper: PaperCrfs = field(default_factory=_default_paper_crfs)
+    task_deltas: tuple[float, ...] = ()             # task BD-rate curves (with a segmenter)
+    task_offsets: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -213,7 +220,8 @@ def reproduce(options: ReproduceOptions, settings, progress: Callable[[int], Non
         raise SacError("--mask model needs a segmentation model (--model default or a path)")
     experiment = _Experiment(options, settings, progress, segmenter)
     if on_total is not None:
-        on_total(planned_frames(source, options, len(experiment.configs)))
+        on_total(planned_frames(source, options, len(experiment.configs)
+                                + len(experiment.task_runs())))
     sequences = []
     try:
         for seq, frames, labels in _load_sequences(source, options):
@@ -235,6 +243,9 @@ def reproduce(options: ReproduceOptions, settings, progress: Callable[[int], Non
               "mask": options.mask, "segmenter": getattr(segmenter, "name", None),
               "preset": settings.preset, "gop": settings.gop, "sequences": sequences,
               "frames": sum(s["frames"] for s in sequences), "rows": rows, "notes": notes}
+    if experiment.task is not None:
+        result["task_bd_rate"] = [bd.__dict__ for bd in experiment.task.bd_rates()]
+        result["task_points"] = experiment.task.document()
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
     text = format_reproduction(result, options.paper)
@@ -267,6 +278,27 @@ class _Experiment:
             self.acc[(codec, "matched")] = _Accumulator(
                 codec, "uniform", float("nan"), float("nan"),
                 f"{'H.264' if codec == 'h264' else 'H.265'} (= size of SA-{label} {roi:g}/{non:g})")
+        self.task = None
+        if segmenter is not None:
+            anchors = {codec: sorted({c for k, c, n in TABLE_II_ROWS if k == codec and c == n})
+                       for codec in options.codecs}
+            self.task = TaskCurves(anchors, options.task_deltas, options.task_offsets)
+
+    def task_runs(self) -> list:
+        return self.task.runs() if self.task is not None else []
+
+    def _task_sequence(self, coder: ClipCoder, frames, labels: dict, seg_frames) -> None:
+        """The task curves' points on this sequence: every labelled frame, against its
+        labels."""
+        truth = {i: roi_pixels(labels[i], self.class_map) for i in seg_frames}
+        meter = TaskMeter(self.segmenter, frames, seg_frames, labels=truth)
+        for curve, c_roi, c_non in self.task.runs():
+            codec, mode, _ = curve
+            run = coder.run(codec, mode, c_roi, c_non, capture=seg_frames)
+            score = meter.start()
+            for index, rgb in run.captured.items():
+                score.add(index, rgb)
+            self.task.add(curve, c_roi, run.total_bytes, run.frames, score)
 
     def sequence(self, name: str, frames: list[np.ndarray], labels: dict) -> None:
         segmenter = self.segmenter
@@ -295,6 +327,8 @@ class _Experiment:
             run = self.coder_run(coder, codec, "uniform", match.crf, match.crf, seg_frames)
             self.acc[(codec, "matched")].add(run)
             score(self.acc[(codec, "matched")], run)
+        if self.task is not None and seg_frames:
+            self._task_sequence(coder, frames, labels, seg_frames)
 
     @staticmethod
     def coder_run(coder: ClipCoder, codec: str, mode: str, c_roi, c_non, capture) -> RunResult:
@@ -376,6 +410,11 @@ def format_reproduction(result: dict, paper: PaperCrfs) -> str:
     lines += _equal_bytes_lines(result["rows"], paper)
     lines += ["", "Segmentation: ours beside seed 001 Table IV (Cityscapes), %:"]
     lines += _segmentation_lines(result)
+    if result.get("task_bd_rate"):
+        lines += ["", "Task BD-rate against uniform (bytes at equal segmentation accuracy on "
+                  "the labelled frames, against the labels; negative = fewer bytes), with "
+                  "the accuracy change at equal bytes:"]
+        lines += [task_line(bd) for bd in result["task_bd_rate"]]
     for note in result["notes"]:
         lines.append(f"note: {note}")
     return "\n".join(lines)

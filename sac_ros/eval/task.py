@@ -204,3 +204,92 @@ def clip_meter(clip, model: str, wanted: int | None, mask_cfg, labels: str | Non
         references = {i: source.roi_pixels(i, clip.frames[i], clip.names[i])
                       for i in scored_indexes(len(clip.frames), wanted)}
     return open_meter(model, clip.frames, wanted, mask_cfg.non_roi_classes, references)
+
+
+@dataclass
+class TaskPoint:
+    """One RD point of task accuracy (``task_bd`` reads these three)."""
+
+    kb_per_frame: float
+    task_miou: float
+    task_roi_iiou: float
+
+
+@dataclass
+class _PointSums:
+    total_bytes: int = 0
+    frames: int = 0
+    score: TaskScore | None = None     # confusions summed over sequences
+
+
+class TaskCurves:
+    """Task RD curves summed over sequences (``sac reproduce``): per codec the uniform
+    anchor at ``crfs``, dual_crf at each dCRF and roi_qp at each offset over the same
+    CRFs; bytes are totals, accuracies come from the summed confusions."""
+
+    def __init__(self, crfs: Mapping[str, Sequence[float]], deltas: Sequence[float],
+                 offsets: Mapping[str, Sequence[float]]):
+        self.crfs = {codec: [float(c) for c in values] for codec, values in crfs.items()}
+        self.curves = [(codec, "uniform", 0.0) for codec in self.crfs]
+        self.curves += [(codec, "dual_crf", float(d)) for codec in self.crfs for d in deltas]
+        self.curves += [(codec, "roi_qp", float(o)) for codec in self.crfs
+                        for o in offsets.get(codec, [])]
+        self._sums: dict[tuple, _PointSums] = {}
+        self.reference = "labels"
+
+    def runs(self) -> list[tuple[tuple[str, str, float], float, float]]:
+        """Every point to code: (curve, ROI CRF, non-ROI CRF)."""
+        return [(curve, crf, min(crf + curve[2], 51.0))
+                for curve in self.curves for crf in self.crfs[curve[0]]]
+
+    def add(self, curve: tuple[str, str, float], crf: float, total_bytes: int, frames: int,
+            score: TaskScore) -> None:
+        sums = self._sums.setdefault((curve, crf), _PointSums())
+        sums.total_bytes += total_bytes
+        sums.frames += frames
+        self.reference = score.meter.reference
+        if sums.score is None:
+            sums.score = TaskScore(score.meter)
+        sums.score.roi += score.roi
+        sums.score.classes += score.classes
+        sums.score.frames += score.frames
+
+    def points(self, curve: tuple[str, str, float]) -> list[TaskPoint]:
+        points = []
+        for crf in self.crfs[curve[0]]:
+            sums = self._sums.get((curve, crf))
+            if sums is None or not sums.frames:
+                continue
+            points.append(TaskPoint(sums.total_bytes / sums.frames / 1000.0,
+                                    *sums.score.accuracy()))
+        return points
+
+    def bd_rates(self) -> list[TaskBd]:
+        """Every SAC curve against its codec's uniform curve."""
+        results = []
+        for codec, mode, delta in self.curves:
+            if mode == "uniform":
+                continue
+            scored = sum(s.score.frames for (curve, _), s in self._sums.items()
+                         if curve == (codec, mode, delta))
+            scored //= max(1, len(self.crfs[codec]))
+            results.append(task_bd(self.points((codec, "uniform", 0.0)),
+                                   self.points((codec, mode, delta)), codec, delta, mode,
+                                   self.reference, scored))
+        return results
+
+    def document(self) -> dict:
+        """The JSON's task points: per curve, (kB/frame, mIoU, ROI iIoU) by CRF."""
+        return {f"{codec} {mode} {delta:g}": [p.__dict__ for p in self.points(
+            (codec, mode, delta))] for codec, mode, delta in self.curves}
+
+
+def task_line(bd: Mapping) -> str:
+    """One printed line of a ``TaskBd`` (as its JSON dict), with why a figure is missing."""
+    name = "dCRF" if bd["mode"] == "dual_crf" else "roi_qp offset"
+    pct = lambda v: "-" if v is None else f"{v:+.1f}%"  # noqa: E731
+    gap = lambda v: "-" if v is None else f"{v:+.4f}"  # noqa: E731
+    line = (f"  {bd['codec']} {name} +{bd['delta']:g}: mIoU {pct(bd['task_bd_rate_miou_pct'])} "
+            f"(mIoU {gap(bd['bd_miou'])}), ROI iIoU {pct(bd['task_bd_rate_roi_iiou_pct'])} "
+            f"(ROI iIoU {gap(bd['bd_roi_iiou'])})")
+    return line + "".join(f"; {note}" for note in bd.get("notes") or ())
