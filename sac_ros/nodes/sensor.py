@@ -46,7 +46,9 @@ from sac_ros.nodes.common import (
 )
 from sac_ros.nodes.diagnostics import Diagnostics, declare_diagnostics
 from sac_ros.nodes.messages import image_to_rgb, packet_to_msg, rgb_to_image
+from sac_ros.nodes.task_coding import TaskCoding, declare_task_coding
 from sac_ros.nodes.video import VideoPublisher, declare_sensor_video
+from sac_ros.segmentation.propagation import PropagatingSegmenter
 
 
 def polygon_parameter(points) -> list[float]:
@@ -96,7 +98,8 @@ class SensorNode(Node):
         self.get_logger().info(
             f"{self.mode} {self.settings.codec} {start.preset} {rate}, mask from "
             f"{self.mask_source}; "
-            f"{self.input_topic} -> {self.packet_topic}")
+            + (f"{self.task.describe()}; " if self.task.describe() else "")
+            + f"{self.input_topic} -> {self.packet_topic}")
 
     def _declare_parameters(self) -> SimpleNamespace:
         """Declare every parameter; the read-only start-up ones are returned."""
@@ -138,6 +141,11 @@ class SensorNode(Node):
                   "(shipped ONNX) or a .onnx / .engine / .pt path.", read_only=True)
         backend = d("backend", "auto", "Segmentation backend.", read_only=True,
                     choices=("auto", "onnxruntime", "tensorrt", "torch"))
+        segment_every = d("segment_every", core.mask.segment_every, "mask_source model: "
+                          "segment every N-th frame and every key frame; in between the block "
+                          "mask is carried along the block motion (1 = every frame). Default: "
+                          "config/sac.yaml mask.segment_every.", low=1, high=1000,
+                          read_only=True)
         self.publish_mask = d("publish_mask", False, "Also publish the block mask as mono8.")
         reliability = d("qos_reliability", "reliable", "QoS of all topics (sensor_data: ROS's "
                         "profile, best effort, depth 5 at most).", choices=QOS_CHOICES,
@@ -154,9 +162,11 @@ class SensorNode(Node):
                   high=1000, read_only=True)
         non_roi = declare_int_list(self, "non_roi_classes", "Non-ROI class ids of the model's "
                                    "class map; unset = the papers' defaults for that map.")
-        return SimpleNamespace(
+        task = declare_task_coding(self, core)  # nonroi_filter(_strength), class_qp
+        return SimpleNamespace(task=task,
             preset=preset, gop=gop, threads=threads, fps=fps, aq_mode=aq_mode, polygon=polygon,
             ratecontrol=core.ratecontrol, model=model, backend=backend, non_roi=non_roi,
+            segment_every=segment_every, hysteresis_frames=core.mask.hysteresis_frames,
             reliability=reliability, input_depth=input_depth, frame_size=frame_size, depth=depth)
 
     def _set_up_coding(self, start: SimpleNamespace) -> None:
@@ -165,8 +175,14 @@ class SensorNode(Node):
                                         start.fps, None if start.aq_mode < 0 else start.aq_mode)
         self.mask = PolygonMaskSource(polygon_points(start.polygon))
         self.segmenter = None
+        self.task = TaskCoding(start.task, self.mode, self.mask_source)
         if self.mask_source == "model":
-            self.segmenter = open_segmenter(start.model, start.backend, start.non_roi)
+            # Key frames and every segment_every-th frame segmented, the mask carried in
+            # between; the config's hysteresis on every frame's mask.
+            self.segmenter = PropagatingSegmenter(
+                self.task.tap(open_segmenter(start.model, start.backend, start.non_roi)),
+                start.segment_every,
+                start.hysteresis_frames)
         self.encoder: SacEncoder | None = None
         self.rate = None
         self._rate_section = start.ratecontrol if self.target_bitrate else None
@@ -239,11 +255,11 @@ class SensorNode(Node):
             self._prepare(width, height)
         start = time.perf_counter()
         if self.segmenter is not None:
-            blocks = self.segmenter.block_roi(rgb)
+            blocks = self.segmenter.block_roi(rgb, key_frame=self.encoder.next_is_key)
         else:
             blocks = self._static_blocks
         segmentation_ms = (time.perf_counter() - start) * 1e3
-        packet = self.encoder.encode(rgb, blocks)
+        packet = self.encoder.encode(rgb, blocks, self.task.offsets(rgb, blocks))
         packet.segmentation_ms = segmentation_ms
         if self.rate is not None:
             self._control_rate(packet)
@@ -271,7 +287,7 @@ class SensorNode(Node):
         if self.encoder is not None:
             self.encoder.close()
         self.encoder = SacEncoder(width, height, self.roi_crf, self.non_roi_crf, self.settings,
-                                  self.mode)
+                                  self.mode, prefilter=self.task.prefilter)
         if self._rate_section is not None:
             self.rate = rate_controller(self._rate_section, self.target_bitrate,
                                         self.settings.fps, self.settings.gop, self.mode, width,
@@ -286,6 +302,7 @@ class SensorNode(Node):
             start = time.perf_counter()
             for _ in range(2):
                 self.segmenter.block_roi(grey)
+            self.segmenter.reset()  # the grey frames are no history to carry
             self.get_logger().info(f"segmenter warmed up for {width}x{height} in "
                                    f"{(time.perf_counter() - start) * 1e3:.0f} ms")
 
