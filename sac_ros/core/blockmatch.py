@@ -4,14 +4,15 @@ Between two full segmentations the sensor moves its 16x16 ROI block mask with th
 picture instead of running the network. The motion comes from block matching on
 downscaled luma, two levels:
 
-- coarse: luma at 1/8 size, one vector per macroblock (a 2x2 cell, matched over a 4x4
-  window around it) in a +-``search`` step range (+-16 full-size pixels at the default 2);
-- fine: luma at 1/4 size, the coarse vector doubled and refined by +-1 step (4 full-size
-  pixels), matched over an 8x8 window (the block and 2 pixels around it).
+- coarse: luma at 1/8 size, one vector per macroblock (a 2x2 cell), every candidate in
+  +-``search`` steps (+-16 full-size pixels at the default 2) scored over the 5x5 blocks
+  around it, on the whole frame at once; then a 3x3 median of the vector field;
+- fine: luma at 1/4 size, the coarse vector doubled and refined by +-2 steps (4 full-size
+  pixels a step), matched over the block and 2 pixels around it; only for the blocks a
+  move can change (near the ROI boundary, ``near_boundary``) when the caller says which.
 
-Both levels score every candidate for every block at once (sum of absolute differences
-of the shifted image, summed per window), a small penalty per step of motion prefers the
-still candidate in flat areas, and a 3x3 median of the vector field removes lone outliers.
+Scores are sums of absolute differences; a small penalty per step of motion keeps flat,
+ambiguous blocks still.
 
 The mask is carried at 1/4 size (4x4 cells per macroblock): each cell takes the value of
 the cell its block's vector points to in the previous frame, so motion of less than a
@@ -31,7 +32,8 @@ from sac_ros.core.mask import BLOCK_SIZE, block_grid
 
 FINE_SCALE = 4       # the fine level works on luma at 1/4 size
 COARSE_SCALE = 8     # the coarse level at 1/8 size
-MOTION_PENALTY = 1.0  # SAD per window pixel added per step of motion: unsure blocks stay still
+REFINE_RADIUS = 2     # the fine level's search around the doubled coarse vector
+MOTION_PENALTY = 0.25  # SAD per window pixel added per step of motion: unsure blocks stay still
 
 
 def small_luma(rgb: np.ndarray, rows: int, cols: int, block_size: int = BLOCK_SIZE) -> np.ndarray:
@@ -75,11 +77,15 @@ def _window_costs(diffs: np.ndarray, cell: int, reach: int) -> np.ndarray:
     rows, cols = sums.shape[1:]
     if reach == 0:
         return sums
-    padded = np.pad(sums, ((0, 0), (reach, reach), (reach, reach)), mode="edge")
-    total = np.zeros_like(sums)
-    for dy in range(2 * reach + 1):
-        for dx in range(2 * reach + 1):
-            total += padded[:, dy:dy + rows, dx:dx + cols]
+    # a box sum is separable: along the rows, then along the columns
+    padded = np.pad(sums, ((0, 0), (reach, reach), (0, 0)), mode="edge")
+    across = padded[:, :rows].copy()
+    for dy in range(1, 2 * reach + 1):
+        across += padded[:, dy:dy + rows]
+    padded = np.pad(across, ((0, 0), (0, 0), (reach, reach)), mode="edge")
+    total = padded[:, :, :cols].copy()
+    for dx in range(1, 2 * reach + 1):
+        total += padded[:, :, dx:dx + cols]
     return total
 
 
@@ -96,36 +102,38 @@ def _choose(costs: np.ndarray, vectors: np.ndarray, window_pixels: int) -> np.nd
 
 def _coarse_search(current: np.ndarray, previous: np.ndarray, cell: int,
                    search: int) -> np.ndarray:
-    """Every vector in +-search for every block of ``cell`` pixels, matched over the block
-    and its 8 neighbours: (rows, cols, 2)."""
+    """Every vector in +-search for every block of ``cell`` pixels, matched over the 5x5
+    blocks around it (the coarse image is smooth: small windows match it badly);
+    (rows, cols, 2)."""
     height, width = current.shape
     shifted = sliding_window_view(np.pad(previous, search, mode="edge"), (height, width))
     side = 2 * search + 1
     diffs = np.abs(shifted.reshape(side * side, height, width) - current)
     steps = np.arange(-search, search + 1)
     vectors = np.stack(np.meshgrid(steps, steps, indexing="ij"), axis=-1).reshape(-1, 2)
-    return _choose(_window_costs(diffs, cell, 1), vectors, (3 * cell) ** 2)
+    return _choose(_window_costs(diffs, cell, 2), vectors, (5 * cell) ** 2)
 
 
 def _refine(current: np.ndarray, previous: np.ndarray, base: np.ndarray, cell: int,
-            rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """The base vectors of the blocks at (rows, cols) refined by +-1 pixel each way: the
-    best of the 9, matched over the block and 2 pixels around it. (n, 2)."""
+            rows: np.ndarray, cols: np.ndarray, radius: int = REFINE_RADIUS) -> np.ndarray:
+    """The base vectors of the blocks at (rows, cols) refined by +-radius pixels each way,
+    matched over the block and 2 pixels around it. (n, 2)."""
     margin = 2
     window = cell + 2 * margin
     base = base[rows, cols]
-    reach = int(np.abs(base).max(initial=0)) + 1 + margin
+    reach = int(np.abs(base).max(initial=0)) + radius + margin
     top, left = rows * cell, cols * cell
     mine = sliding_window_view(np.pad(current, margin, mode="edge"),
                                (window, window))[top, left]               # n x w x w
-    theirs = sliding_window_view(np.pad(previous, reach, mode="edge"),
-                                 (window + 2, window + 2))
-    theirs = theirs[top + reach - margin - 1 + base[:, 0],
-                    left + reach - margin - 1 + base[:, 1]]               # n x (w+2)^2
-    steps = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
-    costs = np.stack([np.abs(theirs[:, 1 + dy:1 + dy + window, 1 + dx:1 + dx + window] - mine)
-                      .sum(axis=(1, 2)) for dy, dx in steps])             # 9 x n
-    vectors = base[None] + np.array(steps)[:, None, :]                    # 9 x n x 2
+    side = window + 2 * radius
+    theirs = sliding_window_view(np.pad(previous, reach, mode="edge"), (side, side))
+    theirs = theirs[top + reach - margin - radius + base[:, 0],
+                    left + reach - margin - radius + base[:, 1]]          # n x side x side
+    steps = [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)]
+    costs = np.stack([np.abs(theirs[:, radius + dy:radius + dy + window,
+                                    radius + dx:radius + dx + window] - mine).sum(axis=(1, 2))
+                      for dy, dx in steps])                               # k x n
+    vectors = base[None] + np.array(steps)[:, None, :]                    # k x n x 2
     costs += (MOTION_PENALTY * window * window) * np.abs(vectors).sum(axis=-1)
     return vectors[costs.argmin(axis=0), np.arange(len(rows))]
 
