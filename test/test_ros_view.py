@@ -180,10 +180,16 @@ def test_view_serves_frames_video_and_stats_to_a_websocket_client(ros):
             bad = ros.image(frame(0))
             bad.data = bytes(100)
             feed.images.publish(bad)
+            feed.videos.publish(CompressedVideoMsg(timestamp=bad.header.stamp, data=b"GIF89a",
+                                                   format="gif"))
             feed.send()
 
-        client.pump(lambda: json.loads(got[VIEW_STATS_CHANNEL][-1])["drops"].get(
-            "bad_image", 0) >= 1, 30.0, "bad_image in the view's stats", between=send_bad)
+        def counted() -> bool:
+            drops = json.loads(got[VIEW_STATS_CHANNEL][-1])["drops"]
+            return drops.get("bad_image", 0) >= 1 and drops.get("bad_video", 0) >= 1
+
+        client.pump(counted, 30.0, "bad_image and bad_video in the view's stats",
+                    between=send_bad)
         count = len(got[feed.recon])
         client.pump(lambda: len(got[feed.recon]) > count, 20.0, "frames after the bad one",
                     between=feed.send)
@@ -336,13 +342,15 @@ def test_rate_gate_and_overlay():
         shown.append(gate.allow("/front/sac/image"))
     assert sum(shown) == 10 and shown[:4] == [True, False, False, True]
     assert gate.allow("/rear/sac/image")  # per channel
-    rgb = np.full((4, 4, 3), 200, np.uint8)
-    mask = np.zeros((4, 4), bool)
-    mask[:2] = True
-    out = roi_overlay(rgb, mask)
-    assert (out[:2] == 200).all() and (out[2:] == [190, 100, 190]).all()
+    # 3 x 4 blocks of 4 px, the last row and column partial: ROI where True.
+    rgb = np.full((10, 14, 3), 200, np.uint8)
+    blocks = np.array([[1, 0, 0, 1], [0, 1, 1, 0], [1, 1, 0, 0]], bool)
+    out = roi_overlay(rgb, blocks, block_size=4)
+    pixels = expand_blocks(blocks, 10, 14, 4).astype(bool)
+    assert (out[pixels] == 200).all() and (out[~pixels] == [190, 100, 190]).all()
+    assert (rgb == 200).all()  # a copy
     with pytest.raises(ValueError, match="does not match"):
-        roi_overlay(rgb, mask[:3])
+        roi_overlay(rgb, blocks[:2], block_size=4)
 
 
 def test_sac_view_serves_the_cameras_it_is_given(ros, tmp_path):

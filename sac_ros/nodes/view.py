@@ -20,7 +20,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 
 from sac_ros.core.errors import PacketError, SacError
-from sac_ros.core.mask import expand_blocks, unpack_blocks
+from sac_ros.core.mask import unpack_blocks
 from sac_ros.core.stamps import BoundedStampMap
 from sac_ros.core.wire import packet_from_msg, stamp_ns
 from sac_ros.msg import PerceptionStats, SacStats
@@ -143,18 +143,23 @@ class ViewNode(Node):
             if topic in self._subs:
                 continue
             if kind == VIDEO:
-                self._subs[topic] = self.create_subscription(
-                    _video_type(), topic, lambda m, t=topic: self._on_video(t, m),
-                    self._image_qos)
+                msg_type, handler = _video_type(), self._on_video
             elif kind == PACKETS:
-                self._subs[topic] = self.create_subscription(
-                    SacPacketMsg, topic, lambda m, t=topic: self._on_packet(t, m),
-                    self._image_qos)
+                msg_type, handler = SacPacketMsg, self._on_packet
             else:
-                self._subs[topic] = self.create_subscription(
-                    Image, topic, lambda m, t=topic: self._on_image(t, m), self._image_qos)
+                msg_type, handler = Image, self._on_image
+            self._subs[topic] = self.create_subscription(
+                msg_type, topic, lambda m, t=topic, h=handler: self._guarded(h, t, m),
+                self._image_qos)
 
     # ------------------------------------------------------------ callbacks
+    def _guarded(self, handler, topic: str, msg) -> None:
+        """A callback that raises would stop the executor, and the view with it."""
+        try:
+            handler(topic, msg)
+        except Exception as exc:  # noqa: BLE001 - nothing in a message may stop the view
+            self._drop("bad_message", f"{topic}: {exc!r}")
+
     def _on_stats(self, spec: ChannelSpec, msg) -> None:
         try:
             self.channels[spec.topic].log(stats_json(msg))
@@ -188,8 +193,8 @@ class ViewNode(Node):
         if raw is None:
             self.drops["overlay_without_frame"] += 1
         elif self._allowed(spec):
-            self.worker.put(spec.topic, lambda: self._log_jpeg(
-                spec, roi_overlay(image_to_rgb(raw), _pixel_mask(packet)), raw.header))
+            self.worker.put(spec.topic, lambda: self._log_jpeg(spec, roi_overlay(
+                image_to_rgb(raw), _blocks(packet), packet.block_size), raw.header))
 
     def _allowed(self, spec: ChannelSpec) -> bool:
         if self.gate.allow(spec.topic):
@@ -240,10 +245,9 @@ class ViewNode(Node):
             server.stop()
 
 
-def _pixel_mask(packet):
-    """The packet's ROI blocks as a pixel mask of the frame (True = ROI)."""
-    blocks = unpack_blocks(packet.roi_mask, packet.block_rows, packet.block_cols)
-    return expand_blocks(blocks, packet.height, packet.width, packet.block_size).astype(bool)
+def _blocks(packet):
+    """The packet's block mask (True = ROI)."""
+    return unpack_blocks(packet.roi_mask, packet.block_rows, packet.block_cols).astype(bool)
 
 
 def main(args=None) -> int:
