@@ -197,7 +197,8 @@ def _record_parser(sub) -> None:
     p.add_argument("--topics", nargs="+", default=[], help="topics to record")
     p.add_argument("--camera", action="append", default=[], metavar="NAMESPACE",
                    help="record a pipeline camera's topics: image_raw, labels, camera_info, "
-                        "sac/packets, sac/image and the stats (repeatable)")
+                        "sac/packets, sac/image, sac/video (CompressedVideo, when a node "
+                        "offers it) and the stats (repeatable)")
     p.add_argument("--input-topic", default=INPUT_TOPIC,
                    help=f"with --camera: the camera image topic name (default {INPUT_TOPIC})")
     p.add_argument("--packet-topic", default=PACKET_TOPIC,
