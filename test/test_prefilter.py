@@ -145,3 +145,37 @@ def test_bad_prefilter_config_is_a_one_line_error(tmp_path, section, message):
     with pytest.raises(SacError, match=message):
         load_core_config(path)
     assert isinstance(load_core_config().prefilter, Prefilter)  # the shipped one loads
+
+
+def test_sac_eval_adds_the_task_coding_rows_at_the_pairs_bytes(clip, road_blocks):
+    """Issue 20 item 5, offline: beside dual_crf and roi_qp, `sac eval` codes dual_crf and
+    roi_qp with the pre-filter and roi_qp with class offsets, each at the SAC pair's bytes."""
+    from sac_ros.eval.coder import ClipCoder
+    from sac_ros.eval.equal_bytes import EqualBytesPlan, _task_coding_rows
+
+    frames = clip.frames[:4]
+    coder = ClipCoder(frames, [road_blocks] * 4, EncoderSettings(gop=4))
+    plan = EqualBytesPlan(codecs=("h264",), crf_sweep={"h264": [23, 27]}, delta_crfs=(9,),
+                          roi_qp_offsets={"h264": [6.0]}, uniform_crf={"h264": 23.0},
+                          pair={"h264": (22.0, 31.0)}, matched_roi_crf={"h264": 21.0},
+                          tolerance=0.02, prefilter=Prefilter("blur", 2.0))
+    pair = coder.run("h264", "dual_crf", 22.0, 31.0)
+    offsets = [np.where(road_blocks, 0.0, 12.0).astype(np.float32)] * 4
+    notes: list[str] = []
+    runs = _task_coding_rows(coder, "h264", plan, pair, 0, notes, offsets)
+    assert not notes, notes
+    assert [r.method.split("[")[1] for r in runs] == [
+        "blur sigma 2 px] (= size)", "blur sigma 2 px] (= size)", "classes] (= size)"]
+    assert [r.mode for r in runs] == ["dual_crf", "roi_qp", "roi_qp"]
+    for run in runs:
+        assert abs(run.size_match_error_pct) <= 2.0
+    # The pre-filtered dual_crf row spends what the background gave up on the ROI.
+    assert runs[0].roi_psnr > pair.roi_psnr and runs[0].non_roi_psnr < pair.non_roi_psnr
+    assert coder.prefilter is None and coder.class_offsets is None  # the sweeps run plain
+
+
+def test_sac_eval_class_qp_needs_a_segmenter(run_sac):
+    result = run_sac("eval", "sample", "--class-qp", "--frames", "2")
+    assert result.returncode != 0
+    assert "--class-qp goes with --model" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -16,6 +16,7 @@ from sac_ros.config import EVAL_CODEC_TABLES, CoreConfig, encoder_settings, load
 from sac_ros.core.codec import canonical_codec, check_crf
 from sac_ros.core.errors import SacError
 from sac_ros.core.io import load_clip
+from sac_ros.core.prefilter import NONROI_FILTERS, Prefilter
 from sac_ros.eval.coder import degenerate_roi
 from sac_ros.eval.equal_bytes import (
     EqualBytesPlan,
@@ -23,7 +24,7 @@ from sac_ros.eval.equal_bytes import (
     run_equal_bytes,
     write_results,
 )
-from sac_ros.eval.masks import clip_blocks
+from sac_ros.eval.masks import clip_blocks, clip_class_offsets
 from sac_ros.eval.rate import BAND, rate_clip_gop, run_rate_control, write_json
 from sac_ros.eval.tables import text_table
 from sac_ros.eval.task import clip_meter, task_line
@@ -89,7 +90,21 @@ def add_parser(sub) -> None:
                    "reconstruction over ROI overlay | error heatmap, at the clip's rate")
     p.add_argument("--no-progress", action="store_true",
                    help="hide the progress (a bar on a terminal, plain lines otherwise)")
+    _add_task_coding_options(p)
     p.set_defaults(func=run)
+
+
+def _add_task_coding_options(p) -> None:
+    """Issue 20's methods as extra equal-bytes rows (docs/task_aware_coding.md)."""
+    p.add_argument("--nonroi-filter", choices=NONROI_FILTERS,
+                   help="add dual_crf and roi_qp rows whose non-ROI blocks are low-passed "
+                   "first (default: config prefilter.nonroi_filter; none = no rows)")
+    p.add_argument("--nonroi-filter-strength", type=float, metavar="S",
+                   help="blur: Gaussian sigma in px; downscale: the factor (default: config)")
+    p.add_argument("--class-qp", action="store_true", default=None,
+                   help="with --model: add a roi_qp row with class-level QP offsets (config "
+                   "class_qp.offsets) at the SAC pair's bytes (default: config "
+                   "class_qp.enabled)")
 
 
 ROI_COLUMNS = ("roi_psnr", "sa_psnr_region", "sa_psnr_stream", "sa_ssim_region",
@@ -133,7 +148,10 @@ def _plan(args, cfg: CoreConfig, codecs: list[str]) -> EqualBytesPlan:
         pair={c: tuple(check_crf(x, "pair CRF") for x in (pair or ev.paper_pairs[c]))
               for c in codecs},
         matched_roi_crf={c: float(ev.matched_sac_roi_crf[c]) for c in codecs},
-        tolerance=ev.size_tolerance, block_size=cfg.mask.block_size, video=bool(args.video))
+        tolerance=ev.size_tolerance, block_size=cfg.mask.block_size, video=bool(args.video),
+        prefilter=Prefilter(args.nonroi_filter or cfg.prefilter.kind,
+                            cfg.prefilter.strength if args.nonroi_filter_strength is None
+                            else args.nonroi_filter_strength))
 
 
 def _options(args, cfg: CoreConfig) -> tuple[int, int, list[str]]:
@@ -145,6 +163,8 @@ def _options(args, cfg: CoreConfig) -> tuple[int, int, list[str]]:
         raise SacError("--roi-qp-offsets must be in (0, 51]")
     if args.model and args.labels:
         raise SacError("give either --model or --labels as the mask source, not both")
+    if args.class_qp and not args.model:
+        raise SacError("--class-qp goes with --model (its class maps give the offsets)")
     if args.segment_every is not None and not args.model:
         raise SacError("--segment-every goes with --model (a segmenter as the mask source)")
     if args.segment_every is not None and not 1 <= args.segment_every <= 1000:
@@ -190,8 +210,14 @@ def run(args) -> int:
             _input_line(clip, mask, settings, str(settings.gop), out)
             progress.stage("segmenting the original frames for the task BD-rate")
             task = _task_meter(args, cfg, clip)
+            class_offsets = None
+            # config class_qp.enabled: with a segmenter only (the polygon has no classes)
+            if args.class_qp or (args.class_qp is None and cfg.class_qp.enabled and args.model):
+                progress.stage("class maps for the class-level QP offsets")
+                class_offsets = clip_class_offsets(clip, args.model, cfg.class_qp.offsets,
+                                                   blocks)
             result = run_equal_bytes(clip, blocks, settings, plan, out, progress.update,
-                                     progress.stage, task)
+                                     progress.stage, task, class_offsets)
     finally:
         progress.close()
     if args.target_mbps:

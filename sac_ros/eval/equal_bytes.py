@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from sac_ros.core.codec import CODECS, EncoderSettings
 from sac_ros.core.errors import SacError
 from sac_ros.core.io import Clip
+from sac_ros.core.prefilter import Prefilter
+from sac_ros.core.ratematch import match_crf
 from sac_ros.eval.coder import (
     MATCH_ENCODES,
     BdResult,
@@ -51,6 +55,7 @@ class EqualBytesPlan:
     tolerance: float = 0.01
     block_size: int = 16
     video: bool = False                          # also write video_<codec>.mp4
+    prefilter: Prefilter | None = None           # issue 20: rows with the non-ROI pre-filter
 
     def frames_to_code(self, frames: int) -> int:
         """About how many frames the experiment codes (for progress): per codec the
@@ -91,9 +96,10 @@ class EqualBytesResult:
 
 def run_equal_bytes(clip: Clip, blocks, settings: EncoderSettings, plan: EqualBytesPlan,
                     out: Path, progress: Callable[[int], None] | None = None,
-                    stage: Stage | None = None, task: TaskMeter | None = None
-                    ) -> EqualBytesResult:
-    """Run the experiment on ``clip``; write ``rd_*.png`` and ``crop_*.png`` (and with
+                    stage: Stage | None = None, task: TaskMeter | None = None,
+                    class_offsets: Sequence[np.ndarray] | None = None) -> EqualBytesResult:
+    """Run the experiment on ``clip``; ``class_offsets`` (per frame, core/classqp.py) add a
+    class-level roi_qp row. Write ``rd_*.png`` and ``crop_*.png`` (and with
     ``plan.video`` ``video_*.mp4``) into ``out``. With ``task`` every run's reconstructions
     are segmented too: task BD-rates against uniform and ``task_rd_*.png``."""
     from sac_ros.eval import plots  # matplotlib: imported only when needed
@@ -115,7 +121,7 @@ def run_equal_bytes(clip: Clip, blocks, settings: EncoderSettings, plan: EqualBy
         video = _ClipVideo(out / f"video_{label}.mp4", clip, coder) if plan.video else None
         try:
             rows, equal_bytes = _equal_bytes_rows(coder, codec, plan, keep, result.notes,
-                                                  video.add if video else None)
+                                                  video.add if video else None, class_offsets)
         finally:
             if video:
                 video.close()
@@ -191,7 +197,8 @@ def _matched(run: RunResult, reference: RunResult) -> RunResult:
 
 
 def _equal_bytes_rows(coder: ClipCoder, codec: str, plan: EqualBytesPlan, keep: int,
-                      notes: list[str], on_frame=None) -> tuple[list[RunResult], list[RunResult]]:
+                      notes: list[str], on_frame=None,
+                      class_offsets=None) -> tuple[list[RunResult], list[RunResult]]:
     """(the table's rows, the runs at the SAC pair's bytes) of one codec; ``on_frame``
     sees the SAC pair's decoded frames."""
     ref_crf = plan.uniform_crf[codec]
@@ -219,6 +226,9 @@ def _equal_bytes_rows(coder: ClipCoder, codec: str, plan: EqualBytesPlan, keep: 
         except SacError as exc:
             notes.append(f"{codec}: no roi_qp run with offset {offset:+g} matches the SAC "
                          f"pair's size ({exc})")
+    for run in _task_coding_rows(coder, codec, plan, sac_pair, keep, notes, class_offsets):
+        rows.append(run)
+        equal_bytes.append(run)
     matched_roi = plan.matched_roi_crf[codec]
     try:
         rev = coder.match_non_roi(codec, matched_roi, uniform_ref.total_bytes, plan.tolerance,
@@ -229,6 +239,37 @@ def _equal_bytes_rows(coder: ClipCoder, codec: str, plan: EqualBytesPlan, keep: 
         notes.append(f"{codec}: no SAC run with ROI CRF {matched_roi:g} matches uniform "
                      f"CRF {ref_crf:g}'s size ({exc})")
     return rows, equal_bytes
+
+
+def _task_coding_rows(coder: ClipCoder, codec: str, plan: EqualBytesPlan, sac_pair: RunResult,
+                      keep: int, notes: list[str], class_offsets) -> list[RunResult]:
+    """Issue 20's methods at the SAC pair's bytes, base CRF matched with the pair's dCRF /
+    the first roi_qp offset kept: dual_crf and roi_qp with the non-ROI pre-filter; roi_qp
+    with the class-level offsets (absolute, from config: the offset is then unused)."""
+    prefilter = plan.prefilter if plan.prefilter is not None and plan.prefilter.active else None
+    offsets = plan.roi_qp_offsets[codec]
+    methods = []
+    if prefilter is not None:  # (mode, spread, pre-filter, class offsets)
+        methods.append(("dual_crf", plan.pair[codec][1] - plan.pair[codec][0], prefilter, None))
+        if offsets:
+            methods.append(("roi_qp", offsets[0], prefilter, None))
+    if offsets and class_offsets is not None:
+        methods.append(("roi_qp", offsets[0], None, class_offsets))
+    runs = []
+    for mode, spread, method_filter, per_frame in methods:
+        coder.prefilter, coder.class_offsets = method_filter, per_frame
+        try:
+            match = match_crf(lambda crf, m=mode, d=spread: coder.total_bytes(
+                codec, m, crf, min(crf + d, 51)), sac_pair.total_bytes, plan.tolerance,
+                guess=plan.pair[codec][0])
+            runs.append(_matched(coder.run(codec, mode, match.crf, min(match.crf + spread, 51),
+                                           full=True, keep_frame=keep), sac_pair))
+        except SacError as exc:
+            notes.append(f"{codec}: no {mode} [{coder.variant(mode)}] run matches the SAC "
+                         f"pair's size ({exc})")
+        finally:
+            coder.prefilter, coder.class_offsets = None, None
+    return runs
 
 
 def write_results(document: dict, json_path: Path, csv_path: Path) -> None:

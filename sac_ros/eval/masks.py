@@ -50,3 +50,19 @@ def clip_blocks(clip: Clip, mask_cfg: MaskConfig, model: str | None = None,
     if hold:
         description += f", hysteresis {hold} frames"
     return hold_blocks(blocks, hold), description
+
+
+def clip_class_offsets(clip: Clip, model: str, offsets: dict, blocks) -> list[np.ndarray]:
+    """Per frame: the class-level QP offsets of each block (core/classqp.py) from the
+    segmenter ``model``'s class map, blocks the mask ``blocks`` keeps as ROI capped at the
+    ROI classes' offset."""
+    from sac_ros.core.classqp import ClassQp
+    from sac_ros.segmentation.loader import load_segmenter
+
+    segmenter = load_segmenter(model=model)
+    try:
+        class_qp = ClassQp(offsets, segmenter.class_adapter.name)
+        return [class_qp.block_offsets(segmenter.class_map(frame), roi)
+                for frame, roi in zip(clip.frames, blocks, strict=True)]
+    finally:
+        segmenter.close()
