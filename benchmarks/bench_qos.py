@@ -47,7 +47,7 @@ def node_command(executable: str, params: dict) -> list[str]:
 class Bench:
     """This process's camera publisher, output and stats subscriptions."""
 
-    def __init__(self, profile: str, width: int, height: int):
+    def __init__(self, profile: str, width: int, height: int, depth: int):
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
         from sensor_msgs.msg import Image
@@ -62,8 +62,9 @@ class Bench:
         self.lock = threading.Lock()
         self.received: dict[int, int] = {}  # stamp -> receipt time (ns)
         self.stats: dict[str, SacStats] = {}
+        # Deep enough for the whole burst: what is lost, the nodes' side lost.
         self.camera = self.node.create_publisher(Image, topic_in(NAMESPACE, INPUT_TOPIC),
-                                                 qos(profile, 30))
+                                                 qos(profile, depth))
         # The consumer of the ECU's output, with the same profile (deep enough to keep all).
         self.node.create_subscription(Image, topic_in(NAMESPACE, IMAGE_TOPIC), self._on_output,
                                       qos(profile, 100))
@@ -93,9 +94,13 @@ class Bench:
                                           for m in self.stats.values()))
 
     def ready(self) -> bool:
+        """Every link matched on both sides: camera -> sensor (our writer), sensor -> ECU
+        (the sensor's packet readers, the ECU's packet writers), ECU -> us."""
         with self.lock:
-            heard = {"sensor", "ecu"} <= set(self.stats)
-        return heard and self.camera.get_subscription_count() >= 1
+            sensor, ecu = self.stats.get("sensor"), self.stats.get("ecu")
+        return (sensor is not None and ecu is not None and sensor.output_readers >= 1
+                and ecu.input_writers >= 1 and ecu.output_readers >= 1
+                and self.camera.get_subscription_count() >= 1)
 
     def publish(self, rgb: np.ndarray):
         from std_msgs.msg import Header
@@ -120,16 +125,18 @@ def drops_of(stats) -> dict[str, int]:
 
 
 def run_one(profile: str, scenario: str, frames: list[np.ndarray], count: int,
-            env: dict) -> dict:
+            env: dict, input_depth: int | None = None) -> dict:
     """One sensor + ECU pair with ``profile``; ``count`` frames in ``scenario``."""
     height, width = frames[0].shape[:2]
     common = {"qos_reliability": profile}
     sensor_params = {**common, "preset": "veryfast", "frame_size": f"[{width},{height}]"}
+    if input_depth:
+        sensor_params["input_depth"] = input_depth
     children = [subprocess.Popen(node_command("sac_sensor", sensor_params), env=env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
                 subprocess.Popen(node_command("sac_ecu", common), env=env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    bench = Bench(profile, width, height)
+    bench = Bench(profile, width, height, max(count, 30))
     try:
         deadline = time.monotonic() + 60
         while not bench.ready():
@@ -188,6 +195,8 @@ def main() -> None:
     parser.add_argument("--downscale", type=int, default=2, help="keep every n-th pixel "
                         "(2: 960x540 -> 480x270, so that the sensor keeps up at 30 Hz on a "
                         "small machine and the steady run is not an overload)")
+    parser.add_argument("--input-depth", type=int, help="the sensor's input_depth (default: "
+                        "the node's); sensor_data caps it at 5")
     parser.add_argument("--profiles", nargs="+", default=list(PROFILES), choices=PROFILES)
     parser.add_argument("--scenarios", nargs="+", default=["steady", "burst"],
                         choices=("steady", "burst"))
@@ -209,7 +218,8 @@ def main() -> None:
         os.environ[TRANSPORTS_VAR] = transports
     print(f"{args.clip}: {frames[0].shape[1]}x{frames[0].shape[0]}, sensor veryfast dual_crf "
           f"+ ECU, {TRANSPORTS_VAR}={transports or '(default)'}; steady = {args.frames} frames at "
-          f"30 Hz, burst = {args.burst} frames back to back")
+          f"30 Hz, burst = {args.burst} frames back to back"
+          + (f"; sensor input_depth {args.input_depth}" if args.input_depth else ""))
     print("sensor in / packets / ECU in: frames the sensor took, packets it sent, packets the "
           "ECU took;\ndelivered: frames out of the ECU that reached a consumer with the same "
           "profile")
@@ -219,7 +229,7 @@ def main() -> None:
     for scenario in args.scenarios:
         for profile in args.profiles:
             count = args.frames if scenario == "steady" else args.burst
-            r = run_one(profile, scenario, frames, count, env)
+            r = run_one(profile, scenario, frames, count, env, args.input_depth)
             share = 100.0 * r["delivered"] / r["sent"]
             drops = ", ".join(f"{k} {v}" for k, v in sorted(r["counted"].items())) or "none"
             print(f"{profile:<12} {scenario:<8} {r['sensor_received']:>9} {r['packets']:>7} "
