@@ -12,7 +12,9 @@ ROI polygon) and decoded with the ECU's decoder, motion exported. Then:
   ``ClassMapPropagator`` produces (full segmentation at key frames, every N frames, and
   whenever more than --share of the blocks are unreliable or above --max-residual), scored
   against the per-frame maps: mIoU over the model's classes and the ROI IoU (iIoU), pooled
-  over the clip, the share of frames segmented in full, and the perception CPU per frame
+  over the clip, mIoU* over the classes that hold at least 0.1% of the pixels (a class
+  of a few thousand pixels in a clip swings the plain mean), the pixel agreement, the
+  share of frames segmented in full, and the perception CPU per frame
   and rate that follow (network for full frames, warp for the others);
 - the refresh rule: at the N of --share-at, the same for several --shares (1 = never
   re-segment early).
@@ -90,7 +92,12 @@ def motion_step_ms(packets) -> list[float]:
     return times[1:]
 
 
-def score(segmenter, reference_maps, maps) -> tuple[float, float]:
+MAJOR_SHARE = 0.001  # classes holding at least 0.1% of the pixels, for the second mIoU
+
+
+def score(segmenter, reference_maps, maps) -> tuple[float, float, float, float]:
+    """(mIoU, iIoU, mIoU over the classes with >= MAJOR_SHARE of the reference pixels,
+    pixel agreement), pooled over the clip."""
     classes = max(2, segmenter.class_adapter.num_classes)
     conf = np.zeros((classes, classes), np.int64)
     roi_conf = np.zeros((2, 2), np.int64)
@@ -98,7 +105,10 @@ def score(segmenter, reference_maps, maps) -> tuple[float, float]:
         conf += metrics.confusion(ref, got, classes)
         roi_conf += metrics.confusion(segmenter.class_adapter.roi(ref).astype(np.uint8),
                                       segmenter.class_adapter.roi(got).astype(np.uint8), 2)
-    return metrics.miou(conf), metrics.iiou(roi_conf, roi_class=1)
+    ious = metrics.iou_per_class(conf)
+    major = conf.sum(axis=1) >= MAJOR_SHARE * conf.sum()
+    return (metrics.miou(conf), metrics.iiou(roi_conf, roi_class=1),
+            float(np.nanmean(ious[major])), float(np.trace(conf) / conf.sum()))
 
 
 def propagate(reference_maps, fields, every: int, max_residual: float, share: float):
@@ -158,7 +168,8 @@ def main() -> int:
         print(f"\n{clip}: ECU decode {ecu['decode_ms']:.1f} ms/frame, with motion export "
               f"{ecu['decode_export_ms']:.1f} ms (motion step alone {ecu['motion_step_ms']:.2f} "
               f"ms); network {seg:.1f} ms/frame, warp {warp_all[0]:.2f} ms")
-        print(f"  {'N':>3} {'full %':>6} {'mIoU':>6} {'iIoU':>6} {'ms/frame':>8} {'fps':>6}  "
+        print(f"  {'N':>3} {'full %':>6} {'mIoU':>6} {'iIoU':>6} {'mIoU*':>7} {'agree%':>6} "
+              f"{'ms/frame':>8} {'fps':>6}  "
               "full-segmentation reasons")
         rows = []
         for every in args.every:
@@ -187,19 +198,21 @@ def _timed(call, *a) -> float:
 
 def _row(segmenter, reference, fields, every, max_residual, share, seg_ms) -> dict:
     maps, propagator, warp_ms = propagate(reference, fields, every, max_residual, share)
-    miou, iiou = score(segmenter, reference, maps)
+    miou, iiou, miou_major, agreement = score(segmenter, reference, maps)
     frames = len(maps)
     full = propagator.full
     warp = statistics.median(warp_ms) if warp_ms else 0.0
     cost = (full * seg_ms + (frames - full) * warp) / frames
     reasons = {r: n for r, n in propagator.counts.items() if n and r != PROPAGATED}
     return {"every": every, "share": share, "full_share": full / frames, "miou": miou,
-            "iiou": iiou, "ms_per_frame": cost, "fps": 1000.0 / cost, "reasons": reasons}
+            "iiou": iiou, "miou_major": miou_major, "pixel_agreement": agreement,
+            "ms_per_frame": cost, "fps": 1000.0 / cost, "reasons": reasons}
 
 
 def _line(row: dict, label: str | None = None) -> str:
     return (f"  {label or row['every']:>3} {100 * row['full_share']:>6.0f} {row['miou']:>6.3f} "
-            f"{row['iiou']:>6.3f} {row['ms_per_frame']:>8.1f} {row['fps']:>6.1f}  "
+            f"{row['iiou']:>6.3f} {row['miou_major']:>7.3f} {100 * row['pixel_agreement']:>6.2f} "
+            f"{row['ms_per_frame']:>8.1f} {row['fps']:>6.1f}  "
             + ", ".join(f"{r} {n}" for r, n in row["reasons"].items()))
 
 

@@ -262,3 +262,25 @@ def test_segment_every_one_never_propagates():
     assert propagator.plan(field, (H, W)) == "due"
     with pytest.raises(ValueError):
         motion.ClassMapPropagator(segment_every=0)
+
+
+def test_propagator_carries_the_map_across_skipped_frames():
+    """A busy node skips frames; with their motion it warps through them, no gap."""
+    frames = moving_frames(5, 3, 0, seed=4)
+    fields = decode_fields(frames)
+    for i, f in enumerate(fields):
+        f.seq = i
+    maps = [(y > 128).astype(np.uint8) for y in frames]
+    propagator = motion.ClassMapPropagator(segment_every=10)
+    propagator.segmented(maps[1], fields[1], "due")
+    assert propagator.plan(fields[4], (H, W)) == "gap"  # frames 2, 3 skipped, motion unknown
+    between = fields[2:4]
+    assert propagator.plan(fields[4], (H, W), between) == motion.PROPAGATED
+    warped = propagator.propagate(fields[4], between)
+    assert propagator.last_seq == 4
+    inner = (slice(16, -16), slice(16, -16))
+    assert (warped[inner] == maps[4][inner]).mean() > 0.97
+    # Skipped frames count towards segment_every: drift grows per frame of video.
+    short = motion.ClassMapPropagator(segment_every=3)
+    short.segmented(maps[1], fields[1], "due")
+    assert short.plan(fields[4], (H, W), between) == "due"

@@ -26,6 +26,7 @@ residual catches those (it is measured against the previous frame only).
 from __future__ import annotations
 
 import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -295,8 +296,19 @@ class ClassMapPropagator:
         self._seq: int | None = None
         self._since_full = 0
 
-    def plan(self, field: MotionField | None, shape: tuple[int, int]) -> str:
-        """``PROPAGATED`` or the reason to segment a frame of ``shape`` (H, W) in full."""
+    @property
+    def last_seq(self) -> int | None:
+        """Sequence number of the frame the current class map belongs to (None: unknown)."""
+        return self._seq
+
+    def plan(self, field: MotionField | None, shape: tuple[int, int],
+             between: Sequence[MotionField] = ()) -> str:
+        """``PROPAGATED`` or the reason to segment a frame of ``shape`` (H, W) in full.
+
+        ``between``: the motion of the frames skipped since the last class map (a busy
+        node's superseded frames), oldest first; with all of them the map is carried
+        across the skipped frames too, else the jump in ``seq`` is a "gap".
+        """
         if self._map is None:
             return "first"
         if self.segment_every == 1:
@@ -305,22 +317,29 @@ class ClassMapPropagator:
             return "no_motion"
         if field.key_frame:
             return "key_frame"
-        if self._seq is None or field.seq != self._seq + 1:
+        steps = [*between, field]
+        if self._seq is None or [f.seq for f in steps] != list(
+                range(self._seq + 1, self._seq + 1 + len(steps))) \
+                or any(f.key_frame for f in between):
             return "gap"
-        if self._since_full + 1 >= self.segment_every:
+        # Drift grows with every frame of video, processed or skipped.
+        if self._since_full + len(steps) >= self.segment_every:
             return "due"
-        if grid(shape[1], shape[0], field.block_size) != (field.rows, field.cols) \
+        if any(grid(shape[1], shape[0], f.block_size) != (f.rows, f.cols) for f in steps) \
                 or self._map.shape != shape:
             return "grid"
-        if field.refresh_blocks(self.max_residual).mean() > self.resegment_share:
+        if any(f.refresh_blocks(self.max_residual).mean() > self.resegment_share
+               for f in steps):
             return "unreliable"
         return PROPAGATED
 
-    def propagate(self, field: MotionField) -> np.ndarray:
-        """The last class map warped to the frame of ``field`` (after ``plan`` said so)."""
-        self._map = warp_class_map(self._map, field)
+    def propagate(self, field: MotionField, between: Sequence[MotionField] = ()) -> np.ndarray:
+        """The last class map warped to the frame of ``field`` (after ``plan`` said so),
+        through the skipped frames' motion ``between``."""
+        for step in (*between, field):
+            self._map = warp_class_map(self._map, step)
         self._seq = field.seq
-        self._since_full += 1
+        self._since_full += 1 + len(between)
         self.counts[PROPAGATED] += 1
         return self._map
 

@@ -88,6 +88,8 @@ class PerceptionNode(Node):
         self.stats = NodeStats()
         self.propagator = ClassMapPropagator(segment_every, max_residual, resegment_share)
         self._motions: BoundedStampMap = BoundedStampMap(KEEP_ORIGINALS)
+        # The same fields by seq: a superseded frame's motion still carries the class map.
+        self._motions_by_seq: BoundedStampMap = BoundedStampMap(KEEP_ORIGINALS)
         self._paired = 0
         self._last_counts_log = 0.0
         self.compared = 0
@@ -127,6 +129,7 @@ class PerceptionNode(Node):
             return
         with self._motion_arrived:
             self._motions.put(stamp_ns(msg.header), field)
+            self._motions_by_seq.put(field.seq, field)
             self._motion_arrived.notify_all()
 
     def _motion_for(self, stamp: int):
@@ -143,6 +146,16 @@ class PerceptionNode(Node):
             self._motions.prune_before(stamp)
         return field
 
+    def _skipped_motion(self, field) -> list:
+        """The motion of the frames between the last class map's and ``field``'s (frames
+        this node skipped while busy); empty when there are none or one is missing."""
+        last = self.propagator.last_seq
+        if field is None or last is None or not last + 1 < field.seq <= last + KEEP_ORIGINALS:
+            return []
+        with self._lock:
+            steps = [self._motions_by_seq.get(seq) for seq in range(last + 1, field.seq)]
+        return [] if any(step is None for step in steps) else steps
+
     def _on_image(self, msg: Image) -> None:
         self.stats.received += 1
         self._worker.put(msg)
@@ -154,9 +167,10 @@ class PerceptionNode(Node):
     def _process(self, msg: Image) -> None:
         rgb = image_to_rgb(msg)
         field = self._motion_for(stamp_ns(msg.header))
-        reason = self.propagator.plan(field, rgb.shape[:2])
+        between = self._skipped_motion(field)
+        reason = self.propagator.plan(field, rgb.shape[:2], between)
         if reason == PROPAGATED:
-            prediction, class_map = None, self.propagator.propagate(field)
+            prediction, class_map = None, self.propagator.propagate(field, between)
         else:
             start = time.perf_counter()
             prediction = self.segmenter.predict(rgb)
