@@ -179,5 +179,9 @@ def test_matcher_refuses_bad_inputs():
     matcher = BlockMatcher()
     with pytest.raises(SacError, match="RGB uint8"):
         matcher.luma(np.zeros((64, 64), np.uint8))
+    with pytest.raises(SacError, match="smaller than one block"):
+        matcher.luma(np.zeros((8, 64, 3), np.uint8))
+    # an odd size is padded to its block grid, partial edge blocks included
+    assert matcher.luma(np.zeros((17, 33, 3), np.uint8)).shape == (2 * 4, 3 * 4)
     with pytest.raises(SacError, match="different sizes"):
         matcher.motion(np.zeros((16, 16), np.float32), np.zeros((32, 16), np.float32))

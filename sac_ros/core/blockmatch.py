@@ -45,6 +45,8 @@ def small_luma(rgb: np.ndarray, rows: int, cols: int, block_size: int = BLOCK_SI
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise SacError(f"block matching needs an RGB uint8 frame, got shape {rgb.shape} "
                        f"{rgb.dtype}")
+    if rgb.shape[0] < block_size or rgb.shape[1] < block_size:
+        raise SacError(f"frame {rgb.shape[1]}x{rgb.shape[0]} is smaller than one block")
     cell = block_size // FINE_SCALE
     height, width = rgb.shape[0] // FINE_SCALE, rgb.shape[1] // FINE_SCALE
     green = rgb[:height * FINE_SCALE, :width * FINE_SCALE, 1]
@@ -167,7 +169,7 @@ class BlockMatcher:
     @property
     def reach(self) -> int:
         """The longest vector, in 1/4-size pixels."""
-        return 2 * self.search + 1
+        return 2 * self.search + REFINE_RADIUS
 
     def luma(self, rgb: np.ndarray) -> np.ndarray:
         rows, cols = block_grid(rgb.shape[0], rgb.shape[1], self.block_size)
