@@ -238,7 +238,7 @@ def test_propagator_segments_at_key_frames_every_n_and_after_gaps():
 def test_propagator_re_segments_a_cut_the_vectors_cannot_explain():
     frames = moving_frames(3, 2, 0, seed=1) + moving_frames(2, 2, 0, seed=2)  # cut at 3
     fields = decode_fields(frames)
-    propagator = motion.ClassMapPropagator(segment_every=100, resegment_share=0.25)
+    propagator = motion.ClassMapPropagator(segment_every=100)  # the default share
     class_map = np.zeros((H, W), np.uint8)
     plans = []
     for i, field in enumerate(fields):

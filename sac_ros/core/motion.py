@@ -283,7 +283,7 @@ class ClassMapPropagator:
     """
 
     def __init__(self, segment_every: int = 1, max_residual: float = 24.0,
-                 resegment_share: float = 0.25):
+                 resegment_share: float = 0.4):
         if int(segment_every) < 1:
             raise ValueError(f"segment_every {segment_every} must be at least 1")
         if not 0.0 <= float(resegment_share) <= 1.0:

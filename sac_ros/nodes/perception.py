@@ -69,7 +69,7 @@ class PerceptionNode(Node):
         max_residual = d("max_residual", 24.0, "A block whose motion-compensated luma error "
                          "is above this (0-255) is not explained by its vector.", low=0.0,
                          high=255.0, read_only=True)
-        resegment_share = d("resegment_share", 0.25, "Segment in full when more than this share "
+        resegment_share = d("resegment_share", 0.4, "Segment in full when more than this share "
                             "of a frame's blocks are unreliable or above max_residual.",
                             low=0.0, high=1.0, read_only=True)
         self.motion_wait_s = d("motion_wait_ms", 20.0, "Longest a frame waits for its motion "
