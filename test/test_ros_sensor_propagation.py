@@ -7,6 +7,10 @@ and the carried masks (publish_mask) stay close to the per-frame ones.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import ros_helpers as rh
@@ -118,3 +122,22 @@ def test_segment_every_delivers_every_frame_with_masks_close_to_per_frame(ros, f
     assert binary_iou(reference, published[EVERY]) > 0.95, binary_iou(reference,
                                                                        published[EVERY])
     assert np.array_equal(reference[0], published[EVERY][0])  # a key frame: segmented
+
+
+def test_segment_every_defaults_to_sac_yaml_and_refuses_zero(ros, tmp_path):
+    """The default's one home is config/sac.yaml mask.segment_every (as sac eval's); 0 is
+    a one-line start-up error naming the parameter."""
+    ros.start("sac_sensor")
+    assert ros.get_parameters("sac_sensor", "segment_every") == [
+        load_core_config().mask.segment_every]
+    domain, namespace = rh.unique_ids()
+    env = {**os.environ, "ROS_DOMAIN_ID": str(domain),
+           "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "ROS_LOG_DIR": str(tmp_path / "log")}
+    result = subprocess.run(
+        [sys.executable, "-m", rh.EXECUTABLES["sac_sensor"], "--ros-args", "-r",
+         f"__ns:={namespace}", "-p", "mask_source:=model", "-p", "segment_every:=0"],
+        env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode not in (0, None), result
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("sac_sensor: error: "), result.stderr
+    assert "segment_every" in lines[0], lines[0]
