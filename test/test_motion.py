@@ -284,3 +284,13 @@ def test_propagator_carries_the_map_across_skipped_frames():
     short = motion.ClassMapPropagator(segment_every=3)
     short.segmented(maps[1], fields[1], "due")
     assert short.plan(fields[4], (H, W), between) == "due"
+
+
+def test_vectors_beyond_the_frame_land_on_its_edge():
+    rows, cols = motion.grid(W, H)
+    image = np.tile(np.arange(W, dtype=np.uint8), (H, 1))
+    field = motion.MotionField.still(rows, cols, key_frame=False)
+    field.unreliable[:] = False
+    field.dx[:] = motion.MAX_QUARTER_PEL  # 8192 px to the right: the right edge everywhere
+    warped = motion.warp_class_map(image, field)
+    assert (warped == W - 1).all()

@@ -148,7 +148,10 @@ def _shifted_blocks(image: np.ndarray, dx: np.ndarray, dy: np.ndarray,
     vector says, whole pixels, the frame's edge repeated outside it."""
     height, width = image.shape
     rows, cols = dx.shape
-    dx_px, dy_px = whole_pixels(dx), whole_pixels(dy)
+    # A vector longer than the frame lands on its edge either way: clamping it keeps the
+    # padding small whatever a (hostile) message says.
+    dx_px = np.clip(whole_pixels(dx), -width, width)
+    dy_px = np.clip(whole_pixels(dy), -height, height)
     margin = int(max(np.abs(dx_px).max(initial=0), np.abs(dy_px).max(initial=0)))
     # Edge padding = clamping the source coordinates; the grid may overhang the frame.
     padded = np.pad(image, ((margin, margin + max(0, rows * block - height)),
