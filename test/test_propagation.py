@@ -8,6 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from sac_ros.cli.main import main
 from sac_ros.config import load_core_config
 from sac_ros.core.blockmatch import BlockMatcher, near_boundary
 from sac_ros.core.errors import SacError
@@ -185,3 +186,13 @@ def test_matcher_refuses_bad_inputs():
     assert matcher.luma(np.zeros((17, 33, 3), np.uint8)).shape == (2 * 4, 3 * 4)
     with pytest.raises(SacError, match="different sizes"):
         matcher.motion(np.zeros((16, 16), np.float32), np.zeros((32, 16), np.float32))
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--segment-every", "3"], "--segment-every goes with --model"),
+    (["--model", "default", "--segment-every", "0"], "--segment-every must be in 1-1000"),
+])
+def test_sac_eval_segment_every_errors_are_one_line(capsys, tmp_path, args, fragment):
+    code = main(["eval", "sample", "--frames", "2", "--out", str(tmp_path / "out"), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and fragment in err and "Traceback" not in err, err
