@@ -253,3 +253,26 @@ def test_sac_reproduce_reports_the_task_bd_rate_against_the_labels(tmp_path, cap
     assert first["kb_per_frame"] == pytest.approx(sa["kb_per_frame"])
     assert first["task_roi_iiou"] == pytest.approx(sa["iiou_vs_labels"], abs=1e-12)
     assert "Task BD-rate against uniform" in stdout and "roi_qp offset +4.6" in stdout
+
+
+def test_sac_eval_sweeps_the_task_aware_modes_too(capsys, tiny_config, scene, tmp_path):
+    """--nonroi-filter and --class-qp (issue 20's modes) get curves of their own, hence a
+    ROI and a task BD-rate entry each, named by their variant; the plain modes' entries
+    are the same as without them."""
+    clip = write_mp4(tmp_path / "clip.mp4", scene[0])
+    common = ("eval", clip, "--model", "default", "--codecs", "h264", "--config", tiny_config,
+              "--no-progress")
+    plain, aware = tmp_path / "plain", tmp_path / "aware"
+    assert main([str(a) for a in (*common, "--out", plain)]) == 0
+    assert main([str(a) for a in (*common, "--out", aware, "--nonroi-filter", "blur",
+                                  "--nonroi-filter-strength", "2", "--class-qp")]) == 0
+    capsys.readouterr()
+    plain_bd, aware_bd = (json.loads((out / "results.json").read_text())["task_bd_rate"]
+                          for out in (plain, aware))
+    names = {(e["mode"], e["variant"]) for e in aware_bd}
+    assert names == {("dual_crf", ""), ("roi_qp", ""), ("dual_crf", "blur sigma 2 px"),
+                     ("roi_qp", "blur sigma 2 px"), ("roi_qp", "classes")}, names
+    assert [e for e in aware_bd if not e["variant"]] == plain_bd
+    roi_bd = json.loads((aware / "results.json").read_text())
+    assert {(b["mode"], b["variant"]) for b in roi_bd["bd_rates"] + roi_bd["bd_rates_roi_qp"]
+            } == names

@@ -273,7 +273,8 @@ def _print_equal_bytes(result: EqualBytesResult, document: dict, args, out: Path
 def _bd_line(bd) -> str:
     name = "dCRF" if bd.mode == "dual_crf" else "roi_qp offset"
     non_roi = ("-" if bd.non_roi_bd_psnr_db is None else f"{bd.non_roi_bd_psnr_db:+.2f} dB")
-    head = f"  {bd.codec} {name} +{bd.delta_crf:g}: "
+    variant = f" [{bd.variant}]" if bd.variant else ""
+    head = f"  {bd.codec} {name} +{bd.delta_crf:g}{variant}: "
     if bd.refused or bd.roi_bd_rate_pct is None:
         why = bd.refused or "the ROI curves cannot be fitted"
         return f"{head}ROI BD-rate refused ({why}); non-ROI {non_roi} at equal bytes"

@@ -289,6 +289,7 @@ class BdResult:
     mode: str = "dual_crf"
     roi_share: float | None = None
     refused: str | None = None
+    variant: str = ""    # task-aware settings of the curve (ClipCoder.variant), "" = none
 
 
 def degenerate_roi(roi_share: float) -> str | None:

@@ -116,7 +116,7 @@ def run_equal_bytes(clip: Clip, blocks, settings: EncoderSettings, plan: EqualBy
     keep = len(clip.frames) // 2
     for codec in plan.codecs:
         label = CODECS[codec][2]
-        curves = _sweeps(coder, codec, plan, result, stage)
+        curves = _sweeps(coder, codec, plan, result, stage, class_offsets)
         stage(f"{label}: equal-bytes runs")
         video = _ClipVideo(out / f"video_{label}.mp4", clip, coder) if plan.video else None
         try:
@@ -159,35 +159,58 @@ class _ClipVideo:
 
 
 def _sweeps(coder: ClipCoder, codec: str, plan: EqualBytesPlan, result: EqualBytesResult,
-            stage: Stage) -> dict[str, list[SweepPoint]]:
-    """The RD curves of one codec; their BD-rates against uniform go into ``result``."""
+            stage: Stage, class_offsets=None) -> dict[str, list[SweepPoint]]:
+    """The RD curves of one codec; their BD-rates against uniform go into ``result``. The
+    task-aware settings (``plan.prefilter``, ``class_offsets``) are swept as curves of
+    their own, so they get ROI and task BD-rates too (issue 20)."""
     crfs = plan.crf_sweep[codec]
     label = CODECS[codec][2]
     stage(f"{label}: RD sweep, uniform")
     curves = {"uniform": sweep(coder, codec, crfs, None)}
-    for delta in plan.delta_crfs:
-        name = f"SAC dCRF +{delta:g}"
-        stage(f"{label}: RD sweep, {name}")
-        curves[name] = sweep(coder, codec, crfs, float(delta))
-        result.bd_rates.append(bd_against(curves["uniform"], curves[name], codec, float(delta),
-                                          result.roi_share))
-        _task_bd(coder, result, curves["uniform"], curves[name], codec, float(delta), "dual_crf")
-    for offset in plan.roi_qp_offsets[codec]:
-        name = f"ROI-QP {offset:+g}"
-        stage(f"{label}: RD sweep, {name}")
-        curves[name] = sweep(coder, codec, crfs, offset, "roi_qp")
-        result.bd_rates_roi_qp.append(bd_against(curves["uniform"], curves[name], codec,
-                                                 offset, result.roi_share, "roi_qp"))
-        _task_bd(coder, result, curves["uniform"], curves[name], codec, float(offset), "roi_qp")
+    prefilter = plan.prefilter if plan.prefilter is not None and plan.prefilter.active else None
+    variants = [(None, None)] + [(prefilter, None)] * (prefilter is not None)
+    if class_offsets is not None and plan.roi_qp_offsets[codec]:
+        variants.append((None, class_offsets))
+    for method_filter, per_frame in variants:
+        coder.prefilter, coder.class_offsets = method_filter, per_frame
+        try:
+            curves.update(_mode_sweeps(coder, codec, plan, result, stage, curves["uniform"]))
+        finally:
+            coder.prefilter, coder.class_offsets = None, None
+    return curves
+
+
+def _mode_sweeps(coder: ClipCoder, codec: str, plan: EqualBytesPlan, result: EqualBytesResult,
+                 stage: Stage, anchor: list[SweepPoint]) -> dict[str, list[SweepPoint]]:
+    """dual_crf per dCRF and roi_qp per offset with the coder's current task-aware settings
+    (class offsets: roi_qp only, one curve: they replace the offset)."""
+    crfs = plan.crf_sweep[codec]
+    label = CODECS[codec][2]
+    curves = {}
+    deltas = () if coder.class_offsets else plan.delta_crfs
+    offsets = plan.roi_qp_offsets[codec][:1 if coder.class_offsets else None]
+    for mode, values in (("dual_crf", deltas), ("roi_qp", offsets)):
+        variant = coder.variant(mode)
+        for value in values:
+            name = (f"SAC dCRF +{value:g}" if mode == "dual_crf" else f"ROI-QP {value:+g}") + (
+                f" [{variant}]" if variant else "")
+            stage(f"{label}: RD sweep, {name}")
+            curves[name] = sweep(coder, codec, crfs, float(value), mode)
+            bd = bd_against(anchor, curves[name], codec, float(value), result.roi_share, mode)
+            bd.variant = variant
+            (result.bd_rates if mode == "dual_crf" else result.bd_rates_roi_qp).append(bd)
+            _task_bd(coder, result, anchor, curves[name], codec, float(value), mode, variant)
     return curves
 
 
 def _task_bd(coder: ClipCoder, result: EqualBytesResult, anchor: list[SweepPoint],
-             test: list[SweepPoint], codec: str, delta: float, mode: str) -> None:
+             test: list[SweepPoint], codec: str, delta: float, mode: str,
+             variant: str = "") -> None:
     """The curve's task BD-rate against uniform, when perception is measured."""
     if coder.task is not None:
         result.task_bd_rates.append(task_bd(anchor, test, codec, delta, mode,
-                                            coder.task.reference, len(coder.task.indexes)))
+                                            coder.task.reference, len(coder.task.indexes),
+                                            variant))
 
 
 def _matched(run: RunResult, reference: RunResult) -> RunResult:

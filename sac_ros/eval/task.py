@@ -130,6 +130,7 @@ class TaskBd:
     points_miou: tuple[int, int] = (0, 0)
     points_roi_iiou: tuple[int, int] = (0, 0)
     notes: list[str] = field(default_factory=list)   # why a figure is None
+    variant: str = ""          # task-aware settings of the curve (ClipCoder.variant)
 
 
 def _finite(value: float) -> float | None:
@@ -149,7 +150,7 @@ def pareto(rates: Sequence[float], accuracy: Sequence[float]) -> tuple[list[floa
 
 
 def task_bd(anchor: Sequence, test: Sequence, codec: str, delta: float, mode: str,
-            reference: str, frames_scored: int = 0) -> TaskBd:
+            reference: str, frames_scored: int = 0, variant: str = "") -> TaskBd:
     """Task BD figures of the ``test`` sweep points against the ``anchor``'s (each with
     ``kb_per_frame``, ``task_miou``, ``task_roi_iiou``; ``coder.SweepPoint``): on each
     curve's ``pareto`` points, with the piecewise cubic Hermite Bjontegaard integral
@@ -170,7 +171,7 @@ def task_bd(anchor: Sequence, test: Sequence, codec: str, delta: float, mode: st
     miou_rate, miou_gap, miou_points = figures("task_miou", "mIoU")
     iiou_rate, iiou_gap, iiou_points = figures("task_roi_iiou", "ROI iIoU")
     return TaskBd(codec, mode, float(delta), reference, miou_rate, iiou_rate, miou_gap,
-                  iiou_gap, frames_scored, miou_points, iiou_points, notes)
+                  iiou_gap, frames_scored, miou_points, iiou_points, notes, variant)
 
 
 def open_meter(model: str, frames: Sequence[np.ndarray], wanted: int | None,
@@ -289,7 +290,9 @@ def task_line(bd: Mapping) -> str:
     name = "dCRF" if bd["mode"] == "dual_crf" else "roi_qp offset"
     pct = lambda v: "-" if v is None else f"{v:+.1f}%"  # noqa: E731
     gap = lambda v: "-" if v is None else f"{v:+.4f}"  # noqa: E731
-    line = (f"  {bd['codec']} {name} +{bd['delta']:g}: mIoU {pct(bd['task_bd_rate_miou_pct'])} "
+    variant = f" [{bd['variant']}]" if bd.get("variant") else ""
+    line = (f"  {bd['codec']} {name} +{bd['delta']:g}{variant}: "
+            f"mIoU {pct(bd['task_bd_rate_miou_pct'])} "
             f"(mIoU {gap(bd['bd_miou'])}), ROI iIoU {pct(bd['task_bd_rate_roi_iiou_pct'])} "
             f"(ROI iIoU {gap(bd['bd_roi_iiou'])})")
     return line + "".join(f"; {note}" for note in bd.get("notes") or ())
