@@ -48,14 +48,17 @@ def test_a_block_takes_the_smallest_offset_of_its_classes():
     assert qp.class_offset(255) == OFFSETS["void"]
 
 
-def test_blocks_the_mask_keeps_as_roi_take_at_most_the_roi_categories_offset():
+def test_the_mask_decides_roi_or_not_and_the_classes_the_level_on_each_side():
     qp = ClassQp(OFFSETS, "cityscapes_train_ids")
-    ids = np.full((32, 32), SKY, np.uint8)
-    ids[16:, 16:] = CAR
-    held = np.array([[True, False], [True, True]])  # e.g. hysteresis keeps sky blocks ROI
+    ids = np.full((32, 48), SKY, np.uint8)
+    ids[16:, 16:32] = CAR
+    ids[0, 40] = PERSON  # one person pixel in a block the mask leaves out
+    held = np.array([[True, False, False], [True, True, False]])  # e.g. hysteresis
     assert qp.roi_cap == OFFSETS["flat"]  # the largest of road, people, vehicles, ...
+    assert qp.background_floor == OFFSETS["construction"]  # the smallest of the rest
     assert ClassQp(OFFSETS, "four_class").roi_cap == 0  # its one ROI class: the smallest
-    assert qp.block_offsets(ids, held).tolist() == [[3, 12], [3, 0]]
+    assert qp.block_offsets(ids, held).tolist() == [[3, 12, 6], [3, 0, 12]]
+    assert qp.block_offsets(ids).tolist() == [[12, 12, 0], [12, 0, 12]]  # the classes alone
     with pytest.raises(SacError, match="ROI block mask is"):
         qp.block_offsets(ids, held[:1])
 

@@ -78,14 +78,22 @@ class ClassQp:
         return max(self.class_offset(i) for i in CLASS_CATEGORIES[self.class_map]
                    if i not in non_roi)
 
+    @property
+    def background_floor(self) -> float:
+        """The smallest offset a non-ROI block may get: the smallest of the class map's
+        non-ROI classes'."""
+        return min(self.class_offset(i) for i in get_class_map(self.class_map).non_roi_ids)
+
     def block_offsets(self, class_ids: np.ndarray,
                       roi_blocks: np.ndarray | None = None) -> np.ndarray:
         """(rows, cols) float32 QP offsets from an H x W class-id map: per block, the
         smallest offset of the classes in it (partial edge blocks: their real pixels).
 
-        ``roi_blocks``: the binary block mask (block head, hysteresis); its ROI blocks
-        take at most ``roi_cap``, so the class levels refine the ROI decision and never
-        code a block the mask keeps as ROI at a background offset.
+        ``roi_blocks``: the binary block mask (block head, hysteresis) still decides ROI
+        or not, the classes pick the level within each side: its ROI blocks take at most
+        ``roi_cap``, its non-ROI blocks at least ``background_floor`` (a block the mask
+        leaves out is not coded at a vehicle's QP for a few of its pixels, nor one it
+        keeps at the sky's).
         """
         if class_ids.ndim != 2:
             raise SacError(f"a class map must be H x W ids, got shape {class_ids.shape}")
@@ -108,6 +116,7 @@ class ClassQp:
                 raise SacError(f"ROI block mask is {roi_blocks.shape}, the class map's grid "
                                f"{offsets.shape}")
             np.minimum(offsets, self.roi_cap, out=offsets, where=roi_blocks)
+            np.maximum(offsets, self.background_floor, out=offsets, where=~roi_blocks)
         return offsets
 
     def describe(self) -> str:
