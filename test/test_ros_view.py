@@ -157,8 +157,9 @@ def test_view_serves_frames_video_and_stats_to_a_websocket_client(ros):
         camera = ros.namespace.strip("/")
         assert set(client.channels) == {s.topic for s in channel_plan([camera])}
         assert layout_topics(build_layout([camera])) <= set(client.channels)
+        ros.wait_for(lambda: ros.node.count_subscribers(ros.topic("sac/packets")) == 1,
+                     "the ECU's packet reader in the graph")  # the ECU's only
         assert ros.node.count_subscribers(feed.recon) == 0
-        assert ros.node.count_subscribers(ros.topic("sac/packets")) == 1  # the ECU only
 
         watched = [feed.recon, feed.overlay, feed.original, feed.video]
         client.subscribe(*watched, VIEW_STATS_CHANNEL, *feed.stats)
