@@ -12,7 +12,9 @@ process (the camera, publishing with the same profile) in two scenarios:
 It prints, per run: frames delivered N of M at the ECU's output, the drops the nodes
 counted by reason (sensor + ECU SacStats), the frames lost *uncounted* (M - delivered -
 counted; DDS overwrote them in a queue before any node saw them), and camera stamp ->
-ECU output latency p50 / p99. Nodes run with config/pipeline.yaml's Fast DDS transports.
+ECU output latency p50 / p99. Discovery LOCALHOST (the default): rmw_fastrtps sends over
+UDP on loopback, as between two ECUs on Ethernet; SUBNET: config/pipeline.yaml's Fast DDS
+transports, i.e. shared memory between processes of one host.
 
     .venv/bin/python benchmarks/bench_qos.py [--clip sample:project_video01]
         [--frames 150] [--burst 60] [--downscale 2] [--profiles reliable sensor_data ...]
@@ -197,6 +199,11 @@ def main() -> None:
                         "small machine and the steady run is not an overload)")
     parser.add_argument("--input-depth", type=int, help="the sensor's input_depth (default: "
                         "the node's); sensor_data caps it at 5")
+    parser.add_argument("--discovery-range", default="LOCALHOST", choices=("LOCALHOST",
+                        "SUBNET"), help="ROS_AUTOMATIC_DISCOVERY_RANGE. LOCALHOST: rmw_fastrtps "
+                        "sends over UDP on loopback (as over a vehicle's Ethernet, without the "
+                        "wire); SUBNET: the config's transports, shared memory between "
+                        "processes of one host")
     parser.add_argument("--profiles", nargs="+", default=list(PROFILES), choices=PROFILES)
     parser.add_argument("--scenarios", nargs="+", default=["steady", "burst"],
                         choices=("steady", "burst"))
@@ -209,7 +216,7 @@ def main() -> None:
     frames = [np.ascontiguousarray(f[::n, ::n]) for f in clip.frames]
     transports = load_layout(default_pipeline_config()).fastdds_transports
     env = {**os.environ, "ROS_DOMAIN_ID": str(150 + os.getpid() % 50),
-           "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
+           "ROS_AUTOMATIC_DISCOVERY_RANGE": args.discovery_range}
     env.pop(TRANSPORTS_VAR, None)
     if transports:
         env[TRANSPORTS_VAR] = transports
@@ -217,8 +224,10 @@ def main() -> None:
     if transports:
         os.environ[TRANSPORTS_VAR] = transports
     print(f"{args.clip}: {frames[0].shape[1]}x{frames[0].shape[0]}, sensor veryfast dual_crf "
-          f"+ ECU, {TRANSPORTS_VAR}={transports or '(default)'}; steady = {args.frames} frames at "
-          f"30 Hz, burst = {args.burst} frames back to back"
+          f"+ ECU, discovery {args.discovery_range}"
+          + ("" if args.discovery_range == "LOCALHOST" else
+             f", {TRANSPORTS_VAR}={transports or '(default)'}")
+          + f"; steady = {args.frames} frames at 30 Hz, burst = {args.burst} frames back to back"
           + (f"; sensor input_depth {args.input_depth}" if args.input_depth else ""))
     print("sensor in / packets / ECU in: frames the sensor took, packets it sent, packets the "
           "ECU took;\ndelivered: frames out of the ECU that reached a consumer with the same "
