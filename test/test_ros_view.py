@@ -281,7 +281,7 @@ def check_stats(client: FoxgloveClient, feed: Feed) -> None:
     assert json.loads(client.received[feed.stats[1]][-1])["node"].endswith("sac_ecu")
 
 
-def test_view_refuses_a_port_in_use_with_one_line(ros):
+def test_view_refuses_a_port_in_use_or_a_bad_camera_with_one_line(ros):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -291,6 +291,11 @@ def test_view_refuses_a_port_in_use_with_one_line(ros):
     assert view.proc.returncode == 2
     assert "cannot serve Foxglove on 127.0.0.1:" in view.stderr()
     assert "Traceback" not in view.stderr()
+    bad = ros.start("sac_view", {"port": 0, "cameras": ["front", "rear view"]})  # same log
+    bad.proc.wait(rh.DISCOVERY_TIMEOUT)
+    assert bad.proc.returncode == 2
+    assert bad.stderr().strip() == ("sac_view: error: parameter cameras: 'rear view' is not a "
+                                    "valid ROS namespace")
 
 
 def test_layout_file_is_the_generated_layout_of_the_configured_cameras():

@@ -80,6 +80,9 @@ class ViewNode(Node):
         check_parameter_names(self)
         own = self.get_namespace().strip("/")
         self.cameras = [c.strip("/") if c.strip("/") else own for c in cameras]
+        for camera in self.cameras:
+            if camera and not all(part.isidentifier() for part in camera.split("/")):
+                raise SacError(f"parameter cameras: '{camera}' is not a valid ROS namespace")
         self.plan = channel_plan(self.cameras)
         self._image_qos = qos(reliability, 1)
         self.gate = RateGate(max_fps)
