@@ -43,10 +43,12 @@ from sac_ros.core.sac import SacDecoder, SacEncoder
 from sac_ros.segmentation import load_segmenter
 
 
-def coded_clip(spec: str, frames: int, width: int, height: int, gop: int):
-    clip = load_clip(f"sample:{spec}", 0, frames)
+def coded_clip(spec: str, frames: int, width: int, height: int, gop: int, stride: int = 1):
+    """``frames`` frames coded as the pipeline codes them; ``stride`` k: every k-th frame
+    of the clip (a sensor that drops input under load)."""
+    clip = load_clip(f"sample:{spec}", 0, frames * stride)
     rgbs = [np.asarray(Image.fromarray(f).resize((width, height), Image.Resampling.BILINEAR))
-            for f in clip.frames]
+            for f in clip.frames[::stride]]
     polygon = PolygonMaskSource(load_core_config().mask.roi_polygon)
     blocks = block_mask(polygon.roi_pixels(0, rgbs[0]))
     encoder = SacEncoder(width, height, 23.0, 32.0, EncoderSettings("h264", "veryfast", gop))
@@ -134,6 +136,8 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=90)
     parser.add_argument("--size", default="1024x512")
     parser.add_argument("--gop", type=int, default=30)
+    parser.add_argument("--stride", type=int, default=1,
+                        help="code every k-th frame of the clip (a sensor dropping input)")
     parser.add_argument("--every", nargs="+", type=int, default=[1, 2, 3, 5, 10])
     parser.add_argument("--max-residual", type=float, default=24.0)
     parser.add_argument("--share", type=float, default=0.4)
@@ -144,10 +148,11 @@ def main() -> int:
     width, height = parse_size(args.size, 2)
     segmenter = load_segmenter(model="default", backend="auto")
     results = []
-    print(f"{args.size}, {args.frames} frames per clip, GOP {args.gop}, "
+    print(f"{args.size}, {args.frames} frames per clip (clip stride {args.stride}), "
+          f"GOP {args.gop}, "
           f"max_residual {args.max_residual:g}, resegment_share {args.share:g}")
     for clip in args.clips:
-        packets = coded_clip(clip, args.frames, width, height, args.gop)
+        packets = coded_clip(clip, args.frames, width, height, args.gop, args.stride)
         plain, plain_ms = decode_all(packets, export=False)
         decoded, export_ms = decode_all(packets, export=True)
         step_ms = motion_step_ms(packets)
