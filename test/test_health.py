@@ -78,7 +78,7 @@ def test_rate_warns_below_minimum_and_errors_when_input_stops():
     stopped = window(t, Sample(0.0, 100, 100), Sample(5.0, 100, 100))
     assert stopped["input rate"].level == ERROR
     never = window(t, Sample(0.0, 0, 0), Sample(5.0, 0, 0))
-    assert never["input rate"].level == WARN and never["input rate"].message == "no input yet"
+    assert never["input rate"].level == WARN and never["input rate"].message == "no frames yet"
     unchecked = window(Thresholds(), Sample(0.0, 0, 0), Sample(5.0, 50, 50))
     assert unchecked["input rate"].level == OK
 

@@ -152,3 +152,20 @@ def test_ecu_warns_on_a_decoder_resync(ros, encoded):
                        "a WARN for the resync", after_ns=after)
     assert values(warned["decoder"])["resyncs"] == "1"
     assert node.running
+
+
+def test_video_source_reports_its_output_rate(ros):
+    """A node without an executor (the camera stand-in's publishing loop) still reports."""
+    images = ros.subscribe(Image, "image_raw", depth=100)
+    diag = Diagnostics(ros)
+    source = ros.start("sac_video_source", {
+        "input": "sample", "max_frames": 90, "fps": 30.0, "width": 160,
+        "wait_for_subscribers": 1, "start_delay": 0.5, "diag_window_s": WINDOW_S,
+        "diag_min_rate_hz": 5.0})
+    status = diag.wait("sac_video_source", lambda s: int(
+        values(s["output rate"]).get("received", 0)) > 0, "the source's output rate")
+    assert level(status["output rate"]) == OK, status["output rate"].message
+    assert float(values(status["output rate"])["rate_hz"]) > 5.0
+    assert status["output rate"].hardware_id == ros.namespace.strip("/")
+    assert source.proc.wait(60) == 0
+    assert len(images) > 0

@@ -128,9 +128,9 @@ class HealthWindow:
             return Check(self.rate_name, OK, f"{rate:.1f} Hz", values)
         values["min_rate_hz"] = f"{t.min_rate_hz:g}"
         if last.received == 0:
-            return Check(self.rate_name, WARN, "no input yet", values)
+            return Check(self.rate_name, WARN, "no frames yet", values)
         if frames == 0 and span >= t.window_s:
-            return Check(self.rate_name, ERROR, f"input stopped: nothing for {span:.0f} s",
+            return Check(self.rate_name, ERROR, f"stopped: no frames for {span:.0f} s",
                          values)
         if rate < t.min_rate_hz:
             return Check(self.rate_name, WARN, f"{rate:.1f} Hz, below {t.min_rate_hz:g} Hz",
