@@ -105,8 +105,11 @@ class EcuNode(Node):
     def _send_info(self, pair) -> None:
         if pair is not None:
             info, header = pair
-            info.header = header
-            self.info_pub.publish(info)
+            try:
+                info.header = header
+                self.info_pub.publish(info)
+            except Exception:  # noqa: BLE001 - an info must never stop the node
+                self.camera_info.drops["publish_error"] += 1
 
     def _log_drop(self, reason: str, detail: str) -> None:
         """One warning per reason at most every few seconds, not one per packet."""

@@ -206,8 +206,11 @@ class SensorNode(Node):
     def _forward_camera_info(self, header, width: int, height: int) -> None:
         info = self.camera_info.match(stamp_ns(header), width, height)
         if info is not None:
-            info.header = header
-            self.info_pub.publish(info)
+            try:
+                info.header = header
+                self.info_pub.publish(info)
+            except Exception:  # noqa: BLE001 - the frame's packet is out: only the info fails
+                self.camera_info.drops["publish_error"] += 1
 
     # ------------------------------------------------------------- parameters
     def _on_parameters(self, params) -> SetParametersResult:
@@ -264,9 +267,9 @@ class SensorNode(Node):
         if self.rate is not None:
             self._control_rate(packet)
         self.packet_pub.publish(packet_to_msg(packet, msg.header))
-        self._forward_camera_info(msg.header, width, height)
         latency = (self.get_clock().now().nanoseconds - stamp_ns(msg.header)) / 1e6
         self.stats.done(packet.num_bytes, latency)
+        self._forward_camera_info(msg.header, width, height)
         if self.video is not None:  # after the packet's latency: the video is an extra
             self.video.offer(msg.header, packet.roi.data, packet.roi.codec)
         if self.publish_mask:
