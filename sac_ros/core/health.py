@@ -133,7 +133,7 @@ class HealthWindow:
             return Check(self.rate_name, ERROR, f"stopped: no frames for {span:.0f} s",
                          values)
         if rate < t.min_rate_hz:
-            return Check(self.rate_name, WARN, f"{rate:.1f} Hz, below {t.min_rate_hz:g} Hz",
+            return Check(self.rate_name, WARN, f"{rate:.2f} Hz, below {t.min_rate_hz:g} Hz",
                          values)
         return Check(self.rate_name, OK, f"{rate:.1f} Hz", values)
 
