@@ -164,3 +164,38 @@ def test_perception_publishes_a_class_map_per_frame(ros, segment_every):
                         .reshape(HEIGHT, WIDTH)).mean())
                  for img in ecu.outputs.messages]
     assert np.mean(agreement) > 0.9, agreement
+
+
+def test_perception_survives_motion_it_cannot_use(ros):
+    """Hostile or mismatched SacMotion: every frame still gets its class map."""
+    frames = footage(6)
+    class_maps = ros.subscribe(Image, "sac/perception/class_map")
+    perception_stats = ros.subscribe(PerceptionStats, "sac/perception_stats")
+    perception = ros.start("sac_perception", {"segment_every": 3, "motion_wait_ms": 300.0})
+    images = ros.publisher(Image, "sac/image")
+    motions = ros.publisher(SacMotion, "sac/motion")
+    ros.wait_discovery(publishers=[(images, 1), (motions, 1)], heard_from=[perception_stats])
+    rows, cols = motion.grid(WIDTH, HEIGHT)
+    for i, rgb in enumerate(frames):
+        image = ros.image(rgb)
+        field = motion.MotionField.still(rows + (i == 4), cols, key_frame=False)
+        field.unreliable[:] = False
+        field.residual[:] = 0
+        field.seq = i
+        if i == 1:
+            field.dx[:] = motion.MAX_QUARTER_PEL  # well-formed, absurd: 8192 px
+        msg = motion.fill_msg(SacMotion(header=image.header), field)
+        if i == 2:
+            msg.dx = msg.dx[:-1]  # arrays that do not fit the grid: rejected
+        motions.publish(msg)
+        ros.send(images, image, class_maps, f"the class map of frame {i}")
+    assert len(class_maps) == len(frames)
+    ros.wait_for(lambda: "dropping motion message (1 so far)" in perception.stderr(),
+                 "the rejected motion in the log")
+    # 0 first, 1 warped (to the frame's edge), 2 no usable motion, 3 gap (2's seq is
+    # unknown), 4 a grid that is not the image's, 5 warped.
+    line = ros.wait_for(lambda: next((x for x in reversed(perception.stderr().splitlines())
+                                      if "class maps:" in x and "grid 1" in x), None),
+                        "the propagation log line")
+    assert "2 propagated, 4 segmented" in line, line
+    assert perception.running

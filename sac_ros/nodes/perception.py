@@ -91,6 +91,7 @@ class PerceptionNode(Node):
         # The same fields by seq: a superseded frame's motion still carries the class map.
         self._motions_by_seq: BoundedStampMap = BoundedStampMap(KEEP_ORIGINALS)
         self._paired = 0
+        self.motion_rejected = 0  # SacMotion messages that did not fit their own grid
         self._last_counts_log = 0.0
         self.compared = 0
         self._confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
@@ -124,8 +125,10 @@ class PerceptionNode(Node):
         try:
             field = field_from_msg(msg)
         except ValueError as exc:
-            self.stats.drop("bad_motion")
-            self.get_logger().warning(f"dropping motion: {exc}", throttle_duration_sec=5.0)
+            # Counted apart: the image drops are the frames' books, not the motion's.
+            self.motion_rejected += 1
+            self.get_logger().warning(f"dropping motion message ({self.motion_rejected} so "
+                                      f"far): {exc}", throttle_duration_sec=5.0)
             return
         with self._motion_arrived:
             self._motions.put(stamp_ns(msg.header), field)
