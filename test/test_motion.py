@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
@@ -294,3 +295,31 @@ def test_vectors_beyond_the_frame_land_on_its_edge():
     field.dx[:] = motion.MAX_QUARTER_PEL  # 8192 px to the right: the right edge everywhere
     warped = motion.warp_class_map(image, field)
     assert (warped == W - 1).all()
+
+
+def test_corrupt_packets_with_motion_export_cost_at_most_their_frame():
+    """Damaged P-frames decoded with export_mvs: a frame or a drop, never an exception."""
+    frames = rgb_clip(12, 2, 1)
+    encoder = SacEncoder(W, H, 18.0, 24.0, EncoderSettings(gop=6, threads=1))
+    packets = [encoder.encode(f) for f in frames]
+    encoder.close()
+    rng = np.random.default_rng(11)
+    decoder = SacDecoder(export_motion=True)
+    outcomes = []
+    try:
+        for _ in range(20):
+            for packet in packets:
+                if not packet.key_frame and rng.random() < 0.5:
+                    data = bytearray(packet.roi.data)
+                    for at in rng.integers(8, len(data), 4):
+                        data[at] ^= int(rng.integers(1, 256))
+                    packet = dataclasses.replace(
+                        packet, roi=dataclasses.replace(packet.roi, data=bytes(data)))
+                frame = decoder.decode(packet)
+                outcomes.append(frame is not None)
+                if frame is not None and frame.motion is not None:
+                    assert frame.motion.dx.shape == motion.grid(W, H)
+    finally:
+        decoder.close()
+    assert any(outcomes)
+    assert decoder.motion_errors == 0, decoder.last_motion_error

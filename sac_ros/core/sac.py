@@ -308,6 +308,8 @@ class SacDecoder:
         self.keep_streams = keep_streams
         self.export_motion = export_motion
         self._previous_y: np.ndarray | None = None  # last reconstruction's luma (motion)
+        self.motion_errors = 0
+        self.last_motion_error: str | None = None
         self._pool = ThreadPoolExecutor(max_workers=1) if parallel else None
         self._layout: PlaneLayout | None = None
         self._decoders: dict[str, StreamDecoder] = {}
@@ -396,10 +398,18 @@ class SacDecoder:
         layout = self._layout
         current_y = combined[:layout.padded_height]
         non_roi = self._decoders["non_roi"].last_vectors if packet.non_roi is not None else None
-        field = motion_field(self._decoders["roi"].last_vectors, non_roi,
-                             packet.non_roi is not None, blocks, packet.block_size,
-                             packet.width, packet.height, packet.key_frame, current_y,
-                             self._previous_y, packet.seq)
+        try:
+            field = motion_field(self._decoders["roi"].last_vectors, non_roi,
+                                 packet.non_roi is not None, blocks, packet.block_size,
+                                 packet.width, packet.height, packet.key_frame, current_y,
+                                 self._previous_y, packet.seq)
+        except (ValueError, IndexError, TypeError) as exc:
+            # Motion is a by-product: a vector table it cannot read costs the motion of
+            # this frame, never the frame itself.
+            self.motion_errors += 1
+            self.last_motion_error = f"{type(exc).__name__}: {exc}"
+            self._previous_y = None
+            return None
         if self._previous_y is None or self._previous_y.shape != current_y.shape:
             self._previous_y = np.empty_like(current_y)
         np.copyto(self._previous_y, current_y)  # combined may be a reused buffer
