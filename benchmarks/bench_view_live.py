@@ -7,7 +7,7 @@ subscribed to every channel (original, reconstruction, ROI overlay, video, stats
 Prints each run's delivery headline and latency, and what the client received.
 
     .venv/bin/python benchmarks/bench_view_live.py [--source sample:project_video01]
-        [--frames 150] [--max-fps 10] [--runs none,idle,watch]
+        [--frames 150] [--fps 0] [--max-fps 10] [--runs none,idle,watch]
 """
 
 from __future__ import annotations
@@ -84,6 +84,10 @@ def run(mode: str, args, domain: int) -> None:
         port = free_port()
         cmd = [sys.executable, "-m", "sac_ros.cli.main", "pipeline", "--source", args.source,
                "--frames", str(args.frames), "--no-perception", "--json", str(out)]
+        if args.fps:
+            cmd += ["--fps", str(args.fps)]
+        for item in args.param:
+            cmd += ["-p", item]
         if mode != "none":
             cmd += ["--view", "-p", f"sac_view.port={port}", "-p",
                     f"sac_view.max_fps={args.max_fps}"]
@@ -118,9 +122,15 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=150)
     parser.add_argument("--max-fps", type=float, default=10.0)
     parser.add_argument("--runs", default="none,idle,watch")
+    parser.add_argument("--param", "-p", action="append", default=[],
+                        metavar="NODE.NAME=VALUE", help="passed to sac pipeline")
+    parser.add_argument("--fps", type=float, default=0.0,
+                        help="publish rate (default: the clip's own)")
     args = parser.parse_args()
     domain = 150 + os.getpid() % 50  # away from the tests' 1-100
-    print(f"{args.source}, {args.frames} frames, no perception, view max_fps {args.max_fps}")
+    rate = f"{args.fps:g} fps" if args.fps else "the clip's rate"
+    print(f"{args.source}, {args.frames} frames at {rate}, no perception, view max_fps "
+          f"{args.max_fps:g}")
     for mode in args.runs.split(","):
         run(mode, args, domain)
 

@@ -176,7 +176,7 @@ def test_view_serves_frames_video_and_stats_to_a_websocket_client(ros):
         check_stats(client, feed)
 
         # Input it cannot show is counted by reason, and the view carries on. (Sent again
-        # until counted: a best-effort reader of depth 1 may lose or overwrite one frame.)
+        # until counted: a reader of depth 1 keeps only the newest of frames sent at once.)
         def send_bad() -> None:
             bad = ros.image(frame(0))
             bad.data = bytes(100)
@@ -348,6 +348,16 @@ def test_rate_gate_and_overlay():
         shown.append(gate.allow("/front/sac/image"))
     assert sum(shown) == 10 and shown[:4] == [True, False, False, True]
     assert gate.allow("/rear/sac/image")  # per channel
+    jitter = np.random.default_rng(1).uniform(-0.02, 0.02, 100)
+    shown = []
+    for step in range(100):  # a 10 Hz camera, +-20 ms of jitter: every frame
+        now[0] = 10 + step / 10 + jitter[step]
+        shown.append(gate.allow("/left/sac/image"))
+    assert all(shown)
+    for step in range(1000):  # 100 Hz for 10 s: at most 10 fps on average
+        now[0] = 30 + step / 100
+        shown.append(gate.allow("/right/sac/image"))
+    assert 99 <= sum(shown[100:]) <= 101  # 10 s at 10 fps, both ends counted
     # 3 x 4 blocks of 4 px, the last row and column partial: ROI where True.
     rgb = np.full((10, 14, 3), 200, np.uint8)
     blocks = np.array([[1, 0, 0, 1], [0, 1, 1, 0], [1, 1, 0, 0]], bool)

@@ -74,9 +74,9 @@ class ViewNode(Node):
                     high=120.0, read_only=True)
         self.quality = d("jpeg_quality", 80, "JPEG quality of the image channels.", low=10,
                          high=100, read_only=True)
-        reliability = d("qos_reliability", "best_effort", "QoS of the image and video "
-                        "subscriptions (best_effort: the pipeline's writers never resend to "
-                        "the view).", choices=("reliable", "best_effort"), read_only=True)
+        reliability = d("qos_reliability", "reliable", "QoS of the image, packet and video "
+                        "subscriptions, depth 1 (best_effort loses most large frames).",
+                        choices=("reliable", "best_effort"), read_only=True)
         check_parameter_names(self)
         own = self.get_namespace().strip("/")
         self.cameras = [c.strip("/") if c.strip("/") else own for c in cameras]

@@ -177,21 +177,26 @@ VIEW_STATS_SCHEMA = {
 
 
 class RateGate:
-    """At most ``max_fps`` frames per key: a frame sooner than 1/max_fps after the last one
-    let through is refused (the view shows the newest frames, it never queues them)."""
+    """At most ``max_fps`` frames per key on average; the others are refused (the view shows
+    the newest frames, it never queues them).
+
+    Each frame let through books the next one an interval later; a frame up to a quarter
+    interval early still passes, so a 10 Hz camera's jittery frames all pass a 10 fps gate,
+    and a 30 Hz camera's every third frame does.
+    """
 
     def __init__(self, max_fps: float, clock: Callable[[], float] = time.monotonic):
         self.interval = 1.0 / max_fps
+        self.slack = 0.25 * self.interval
         self._clock = clock
-        self._last: dict[str, float] = {}
+        self._due: dict[str, float] = {}
 
     def allow(self, key: str) -> bool:
         now = self._clock()
-        last = self._last.get(key)
-        # 5% slack: a 30 Hz camera's every third frame passes a 10 fps gate despite jitter
-        if last is not None and now - last < 0.95 * self.interval:
+        due = self._due.get(key, now)
+        if now < due - self.slack:
             return False
-        self._last[key] = now
+        self._due[key] = max(due, now - self.slack) + self.interval
         return True
 
 
