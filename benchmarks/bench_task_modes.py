@@ -216,6 +216,28 @@ def reduced_stream(name: str, frames: int, segmenter, crfs, factor: int = 2) -> 
     return result
 
 
+def sky_sweep(name: str, frames: int, segmenter, crf: float, skies) -> dict:
+    """roi_qp bytes at base CRF ``crf`` with construction and nature at +9 and the sky at
+    each offset of ``skies`` (the shipped 4-class model): does a coarser sky save bytes?"""
+    from sac_ros.core.sac import SacEncoder
+
+    clip = load_clip(f"sample:{name}", 0, frames)
+    predictions = [segmenter.predict(rgb) for rgb in clip.frames]
+    blocks = [p.block_roi for p in predictions]
+    sizes = {}
+    for sky in skies:
+        class_qp = ClassQp({**SKY_HARDER, "sky": float(sky)}, segmenter.class_adapter.name)
+        encoder = SacEncoder(clip.width, clip.height, crf, crf + 9, mode="roi_qp")
+        sizes[sky] = sum(encoder.encode(rgb, roi, class_qp.block_offsets(p.class_map, roi))
+                         .num_bytes for rgb, roi, p in zip(clip.frames, blocks, predictions,
+                                                           strict=True))
+        encoder.close()
+    base = sizes[skies[0]]
+    print(f"  {name}: sky offset -> bytes vs sky +{skies[0]}: " + ", ".join(
+        f"+{k}: {100 * (v / base - 1):+.1f}%" for k, v in sizes.items()), flush=True)
+    return {"clip": name, "bytes": sizes}
+
+
 def gains(results: list[dict], mode: str) -> dict[str, dict]:
     """Per variant: ROI / non-ROI PSNR and task changes against the anchor, per clip."""
     table: dict[str, dict] = {}
@@ -287,9 +309,18 @@ def main() -> None:
     parser.add_argument("--reduced-stream", action="store_true",
                         help="instead: the dual_crf non-ROI stream coded at half size (a wire "
                         "change, measured offline only) against full size and the pre-filter")
+    parser.add_argument("--sky-sweep", action="store_true",
+                        help="instead: roi_qp bytes as the sky's class offset rises (+9 to +30)")
     args = parser.parse_args()
     cfg = load_core_config()
     segmenter = load_segmenter(model=args.model)
+    if args.sky_sweep:
+        found = [sky_sweep(name, args.frames, segmenter, args.crf, (9, 12, 15, 20, 30))
+                 for name in args.clips]
+        if args.json:
+            with open(args.json, "w") as handle:
+                json.dump({"args": vars(args), "sky_sweep": found}, handle, indent=2)
+        return
     if args.reduced_stream:
         crfs = (27.0, 31.0, 35.0, 39.0)
         found = [reduced_stream(name, args.frames, segmenter, crfs) for name in args.clips]
