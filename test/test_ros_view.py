@@ -223,7 +223,16 @@ class Feed:
         self.sent: dict[int, int] = {}  # stamp -> frame index
         self._h264 = iter(h264_frames(40))
 
+    def send_image(self) -> None:
+        index = len(self.sent)
+        msg = self.ros.image(frame(index))
+        self.sent[stamp_ns(msg.header)] = index
+        self.images.publish(msg)
+        time.sleep(0.1)
+
     def send(self) -> None:
+        """A frame, and one H.264 frame of the test pattern on sac/video (no sensor
+        publishes video in dual_crf without the ECU's re-encode)."""
         index = len(self.sent)
         msg = self.ros.image(frame(index))
         self.sent[stamp_ns(msg.header)] = index
@@ -267,9 +276,11 @@ def check_video(client: FoxgloveClient, feed: Feed) -> None:
     decode = client.decoder(feed.video).FromString
     video_msgs = [decode(p) for p in client.received[feed.video]]
     assert all(m.format == "h264" and m.frame_id == "camera" for m in video_msgs)
-    decoder = av.CodecContext.create("h264", "r")
-    decoded = [f for m in video_msgs for p in decoder.parse(m.data) for f in decoder.decode(p)]
-    assert decoded and all((f.width, f.height) == (WIDTH, HEIGHT) for f in decoded)
+    decoder = av.CodecContext.create("h264", "r")  # one access unit per message
+    decoded = [f for m in video_msgs for f in decoder.decode(av.Packet(m.data))]
+    decoded += list(decoder.decode(None))  # flush
+    assert len(decoded) == len(video_msgs)
+    assert all((f.width, f.height) == (WIDTH, HEIGHT) for f in decoded)
 
 
 def check_stats(client: FoxgloveClient, feed: Feed) -> None:
@@ -279,6 +290,38 @@ def check_stats(client: FoxgloveClient, feed: Feed) -> None:
             "processed", "stamp"} <= set(sensor)
     assert sensor["processed"] > 0 and sensor["kbytes_per_frame"] > 0
     assert json.loads(client.received[feed.stats[1]][-1])["node"].endswith("sac_ecu")
+
+
+def test_view_forwards_the_sensors_roi_qp_stream(ros):
+    """The compressed stream as the pipeline makes it: the sensor's roi_qp H.264 (published
+    only while someone subscribes, i.e. while a client watches the view's video channel),
+    forwarded frame for frame and decodable from its first key frame."""
+    ros.start("sac_sensor", {"mode": "roi_qp", "gop": 5, "fps": 10})
+    view, port = start_view(ros)
+    feed = Feed(ros)
+    sensor_stats = ros.subscribe(SacStats, "sac/sensor_stats")
+    ros.wait_discovery(publishers=[(feed.images, 1)], heard_from=[sensor_stats])
+    with FoxgloveClient(port) as client:
+        client.subscribe(feed.video)
+        ros.wait_for(lambda: ros.node.count_subscribers(feed.video) == 1, "the view's reader")
+        client.pump(lambda: len(client.received[feed.video]) >= 12, 60.0,
+                    "the sensor's stream through the view", between=feed.send_image)
+        decode = client.decoder(feed.video).FromString
+        video_msgs = [decode(p) for p in client.received[feed.video]]
+    assert all(m.format == "h264" and m.frame_id == "camera" for m in video_msgs)
+    stamps = [m.timestamp.seconds * 1_000_000_000 + m.timestamp.nanos for m in video_msgs]
+    assert all(stamp in feed.sent for stamp in stamps)  # the camera's stamps, in order
+    assert stamps == sorted(stamps)
+    decoder = av.CodecContext.create("h264", "r")  # one access unit per message
+    decoded = [f for m in video_msgs for f in decoder.decode(av.Packet(m.data))]
+    decoded += list(decoder.decode(None))  # flush
+    assert len(decoded) == len(video_msgs)  # the first is a key frame: none is undecodable
+    # The sensor codes the frame padded to its 16-pixel block grid.
+    first = decoded[0].to_ndarray(format="rgb24")
+    assert HEIGHT <= first.shape[0] < HEIGHT + 16 and WIDTH <= first.shape[1] < WIDTH + 16
+    everywhere = np.ones((HEIGHT, WIDTH), bool)
+    assert rh.psnr(first[:HEIGHT, :WIDTH], feed.frame_of(video_msgs[0]), everywhere) > 25.0
+    assert view.stop() == 0
 
 
 def test_view_refuses_a_port_in_use_or_a_bad_camera_with_one_line(ros):
