@@ -30,11 +30,11 @@ setup(
         "rosbags>=0.10",  # ROS 2 bags (MCAP / sqlite3) without rosbag2: sac bag, sac report
         "mcap",  # independent MCAP reader, used by the bag tests
         "mcap-ros2-support",
-        "foxglove-sdk",  # sac view: the live Foxglove WebSocket server
+        "foxglove-sdk>=0.30",  # sac view: the live Foxglove WebSocket server
     ],
     # the default segmentation model and the hand-labelled evaluation set ship in the package
     package_data={"sac_ros.segmentation": ["models/*.onnx", "data/evalset/*.json"]},
-    extras_require={"test": ["pytest", "ruff", "websockets"],
+    extras_require={"test": ["pytest", "ruff", "websockets", "protobuf"],
                     # training / PyTorch backend (TensorRT: pip install tensorrt pycuda)
                     "train": ["torch", "cityscapesscripts"]},
     zip_safe=False,  # the model and labels are read from the package folder
