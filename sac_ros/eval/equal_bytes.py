@@ -77,6 +77,7 @@ class EqualBytesResult:
     videos: list[Path] = field(default_factory=list)
     task: dict | None = None                     # the perception measurement (eval/task.py)
     task_bd_rates: list[TaskBd] = field(default_factory=list)
+    rd_points: dict[str, list[dict]] = field(default_factory=dict)  # "<codec> <curve>": points
 
     def summary(self, clip: Clip, mask: str, settings: EncoderSettings) -> dict:
         """The JSON document (``results.json``)."""
@@ -91,6 +92,7 @@ class EqualBytesResult:
             "notes": self.notes, "warnings": self.warnings,
             "videos": [str(v) for v in self.videos],
             "task": self.task, "task_bd_rate": [bd.__dict__ for bd in self.task_bd_rates],
+            "rd_points": self.rd_points,
         }
 
 
@@ -117,6 +119,8 @@ def run_equal_bytes(clip: Clip, blocks, settings: EncoderSettings, plan: EqualBy
     for codec in plan.codecs:
         label = CODECS[codec][2]
         curves = _sweeps(coder, codec, plan, result, stage, class_offsets)
+        result.rd_points.update({f"{codec} {name}": [_point(p) for p in points]
+                                 for name, points in curves.items()})
         stage(f"{label}: equal-bytes runs")
         video = _ClipVideo(out / f"video_{label}.mp4", clip, coder) if plan.video else None
         try:
@@ -211,6 +215,12 @@ def _task_bd(coder: ClipCoder, result: EqualBytesResult, anchor: list[SweepPoint
         result.task_bd_rates.append(task_bd(anchor, test, codec, delta, mode,
                                             coder.task.reference, len(coder.task.indexes),
                                             variant))
+
+
+def _point(point: SweepPoint) -> dict:
+    """A sweep point for the JSON (NaN, e.g. no task measurement: None)."""
+    return {k: (None if isinstance(v, float) and v != v else v)
+            for k, v in vars(point).items()}
 
 
 def _matched(run: RunResult, reference: RunResult) -> RunResult:
