@@ -11,8 +11,8 @@ the reference. For each N:
   the wall time beside it; the saving against N = 1 measured in the same run;
 - the block iIoU (the ROI IoU of the 16x16 block masks) of the mask against the N = 1
   masks, pooled over the clip's frames;
-- the same with the mask held still between segmentations (no motion estimation), to
-  show what the block matching adds;
+- the same (CPU, saving, iIoU) with the mask held still between segmentations (no
+  motion estimation), to show what the block matching adds;
 - the share of frames segmented in full, and the cost of a carried frame alone.
 
 The table's last rows average over the clips. Acceptance (docs/compressed_domain.md):
@@ -89,6 +89,8 @@ def measure_clip(segmenter, frames: list[np.ndarray], every: list[int], gop: int
             "segmented_share": moved["segmented_share"],
             "carried_cpu_ms": moved["carried_cpu_ms"],
             "block_iiou": binary_iou(ref_masks, np.stack(moved["masks"])),
+            "still_cpu_ms": still["cpu_ms"],
+            "still_saved": 1.0 - still["cpu_ms"] / reference["cpu_ms"],
             "still_block_iiou": binary_iou(ref_masks, np.stack(still["masks"])),
         })
     return rows
@@ -99,7 +101,8 @@ def print_rows(label: str, rows: list[dict]) -> None:
         carried = "-" if r["carried_cpu_ms"] is None else f"{r['carried_cpu_ms']:.2f}"
         print(f"{label:<16} {r['every']:>3}  {r['cpu_ms']:>7.2f}  {r['wall_ms']:>7.2f}  "
               f"{100 * r['saved']:>6.1f}%  {100 * r['segmented_share']:>6.1f}%  {carried:>7}  "
-              f"{r['block_iiou']:>7.4f}  {r['still_block_iiou']:>7.4f}")
+              f"{r['block_iiou']:>7.4f}  {r['still_cpu_ms']:>7.2f}  "
+              f"{100 * r['still_saved']:>6.1f}%  {r['still_block_iiou']:>7.4f}")
 
 
 def main() -> int:
@@ -121,7 +124,7 @@ def main() -> int:
     print(f"{segmenter.name}, {width}x{height}, {args.frames} frames per clip, key frames "
           f"every {args.gop}, hysteresis {hold} frames; iIoU against N = 1 (per-frame)")
     print(f"{'clip':<16} {'N':>3}  {'CPU ms':>7}  {'wall ms':>7}  {'saved':>7}  "
-          f"{'segm.':>7}  {'carry':>7}  {'iIoU':>7}  {'still':>7}")
+          f"{'segm.':>7}  {'carry':>7}  {'iIoU':>7}  {'| still':>7}  {'saved':>7}  {'iIoU':>7}")
     results = {}
     for name in args.clips:
         frames = resized_clip(name, args.frames, width, height)
