@@ -73,6 +73,8 @@ def run_sensor(ros, footage, segment_every: int) -> tuple[list[SacPacket], list[
     assert final.dropped == 0 and rh.drops_of(final) == {}
     assert ros.get_parameters("sac_sensor", "segment_every") == [segment_every]
     assert node.stop() == 0
+    every = "every frame" if segment_every == 1 else f"every {segment_every} frames"
+    assert f"mask from sac_roi_default.onnx on onnxruntime, segmented {every}" in node.stderr()
     ros.children.remove(node)  # stopped on purpose: not a death the next run should report
     by_stamp, mask_by_stamp = packets.by_stamp(), masks.by_stamp()
     return [by_stamp[s] for s in stamps], [mask_by_stamp[s] for s in stamps]

@@ -97,7 +97,7 @@ class SensorNode(Node):
                 else f"ROI CRF {self.roi_crf:g} / non-ROI {self.non_roi_crf:g}")
         self.get_logger().info(
             f"{self.mode} {self.settings.codec} {start.preset} {rate}, mask from "
-            f"{self.mask_source}; "
+            f"{self.segmenter.name if self.segmenter else self.mask_source}; "
             + (f"{self.task.describe()}; " if self.task.describe() else "")
             + f"{self.input_topic} -> {self.packet_topic}")
 
