@@ -11,8 +11,8 @@ the reference. For each N:
   the wall time beside it; the saving against N = 1 measured in the same run;
 - the block iIoU (the ROI IoU of the 16x16 block masks) of the mask against the N = 1
   masks, pooled over the clip's frames;
-- the same (CPU, saving, iIoU) with the mask held still between segmentations (no
-  motion estimation), to show what the block matching adds;
+- the same (CPU, saving, iIoU) with the mask held still between segmentations
+  (``carry="still"``, sac.yaml mask.carry: still), to show what the block matching adds;
 - the share of frames segmented in full, and the cost of a carried frame alone.
 
 The table's last rows average over the clips. Acceptance (docs/compressed_domain.md):
@@ -32,19 +32,10 @@ import numpy as np
 from PIL import Image
 
 from sac_ros.config import load_core_config
-from sac_ros.core.blockmatch import BlockMatcher
 from sac_ros.core.io import load_clip, parse_size
 from sac_ros.core.metrics import binary_iou
 from sac_ros.segmentation.loader import load_segmenter
 from sac_ros.segmentation.propagation import PropagatingSegmenter
-
-
-class StillMatcher(BlockMatcher):
-    """The baseline: no motion, the last segmented mask held until the next one."""
-
-    def motion(self, current: np.ndarray, previous: np.ndarray, active=None) -> np.ndarray:
-        return np.zeros((current.shape[0] // self.cell, current.shape[1] // self.cell, 2),
-                        np.intp)
 
 
 def resized_clip(name: str, frames: int, width: int, height: int) -> list[np.ndarray]:
@@ -82,7 +73,7 @@ def measure_clip(segmenter, frames: list[np.ndarray], every: list[int], gop: int
         moved = reference if n == 1 else run_source(
             PropagatingSegmenter(segmenter, n, hold), frames, gop)
         still = reference if n == 1 else run_source(
-            PropagatingSegmenter(segmenter, n, hold, StillMatcher()), frames, gop)
+            PropagatingSegmenter(segmenter, n, hold, carry="still"), frames, gop)
         rows.append({
             "every": n, "cpu_ms": moved["cpu_ms"], "wall_ms": moved["wall_ms"],
             "saved": 1.0 - moved["cpu_ms"] / reference["cpu_ms"],

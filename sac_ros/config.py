@@ -66,6 +66,7 @@ class MaskConfig:
     non_roi_classes: dict[str, list[int]] = field(default_factory=dict)  # per class map
     hysteresis_frames: int = 0
     segment_every: int = 1  # segmenter: every N-th (and key) frame, carried in between
+    carry: str = "motion"   # between segmentations: along the block motion, or held still
 
 
 @dataclass(frozen=True)
@@ -224,6 +225,8 @@ def _mask(section: dict[str, Any]) -> MaskConfig:
     if not _whole(mask.segment_every, 1, 1000):
         raise SacError(f"mask.segment_every must be a whole number in 1-1000, got "
                        f"{mask.segment_every!r}")
+    if mask.carry not in ("motion", "still"):
+        raise SacError(f"mask.carry must be motion or still, got {mask.carry!r}")
     classes = mask.non_roi_classes or {}
     if not isinstance(classes, dict):
         raise SacError("mask.non_roi_classes must map class maps to lists of ids")

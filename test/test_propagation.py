@@ -4,6 +4,7 @@ carried along it, and the schedule of full segmentations (key frames, every N-th
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from sac_ros.eval.masks import clip_blocks
 from sac_ros.segmentation import load_segmenter
 from sac_ros.segmentation.propagation import PropagatingSegmenter, check_segment_every
 
+REPO = Path(__file__).resolve().parent.parent
 HEIGHT, WIDTH = 384, 640  # a window of the 960x540 footage, room to move it around
 
 
@@ -196,3 +198,40 @@ def test_sac_eval_segment_every_errors_are_one_line(capsys, tmp_path, args, frag
     code = main(["eval", "sample", "--frames", "2", "--out", str(tmp_path / "out"), *args])
     err = capsys.readouterr().err
     assert code == 2 and fragment in err and "Traceback" not in err, err
+
+
+def test_the_still_carry_holds_the_last_segmented_mask(footage, segmenter):
+    """mask.carry still: between segmentations the last mask as it was (no matching), on
+    the same schedule; the motion carry differs from it on a moving frame."""
+    first, moved = window(footage[0]), window(footage[0], 16, 16)
+    still = PropagatingSegmenter(segmenter, 3, carry="still")
+    assert "held still" in still.name
+    key = still.block_roi(first, key_frame=True)
+    assert np.array_equal(still.block_roi(moved), key) and not still.segmented
+    assert np.array_equal(still.block_roi(moved), key) and not still.segmented
+    assert not np.array_equal(still.block_roi(moved), key) and still.segmented  # 3rd frame
+    assert still.block_roi(window(footage[0], 0, 16)).shape == key.shape
+    assert not still.segmented
+    still.block_roi(np.ascontiguousarray(footage[0][:256, :480]))  # a new size: segmented
+    assert still.segmented
+    moving = PropagatingSegmenter(segmenter, 3)
+    moving.block_roi(first, key_frame=True)
+    assert not np.array_equal(moving.block_roi(moved), key)
+    with pytest.raises(SacError, match="unknown mask carry 'flow'"):
+        PropagatingSegmenter(segmenter, 3, carry="flow")
+
+
+@pytest.mark.parametrize("key, value, fragment", [
+    ("segment_every", 0, "mask.segment_every must be a whole number in 1-1000"),
+    ("segment_every", 2.5, "mask.segment_every must be a whole number"),
+    ("carry", "flow", "mask.carry must be motion or still"),
+])
+def test_config_mask_schedule_is_validated(tmp_path, key, value, fragment):
+    import yaml
+
+    data = yaml.safe_load((REPO / "config" / "sac.yaml").read_text())
+    data["mask"][key] = value
+    path = tmp_path / "sac.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(SacError, match=fragment):
+        load_core_config(path)

@@ -1,8 +1,9 @@
 """sac_sensor with the model mask and segment_every (issue 16 items 3, 4), over real DDS.
 
-The same real frames go to a sensor segmenting every frame and then to one segmenting
-every third frame and the key frames: both deliver a decodable packet for every frame,
-and the carried masks (publish_mask) stay close to the per-frame ones.
+The same real frames go to a sensor segmenting every frame, then to one segmenting every
+third frame and the key frames (mask carried along the motion, then held still): each
+delivers a decodable packet for every frame, and the carried masks (publish_mask) stay
+close to the per-frame ones.
 """
 
 from __future__ import annotations
@@ -36,27 +37,29 @@ def footage() -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def expected(footage) -> dict[int, list[np.ndarray]]:
+def expected(footage) -> dict[int | str, list[np.ndarray]]:
     """The masks the sensor should publish, from the same model and schedule in-process."""
     hold = load_core_config().mask.hysteresis_frames
     segmenter = load_segmenter(model="default")
     try:
         masks = {}
-        for every in (1, EVERY):
-            source = PropagatingSegmenter(segmenter, every, hold)
-            masks[every] = [source.block_roi(rgb, key_frame=i % GOP == 0)
-                            for i, rgb in enumerate(footage)]
+        for key, every, carry in ((1, 1, "motion"), (EVERY, EVERY, "motion"),
+                                  ("still", EVERY, "still")):
+            source = PropagatingSegmenter(segmenter, every, hold, carry=carry)
+            masks[key] = [source.block_roi(rgb, key_frame=i % GOP == 0)
+                          for i, rgb in enumerate(footage)]
         return masks
     finally:
         segmenter.close()
 
 
-def run_sensor(ros, footage, segment_every: int) -> tuple[list[SacPacket], list[Image]]:
+def run_sensor(ros, footage, segment_every: int,
+               carry: str = "motion") -> tuple[list[SacPacket], list[Image]]:
     """Start a model-mask sensor, send every frame lock-step, and return its packets and
     masks in frame order; the sensor is stopped afterwards."""
     node = ros.start("sac_sensor", {"mask_source": "model", "segment_every": segment_every,
-                                    "publish_mask": True, "gop": GOP, "fps": 10,
-                                    "frame_size": [WIDTH, HEIGHT]})
+                                    "mask_carry": carry, "publish_mask": True, "gop": GOP,
+                                    "fps": 10, "frame_size": [WIDTH, HEIGHT]})
     images = ros.publisher(Image, "image_raw")
     packets = ros.subscribe(SacPacket, "sac/packets")
     masks = ros.subscribe(Image, "sac/roi_mask")
@@ -107,31 +110,34 @@ def test_segment_every_delivers_every_frame_with_masks_close_to_per_frame(ros, f
     # so a sensor that ignored segment_every would be caught below
     schedules_differ = differing(expected[1], expected[EVERY])
     assert schedules_differ >= 10
-    runs = {every: run_sensor(ros, footage, every) for every in (1, EVERY)}
+    runs = {1: run_sensor(ros, footage, 1), EVERY: run_sensor(ros, footage, EVERY),
+            "still": run_sensor(ros, footage, EVERY, "still")}
     published = {}
-    for every, (packets, masks) in runs.items():
+    for run, (packets, masks) in runs.items():
         assert [p.seq for p in packets] == list(range(FRAMES))
         assert [p.roi.key_frame for p in packets] == [i % GOP == 0 for i in range(FRAMES)]
         blocks = decoded_all(packets)  # every packet decodes, in order, from the first
-        published[every] = np.stack([mask_blocks(m) for m in masks])
+        published[run] = np.stack([mask_blocks(m) for m in masks])
         # the published mask is the one the frame was coded with
-        assert np.array_equal(published[every], np.stack(blocks))
+        assert np.array_equal(published[run], np.stack(blocks))
         # and the one its schedule gives: key frames and every N-th frame segmented (ONNX
         # Runtime in another process might round a borderline block the other way)
-        assert differing(published[every], expected[every]) <= schedules_differ // 4
+        assert differing(published[run], expected[run]) <= schedules_differ // 4
     reference = published[1]
     assert 0.05 < reference.mean() < 0.95  # a real mask, neither empty nor full
     assert binary_iou(reference, published[EVERY]) > 0.95, binary_iou(reference,
                                                                        published[EVERY])
     assert np.array_equal(reference[0], published[EVERY][0])  # a key frame: segmented
+    assert binary_iou(reference, published["still"]) > 0.95
 
 
 def test_segment_every_defaults_to_sac_yaml_and_refuses_zero(ros, tmp_path):
-    """The default's one home is config/sac.yaml mask.segment_every (as sac eval's); 0 is
-    a one-line start-up error naming the parameter."""
+    """The defaults' one home is config/sac.yaml mask.segment_every / mask.carry (as sac
+    eval's); segment_every 0 is a one-line start-up error naming the parameter."""
     ros.start("sac_sensor")
-    assert ros.get_parameters("sac_sensor", "segment_every") == [
-        load_core_config().mask.segment_every]
+    mask = load_core_config().mask
+    assert ros.get_parameters("sac_sensor", "segment_every", "mask_carry") == [
+        mask.segment_every, mask.carry]
     domain, namespace = rh.unique_ids()
     env = {**os.environ, "ROS_DOMAIN_ID": str(domain),
            "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "ROS_LOG_DIR": str(tmp_path / "log")}

@@ -26,7 +26,8 @@ def clip_blocks(clip: Clip, mask_cfg: MaskConfig, model: str | None = None,
         from sac_ros.segmentation.propagation import propagating_mask_source
 
         every = mask_cfg.segment_every if segment_every is None else segment_every
-        source, description = propagating_mask_source(model, non_roi, every, gop)
+        source, description = propagating_mask_source(model, non_roi, every, gop,
+                                                      mask_cfg.carry)
     elif labels:
         class_map = "cityscapes_label_ids" if label_layout == "cityscapes" else "kitti_step"
         source = LabelMaskSource(labels, label_layout, non_roi.get(class_map))

@@ -48,7 +48,7 @@ from sac_ros.nodes.diagnostics import Diagnostics, declare_diagnostics
 from sac_ros.nodes.messages import image_to_rgb, packet_to_msg, rgb_to_image
 from sac_ros.nodes.task_coding import TaskCoding, declare_task_coding
 from sac_ros.nodes.video import VideoPublisher, declare_sensor_video
-from sac_ros.segmentation.propagation import PropagatingSegmenter
+from sac_ros.segmentation.propagation import CARRIES, PropagatingSegmenter
 
 
 def polygon_parameter(points) -> list[float]:
@@ -146,6 +146,10 @@ class SensorNode(Node):
                           "mask is carried along the block motion (1 = every frame). Default: "
                           "config/sac.yaml mask.segment_every.", low=1, high=1000,
                           read_only=True)
+        mask_carry = d("mask_carry", core.mask.carry, "segment_every > 1: how the mask crosses "
+                       "the frames in between: motion (block matching) or still (the last mask "
+                       "held). Default: config/sac.yaml mask.carry.", choices=CARRIES,
+                       read_only=True)
         self.publish_mask = d("publish_mask", False, "Also publish the block mask as mono8.")
         reliability = d("qos_reliability", "reliable", "QoS of all topics (sensor_data: ROS's "
                         "profile, best effort, depth 5 at most).", choices=QOS_CHOICES,
@@ -167,6 +171,7 @@ class SensorNode(Node):
             preset=preset, gop=gop, threads=threads, fps=fps, aq_mode=aq_mode, polygon=polygon,
             ratecontrol=core.ratecontrol, model=model, backend=backend, non_roi=non_roi,
             segment_every=segment_every, hysteresis_frames=core.mask.hysteresis_frames,
+            mask_carry=mask_carry,
             reliability=reliability, input_depth=input_depth, frame_size=frame_size, depth=depth)
 
     def _set_up_coding(self, start: SimpleNamespace) -> None:
@@ -182,7 +187,7 @@ class SensorNode(Node):
             self.segmenter = PropagatingSegmenter(
                 self.task.tap(open_segmenter(start.model, start.backend, start.non_roi)),
                 start.segment_every,
-                start.hysteresis_frames)
+                start.hysteresis_frames, carry=start.mask_carry)
         self.encoder: SacEncoder | None = None
         self.rate = None
         self._rate_section = start.ratecontrol if self.target_bitrate else None

@@ -25,6 +25,7 @@ from sac_ros.core.errors import SacError
 from sac_ros.core.mask import BlockHysteresis, expand_blocks
 
 MAX_SEGMENT_EVERY = 1000
+CARRIES = ("motion", "still")  # how a mask is carried between full segmentations
 
 
 def check_segment_every(value) -> int:
@@ -44,9 +45,12 @@ class PropagatingSegmenter:
     """
 
     def __init__(self, segmenter, segment_every: int = 1, hold_frames: int = 0,
-                 matcher: BlockMatcher | None = None):
+                 matcher: BlockMatcher | None = None, carry: str = "motion"):
+        if carry not in CARRIES:
+            raise SacError(f"unknown mask carry '{carry}'; choose {' or '.join(CARRIES)}")
         self.segmenter = segmenter
         self.segment_every = check_segment_every(segment_every)
+        self.carry = carry  # motion: along the block motion; still: the last mask as it was
         self.matcher = matcher or BlockMatcher()
         self._hysteresis = BlockHysteresis(hold_frames)
         self.segmented = False
@@ -55,17 +59,19 @@ class PropagatingSegmenter:
         self._cells: np.ndarray | None = None  # the carried mask at 1/4 size
         self._luma: np.ndarray | None = None   # the previous frame, as the matcher sees it
         self._blocks: np.ndarray | None = None  # the previous frame's mask, before hysteresis
+        self._size: tuple[int, int] | None = None
         self._since_segmented = 0
 
     @property
     def name(self) -> str:
         every = ("every frame" if self.segment_every == 1
-                 else f"every {self.segment_every} frames and key frames, carried in between")
+                 else f"every {self.segment_every} frames and key frames, carried in between"
+                 + (" (held still)" if self.carry == "still" else ""))
         return f"{self.segmenter.name}, segmented {every}"
 
     def reset(self) -> None:
         """Forget the carried mask and the hysteresis: the next frame is segmented."""
-        self._cells = self._luma = None
+        self._cells = self._luma = self._blocks = None
         self._hysteresis.reset()
 
     def block_roi(self, rgb: np.ndarray, key_frame: bool = False) -> np.ndarray:
@@ -74,14 +80,18 @@ class PropagatingSegmenter:
             blocks = self.segmenter.block_roi(rgb)
             self._count(True)
             return self._hysteresis.update(blocks).copy()
-        luma = self.matcher.luma(rgb)
-        cell = self.matcher.cell
-        full = (key_frame or self._cells is None or self._luma.shape != luma.shape
+        size = (rgb.shape[0], rgb.shape[1])
+        full = (key_frame or self._blocks is None or self._size != size
                 or self._since_segmented >= self.segment_every)
+        luma = self.matcher.luma(rgb) if self.carry == "motion" else None
+        cell = self.matcher.cell
         if full:
             blocks = self.segmenter.block_roi(rgb)
-            self._cells = cells_of_blocks(blocks, cell)
+            self._cells = cells_of_blocks(blocks, cell) if luma is not None else None
             self._since_segmented = 1
+        elif luma is None:  # held still: the last mask as it was
+            blocks = self._blocks
+            self._since_segmented += 1
         else:
             # Blocks far from the ROI boundary cannot change: refine the motion near it.
             active = near_boundary(self._blocks, -(-self.matcher.reach // cell))
@@ -89,7 +99,7 @@ class PropagatingSegmenter:
             self._cells = warp_cells(self._cells, vectors, cell)
             blocks = blocks_of_cells(self._cells, cell)
             self._since_segmented += 1
-        self._luma, self._blocks = luma, blocks
+        self._luma, self._blocks, self._size = luma, blocks, size
         self._count(full)
         return self._hysteresis.update(blocks).copy()
 
@@ -120,12 +130,13 @@ class PropagatingMaskSource:
 
 
 def propagating_mask_source(model: str, non_roi_classes: dict, segment_every: int,
-                            gop: int) -> tuple[PropagatingMaskSource, str]:
+                            gop: int, carry: str = "motion"
+                            ) -> tuple[PropagatingMaskSource, str]:
     """A segmenter segmenting every ``segment_every``-th frame and the key frames, as the
     mask source of an offline run (``sac eval --model``); (mask source, description).
     The hysteresis is left to the caller (``hold_blocks``), as for the other sources."""
     from sac_ros.segmentation.loader import segmenter_mask_source
 
     source, _ = segmenter_mask_source(model, non_roi_classes)
-    propagating = PropagatingSegmenter(source.segmenter, segment_every)
+    propagating = PropagatingSegmenter(source.segmenter, segment_every, carry=carry)
     return PropagatingMaskSource(propagating, gop), f"segmenter {propagating.name}"
