@@ -36,12 +36,13 @@ def mbps_axis(ax, fps: float, which: str = "x") -> None:
             f"Mbit/s at {fps:g} fps")
 
 
-def rd_curves(path: Path, title: str, curves: dict[str, list[SweepPoint]],
-              markers: list[RunResult], fps: float) -> None:
-    """ROI and non-ROI PSNR against kB/frame (and Mbit/s at the camera rate on top)."""
+def _two_panel_rd(path: Path, title: str, curves: dict[str, list[SweepPoint]],
+                  markers: list[RunResult], fps: float,
+                  panels: tuple[tuple[str, str], tuple[str, str]]) -> None:
+    """Two quantities (attribute, y label) against kB/frame, Mbit/s at the camera rate
+    on top: the curves, and the equal-bytes runs as stars."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
-    for ax, key, label in ((axes[0], "roi_psnr", "ROI PSNR (dB)"),
-                           (axes[1], "non_roi_psnr", "non-ROI PSNR (dB)")):
+    for ax, (key, label) in zip(axes, panels, strict=True):
         for name, points in curves.items():
             style = "o-" if name.startswith("uniform") else "s--"
             ax.plot([p.kb_per_frame for p in points], [getattr(p, key) for p in points],
@@ -58,28 +59,21 @@ def rd_curves(path: Path, title: str, curves: dict[str, list[SweepPoint]],
     plt.close(fig)
 
 
+def rd_curves(path: Path, title: str, curves: dict[str, list[SweepPoint]],
+              markers: list[RunResult], fps: float) -> None:
+    """ROI and non-ROI PSNR against kB/frame (and Mbit/s at the camera rate on top)."""
+    _two_panel_rd(path, title, curves, markers, fps,
+                  (("roi_psnr", "ROI PSNR (dB)"), ("non_roi_psnr", "non-ROI PSNR (dB)")))
+
+
 def task_rd_curves(path: Path, title: str, curves: dict[str, list[SweepPoint]],
                    markers: list[RunResult], fps: float, reference: str) -> None:
     """Perception accuracy on the reconstructions (mIoU, ROI iIoU; eval/task.py) against
     kB/frame: the curves the task BD-rates are taken on."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     against = "labels" if reference == "labels" else "the original frames' segmentation"
-    for ax, key, label in ((axes[0], "task_miou", "mIoU"),
-                           (axes[1], "task_roi_iiou", "ROI iIoU")):
-        for name, points in curves.items():
-            style = "o-" if name.startswith("uniform") else "s--"
-            ax.plot([p.kb_per_frame for p in points], [getattr(p, key) for p in points],
-                    style, label=name)
-        for run in markers:
-            ax.plot(run.kb_per_frame, getattr(run, key), "*", markersize=12, label=run.method)
-        ax.set_xlabel("kB / frame")
-        mbps_axis(ax, fps)
-        ax.set_ylabel(f"{label} vs {against}")
-        ax.grid(True, alpha=0.3)
-    axes[0].legend(fontsize=8, loc="best")
-    fig.suptitle(f"perception on the reconstruction: {title}")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _two_panel_rd(path, f"perception on the reconstruction: {title}", curves, markers, fps,
+                  (("task_miou", f"mIoU vs {against}"),
+                   ("task_roi_iiou", f"ROI iIoU vs {against}")))
 
 
 def crop_window(blocks_px: np.ndarray, crop_h: int, crop_w: int) -> tuple[int, int]:
