@@ -169,3 +169,13 @@ def test_video_source_reports_its_output_rate(ros):
     assert status["output rate"].hardware_id == ros.namespace.strip("/")
     assert source.proc.wait(60) == 0
     assert len(images) > 0
+
+
+def test_view_reports_on_diagnostics(ros):
+    """sac_view (the Foxglove live view) is a node like the others: it reports too, OK
+    while nothing it was sent has failed."""
+    diag = Diagnostics(ros)
+    ros.start("sac_view", {"port": 0, "diag_window_s": WINDOW_S})
+    status = diag.wait("sac_view", lambda s: "delivery" in s, "the view's diagnostics")
+    assert {level(s) for s in status.values()} == {OK}, {w: s.message for w, s in status.items()}
+    assert status["delivery"].hardware_id == ros.namespace.strip("/")

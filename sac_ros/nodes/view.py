@@ -20,12 +20,14 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 
 from sac_ros.core.errors import PacketError, SacError
+from sac_ros.core.health import Sample
 from sac_ros.core.mask import unpack_blocks
 from sac_ros.core.stamps import BoundedStampMap
 from sac_ros.core.wire import packet_from_msg, stamp_ns
 from sac_ros.msg import PerceptionStats, SacStats
 from sac_ros.msg import SacPacket as SacPacketMsg
 from sac_ros.nodes.common import check_parameter_names, declare, qos, run_node
+from sac_ros.nodes.diagnostics import Diagnostics, declare_diagnostics
 from sac_ros.nodes.messages import image_to_rgb
 from sac_ros.nodes.view_channels import (
     IMAGE,
@@ -60,6 +62,9 @@ def _video_type():
     return CompressedVideo
 
 
+INTENDED_SKIPS = ("rate_limited", "overlay_without_frame")
+
+
 class ViewNode(Node):
     def __init__(self):
         super().__init__("sac_view")
@@ -77,6 +82,7 @@ class ViewNode(Node):
         reliability = d("qos_reliability", "reliable", "QoS of the image, packet and video "
                         "subscriptions, depth 1 (best_effort loses most large frames).",
                         choices=("reliable", "best_effort"), read_only=True)
+        thresholds = declare_diagnostics(self)
         check_parameter_names(self)
         own = self.get_namespace().strip("/")
         self.cameras = [c.strip("/") if c.strip("/") else own for c in cameras]
@@ -99,6 +105,8 @@ class ViewNode(Node):
                                          lambda m, s=spec: self._on_stats(s, m), 10)
         self.create_timer(SYNC_PERIOD_S, self._sync_subscriptions)
         self.create_timer(1.0, self._publish_view_stats)
+        self.diagnostics = Diagnostics(self, thresholds, self._health_sample,
+                                       rate_name="messages in")
 
     def _start_server(self, host: str, port: int) -> None:
         import foxglove
@@ -236,6 +244,13 @@ class ViewNode(Node):
         if now - self._last_log.get(reason, -LOG_EVERY_S) >= LOG_EVERY_S:
             self._last_log[reason] = now
             self.get_logger().warning(f"not shown ({reason}): {detail[:200]}")
+
+    def _health_sample(self) -> Sample:
+        """/diagnostics: messages in = shown + not shown; frames the rate gate skips by
+        design (and overlays without their frame) are not failures."""
+        drops = {r: n for r, n in self.drops.items() if r not in INTENDED_SKIPS}
+        shown = sum(self.forwarded.values())
+        return Sample(time.monotonic(), shown + sum(drops.values()), shown, drops)
 
     def _publish_view_stats(self) -> None:
         self.channels[VIEW_STATS_CHANNEL].log(
