@@ -90,4 +90,5 @@ def test_the_architecture_tables_match_the_tree():
         start = readme.index(f"(`sac_ros/{unit}/`)")
         table = readme[start:readme.index("\n\n", readme.index("| module |", start))]
         rows = set(re.findall(r"^\| `([a-z_]+\.py)` \|", table, re.MULTILINE))
-        assert rows == modules, f"{unit}/: docs/architecture.md rows {sorted(rows)} vs files {sorted(modules)}"
+        assert rows == modules, (f"{unit}/: docs/architecture.md rows {sorted(rows)} vs "
+                                 f"files {sorted(modules)}")
