@@ -91,6 +91,8 @@ class CameraSummary:
             "iiou": float(self.perception.iiou) if self.perception else float("nan"),
             "miou": float(self.perception.miou) if self.perception else float("nan"),
             "perception_frames": int(self.perception.frames_compared) if self.perception else 0,
+            "perception_segmented": (int(self.perception.frames_segmented) if self.perception
+                                     else 0),
             "perception_fps": float(self.perception.fps) if self.perception else float("nan"),
         }
 
