@@ -172,3 +172,17 @@ def one_line_error(result, command: str, fragment: str) -> str:
     assert lines[0].startswith(f"sac {command}: error: "), lines[0]
     assert fragment in lines[0], lines[0]
     return lines[0]
+
+
+def write_mp4(path, frames, fps=25):
+    """RGB frames as an H.264 MP4 (a clip for the CLI tests)."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return path

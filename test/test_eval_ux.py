@@ -10,10 +10,9 @@ import json
 import math
 import re
 
-import av
 import numpy as np
 import pytest
-from bags_fixtures import make_kitti
+from bags_fixtures import make_kitti, write_mp4
 from PIL import Image
 
 from sac_ros.cli.main import main
@@ -29,16 +28,6 @@ def cli(capsys, *args) -> tuple[int, str, str]:
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
-
-def write_mp4(path, frames, fps=25):
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt = "yuv420p"
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
-    return path
 
 
 @pytest.fixture(scope="module")

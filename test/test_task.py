@@ -10,6 +10,7 @@ import json
 
 import numpy as np
 import pytest
+from bags_fixtures import write_mp4
 from PIL import Image
 
 from sac_ros.cli.main import main
@@ -136,18 +137,6 @@ def test_pareto_drops_points_a_cheaper_point_matches():
     rates, accuracy = pareto([4.0, 1.0, 2.0, 3.0], [0.95, 0.90, 0.96, 0.94])
     assert rates == [1.0, 2.0] and accuracy == [0.90, 0.96]
 
-
-def write_mp4(path, frames, fps=25):
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt = "yuv420p"
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
-    return path
 
 
 def test_sac_eval_reports_a_task_bd_rate_for_every_mode(capsys, eval_config, scene, tmp_path):
