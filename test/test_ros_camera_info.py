@@ -65,6 +65,8 @@ def test_camera_info_reaches_the_ecu_output_with_the_image_header(ros):
     ros.node.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC, arrays, rh.reliable(100))
     ros.wait_discovery(publishers=[(infos, 1), (images, 1)],
                        heard_from=[sensor_stats, ecu_stats, arrays])
+    # Our endpoints matched says nothing of the sensor's packet writer and the ECU's reader.
+    ros.wait_stats(sensor_stats, lambda m: m.output_readers >= 1, "the ECU to match")
 
     def relay_received(count: int) -> None:
         ros.wait_for(lambda: int((sensor_relay_values(ros, arrays) or {}).get(

@@ -135,6 +135,9 @@ def test_perception_publishes_a_class_map_per_frame(ros, segment_every):
                                               "motion_wait_ms": 200.0})
     ros.wait_discovery(heard_from=[perception_stats])
     ecu = Ecu(ros)
+    # Perception started first: only the ECU's own count proves its image writer matched
+    # perception's reader (images published before that are lost to perception).
+    ros.wait_stats(ecu.stats, lambda m: m.output_readers >= 2, "perception to match the ECU")
     if segment_every > 1:  # the perception node subscribes to motion only to propagate
         ros.wait_for(lambda: ros.node.count_subscribers(ros.topic("sac/motion")) >= 2,
                      "perception's motion subscription")
