@@ -75,6 +75,8 @@ class PipelineLayout:
     fastdds_transports: str  # FASTDDS_BUILTIN_TRANSPORTS for the nodes; "" = Fast DDS default
     packet_topic: str = PACKET_TOPIC  # the sensors' packet_topic in the parameter file
     link_budget_mbps: float = DEFAULT_LINK_BUDGET_MBPS  # the cameras' shared link
+    input_topic: str = INPUT_TOPIC  # the sensors' input_topic in the parameter file
+    perception_raw_topic: str = ""  # perception's raw_topic there ("" = no comparison)
 
     def environment(self, base: dict[str, str] | None = None) -> dict[str, str]:
         """The environment the nodes start with: ``base`` plus the configured transports."""
@@ -83,13 +85,17 @@ class PipelineLayout:
             env[TRANSPORTS_VAR] = self.fastdds_transports
         return env
 
-    def readers(self) -> dict[str, int]:
+    def readers(self, specs: list[NodeSpec] = ()) -> dict[str, int]:
         """Readers each camera's topics have once a run's own listener (the runner's
         summary or the bag recorder) is up: the camera input (sensor, listener
-        [, perception]), packets (ECU, listener) and reconstructed images (listener
-        [, perception])."""
+        [, perception when it compares with it]), packets (ECU, listener) and
+        reconstructed images (listener [, perception]). ``specs``: the nodes started,
+        whose overrides win over the parameter file."""
         extra = 1 if self.perception else 0
-        return {"input": 2 + extra, "packets": 2, "image": 1 + extra}
+        raw = str(overridden(specs, "sac_perception", "raw_topic", self.perception_raw_topic))
+        source = str(overridden(specs, "sac_sensor", "input_topic", self.input_topic))
+        compares = 1 if self.perception and raw and raw.strip("/") == source.strip("/") else 0
+        return {"input": 2 + compares, "packets": 2, "image": 1 + extra}
 
 
 def default_pipeline_config() -> Path:
@@ -122,9 +128,11 @@ def load_layout(config: str | Path | None = None) -> PipelineLayout:
         budget = parse_link_budget(section.get("link_budget_mbps", DEFAULT_LINK_BUDGET_MBPS))
     except SacError as exc:
         raise SacError(f"{path}: {PIPELINE_KEY}.link_budget_mbps: {exc}") from None
-    return PipelineLayout(path.resolve(), cameras, bool(section.get("perception", True)),
-                          transports, str(node_parameter(data, "sac_sensor", "packet_topic",
-                                                         PACKET_TOPIC)), budget)
+    return PipelineLayout(
+        path.resolve(), cameras, bool(section.get("perception", True)), transports,
+        str(node_parameter(data, "sac_sensor", "packet_topic", PACKET_TOPIC)), budget,
+        str(node_parameter(data, "sac_sensor", "input_topic", INPUT_TOPIC)),
+        str(node_parameter(data, "sac_perception", "raw_topic", "")))
 
 
 def parse_link_budget(value) -> float:
@@ -199,12 +207,18 @@ def node_parameter(data: dict, executable: str, name: str, default):
     return default
 
 
+def overridden(specs: list[NodeSpec], executable: str, name: str, default):
+    """A node's parameter as started: the first spec's override (``-p`` or the runner's),
+    else ``default`` (the parameter file's)."""
+    for spec in specs:
+        if spec.executable == executable and name in spec.overrides:
+            return spec.overrides[name]
+    return default
+
+
 def packet_topic(layout: PipelineLayout, specs: list[NodeSpec]) -> str:
     """The packet topic the sensors publish on: a ``-p`` override, else the config's."""
-    for spec in specs:
-        if spec.executable == "sac_sensor" and "packet_topic" in spec.overrides:
-            return str(spec.overrides["packet_topic"])
-    return layout.packet_topic
+    return str(overridden(specs, "sac_sensor", "packet_topic", layout.packet_topic))
 
 
 def _check_transports(path: Path, transports) -> None:
@@ -382,8 +396,8 @@ def run_with_source(run: SourceRun, layout: PipelineLayout, specs: list[NodeSpec
     executor.add_node(collector)
     threading.Thread(target=executor.spin, daemon=True).start()
     try:
-        _wait_matched(run, layout, namespaces, collector, children)
-        sources = _start_sources(run, specs, children, config, layout.readers()["input"])
+        _wait_matched(run, layout, specs, namespaces, collector, children)
+        sources = _start_sources(run, specs, children, config, layout.readers(specs)["input"])
         log(f"sac pipeline: publishing {run.source} on {len(sources)} camera(s)")
         for proc in sources:
             proc.wait()
@@ -401,14 +415,14 @@ def run_with_source(run: SourceRun, layout: PipelineLayout, specs: list[NodeSpec
         rclpy.shutdown()
 
 
-def _wait_matched(run: SourceRun, layout: PipelineLayout, namespaces: list[str], collector,
-                  children: Children) -> None:
+def _wait_matched(run: SourceRun, layout: PipelineLayout, specs: list[NodeSpec],
+                  namespaces: list[str], collector, children: Children) -> None:
     """Discovery, then every hop's writers matched to their readers."""
     from sac_ros.nodes.readiness import ReadinessProbe
 
     input_topic = run.input_topic or INPUT_TOPIC
     deadline = time.monotonic() + run.startup_timeout
-    readers = layout.readers()
+    readers = layout.readers(specs)
     # Discovery: every sensor subscribes to its camera topic, every ECU publishes images.
     children.wait_until(
         lambda: all(

@@ -20,6 +20,7 @@ from sac_ros.core.errors import SacError
 from sac_ros.pipeline import (
     EXECUTABLES,
     TRANSPORTS_VAR,
+    apply_params,
     delivery_headline,
     link_budget,
     load_layout,
@@ -163,9 +164,10 @@ def test_executable_is_installed_everywhere(executable):
     assert destination == "lib/${PROJECT_NAME}"
 
 
-def _layout_with(tmp_path, **values):
+def _layout_with(tmp_path, perception_params=None, **values):
     config = yaml.safe_load((REPO / "config" / "pipeline.yaml").read_text())
     config["sac_pipeline"]["ros__parameters"].update(values)
+    config["/**/sac_perception"]["ros__parameters"].update(perception_params or {})
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(config))
     return load_layout(path)
@@ -199,6 +201,23 @@ def test_link_budget_from_the_config(tmp_path):
     for bad in (0, -5, "fast", True):
         with pytest.raises(SacError, match="link_budget_mbps"):
             _layout_with(tmp_path, link_budget_mbps=bad)
+
+
+def test_readers_count_perception_on_the_input_only_when_it_compares(tmp_path):
+    """A run waits for these many readers: perception reads the camera input only with a
+    raw_topic that is that input (a config with raw_topic "" must not wait for it)."""
+    shipped = load_layout()
+    assert shipped.readers(pipeline_nodes(shipped)) == {"input": 3, "packets": 2, "image": 2}
+    off = _layout_with(tmp_path, perception_params={"raw_topic": ""})
+    assert off.readers(pipeline_nodes(off)) == {"input": 2, "packets": 2, "image": 2}
+    # The runner's input topic goes to both the sensor and perception's comparison.
+    assert off.readers(pipeline_nodes(off, input_topic="cam/image"))["input"] == 3
+    specs = pipeline_nodes(shipped)
+    apply_params(specs, ["sac_perception.raw_topic=other/image"])
+    assert shipped.readers(specs)["input"] == 2
+    no_perception = _layout_with(tmp_path, perception=False)
+    assert no_perception.readers(pipeline_nodes(no_perception)) == {
+        "input": 2, "packets": 2, "image": 1}
 
 
 def test_link_budget_line():
@@ -257,3 +276,19 @@ def test_runner_command_lines_match_the_launch_nodes(tmp_path):
     sensor = next(s for s in specs if s.executable == "sac_sensor")
     assert sensor.overrides == {"input_topic": "camera/image_rect", "mask_source": "model",
                                 "model": "/models/m.onnx"}
+
+
+def test_summary_says_when_perception_compared_nothing(capsys):
+    from sac_ros.cli.pipeline_cmd import _print_summary
+
+    nan = float("nan")
+    row = {"camera": "/front", "frames_out": 30, "frames_sent": 30, "drops": {},
+           "unaccounted": 0, "frames_in": 30, "packets": 30, "kb_per_frame": 6.0,
+           "mbit_per_s": 1.2, "input_fps": 25.0, "roi_psnr": 40.0, "non_roi_psnr": 36.0,
+           "quality_frames": 30, "latency_p50_ms": 37.0, "latency_p99_ms": 75.0,
+           "iiou": nan, "miou": nan, "perception_frames": 0}
+    _print_summary([row], True, 100.0)
+    out = capsys.readouterr().out
+    assert "no frame compared" in out and "mIoU" not in out
+    _print_summary([{**row, "iiou": 0.99, "miou": 0.97, "perception_frames": 8}], True, 100.0)
+    assert "iIoU 0.9900, mIoU 0.9700 over 8 frames" in capsys.readouterr().out

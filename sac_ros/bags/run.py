@@ -160,7 +160,7 @@ def _record_run(source_bag: str, output: str, options: RunOptions, plan: _Plan,
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
-    readers = plan.layout.readers()  # the recorder is this run's listener
+    readers = plan.layout.readers(plan.specs)  # the recorder is this run's listener
     rclpy.init(args=None)
     node = None
     executor = None

@@ -143,7 +143,10 @@ def _print_summary(rows: list[dict], perception: bool, budget_mbps: float) -> No
         print(f"  latency camera stamp -> reconstructed image: "
               f"p50 {_fmt(row['latency_p50_ms'], '.1f')} ms, "
               f"p99 {_fmt(row['latency_p99_ms'], '.1f')} ms")
-        if perception:
+        if perception and not row["perception_frames"]:
+            print("  perception (reconstructed vs original): no frame compared (its raw_topic "
+                  "is off, or no original arrived)")
+        elif perception:
             print(f"  perception (reconstructed vs original): iIoU {_fmt(row['iiou'], '.4f')}, "
                   f"mIoU {_fmt(row['miou'], '.4f')} over {row['perception_frames']} frames")
     print(link_budget([row["mbit_per_s"] for row in rows], budget_mbps)["line"])
