@@ -93,7 +93,7 @@ class PipelineLayout:
         whose overrides win over the parameter file."""
         extra = 1 if self.perception else 0
         raw = str(overridden(specs, "sac_perception", "raw_topic", self.perception_raw_topic))
-        source = str(overridden(specs, "sac_sensor", "input_topic", self.input_topic))
+        source = input_topic(self, specs)
         compares = 1 if self.perception and raw and raw.strip("/") == source.strip("/") else 0
         return {"input": 2 + compares, "packets": 2, "image": 1 + extra}
 
@@ -214,6 +214,11 @@ def overridden(specs: list[NodeSpec], executable: str, name: str, default):
         if spec.executable == executable and name in spec.overrides:
             return spec.overrides[name]
     return default
+
+
+def input_topic(layout: PipelineLayout, specs: list[NodeSpec]) -> str:
+    """The camera topic the sensors read: an override, else the config's."""
+    return str(overridden(specs, "sac_sensor", "input_topic", layout.input_topic))
 
 
 def packet_topic(layout: PipelineLayout, specs: list[NodeSpec]) -> str:
@@ -390,7 +395,7 @@ def run_with_source(run: SourceRun, layout: PipelineLayout, specs: list[NodeSpec
 
     namespaces = [f"/{c}" if c else "/" for c in layout.cameras]
     rclpy.init()
-    collector = SummaryCollector(namespaces, run.input_topic or INPUT_TOPIC, run.quality_every,
+    collector = SummaryCollector(namespaces, input_topic(layout, specs), run.quality_every,
                                  packet_topic(layout, specs))
     executor = make_executor()
     executor.add_node(collector)
@@ -420,13 +425,13 @@ def _wait_matched(run: SourceRun, layout: PipelineLayout, specs: list[NodeSpec],
     """Discovery, then every hop's writers matched to their readers."""
     from sac_ros.nodes.readiness import ReadinessProbe
 
-    input_topic = run.input_topic or INPUT_TOPIC
+    source_topic = input_topic(layout, specs)
     deadline = time.monotonic() + run.startup_timeout
     readers = layout.readers(specs)
     # Discovery: every sensor subscribes to its camera topic, every ECU publishes images.
     children.wait_until(
         lambda: all(
-            collector.count_subscribers(topic_in(ns, input_topic)) >= readers["input"]
+            collector.count_subscribers(topic_in(ns, source_topic)) >= readers["input"]
             and collector.count_publishers(topic_in(ns, IMAGE_TOPIC)) >= 1
             for ns in namespaces),
         deadline, lambda: f"nodes not discovered after {run.startup_timeout:g} s")

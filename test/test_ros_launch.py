@@ -22,6 +22,7 @@ from sac_ros.pipeline import (
     TRANSPORTS_VAR,
     apply_params,
     delivery_headline,
+    input_topic,
     link_budget,
     load_layout,
     node_command,
@@ -164,10 +165,11 @@ def test_executable_is_installed_everywhere(executable):
     assert destination == "lib/${PROJECT_NAME}"
 
 
-def _layout_with(tmp_path, perception_params=None, **values):
+def _layout_with(tmp_path, perception_params=None, sensor_params=None, **values):
     config = yaml.safe_load((REPO / "config" / "pipeline.yaml").read_text())
     config["sac_pipeline"]["ros__parameters"].update(values)
     config["/**/sac_perception"]["ros__parameters"].update(perception_params or {})
+    config["/**/sac_sensor"]["ros__parameters"].update(sensor_params or {})
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(config))
     return load_layout(path)
@@ -215,6 +217,12 @@ def test_readers_count_perception_on_the_input_only_when_it_compares(tmp_path):
     specs = pipeline_nodes(shipped)
     apply_params(specs, ["sac_perception.raw_topic=other/image"])
     assert shipped.readers(specs)["input"] == 2
+    # A config whose sensors read another topic: that is the input the run publishes on.
+    moved = _layout_with(tmp_path, sensor_params={"input_topic": "cam/image"},
+                         perception_params={"raw_topic": "cam/image"})
+    assert input_topic(moved, pipeline_nodes(moved)) == "cam/image"
+    assert moved.readers(pipeline_nodes(moved))["input"] == 3
+    assert input_topic(moved, pipeline_nodes(moved, input_topic="x/y")) == "x/y"
     no_perception = _layout_with(tmp_path, perception=False)
     assert no_perception.readers(pipeline_nodes(no_perception)) == {
         "input": 2, "packets": 2, "image": 1}

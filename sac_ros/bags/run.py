@@ -35,12 +35,13 @@ from sac_ros.bags.play import PlayOptions
 from sac_ros.bags.record import Recorder, camera_topics
 from sac_ros.bags.runbag import read_run
 from sac_ros.core.errors import SacError
-from sac_ros.core.wire import IMAGE_TOPIC, INPUT_TOPIC, topic_in
+from sac_ros.core.wire import IMAGE_TOPIC, topic_in
 from sac_ros.pipeline import (
     Children,
     PipelineLayout,
     apply_params,
     delivery_headline,
+    input_topic,
     load_layout,
     packet_topic,
     pipeline_nodes,
@@ -116,7 +117,7 @@ def _plan(options: RunOptions) -> _Plan:
     specs = pipeline_nodes(layout, options.input_topic, options.model)
     apply_params(specs, options.params)
     return _Plan(layout, specs, ["/" + c if c else "" for c in layout.cameras],
-                 options.input_topic or INPUT_TOPIC, packet_topic(layout, specs))
+                 input_topic(layout, specs), packet_topic(layout, specs))
 
 
 def _prepare_sensors(plan: _Plan, source: dict) -> None:
