@@ -296,7 +296,8 @@ def node_command(spec: NodeSpec, config: str, extra: dict | None = None) -> list
     cmd = [sys.executable, "-m", spec.module, "--ros-args", "-r", f"__node:={spec.name}",
            "-r", f"__ns:={spec.namespace}", "--params-file", config]
     for key, value in {**spec.overrides, **(extra or {})}.items():
-        cmd += ["-p", f"{key}:={value}"]
+        # rcl refuses "-p name:=" outright; an empty string is spelled the YAML way.
+        cmd += ["-p", f"{key}:={value}" if str(value) != "" else f"{key}:=''"]
     return cmd
 
 

@@ -179,3 +179,30 @@ def test_view_reports_on_diagnostics(ros):
     status = diag.wait("sac_view", lambda s: "delivery" in s, "the view's diagnostics")
     assert {level(s) for s in status.values()} == {OK}, {w: s.message for w, s in status.items()}
     assert status["delivery"].hardware_id == ros.namespace.strip("/")
+
+
+def test_perception_reports_its_latency(ros):
+    """Camera stamp -> class map published, judged like the other nodes' latency: a frame
+    stamped 3 s in the past is an ERROR against a 1 s limit."""
+    class_maps = ros.subscribe(Image, "sac/perception/class_map")
+    diag = Diagnostics(ros)
+    ros.start("sac_perception", {"segment_every": 1,
+                                 "diag_window_s": WINDOW_S, "diag_warn_latency_p99_ms": 500.0,
+                                 "diag_error_latency_p99_ms": 1000.0})
+    images = ros.publisher(Image, "sac/image")
+    ros.wait_discovery(publishers=[(images, 1)])
+    ros.wait_for(lambda: diag.of("sac_perception"), "perception's diagnostics",
+                 rh.DISCOVERY_TIMEOUT)
+    for i in range(3):
+        ros.send(images, ros.image(frame(i)), class_maps, f"the class map of frame {i}")
+    status = diag.wait("sac_perception", lambda s: "frames" in values(s["latency"]),
+                       "perception's latency")
+    assert level(status["latency"]) == OK, status["latency"].message
+    assert 0.0 < float(values(status["latency"])["p99_ms"]) < 500.0
+    stale = ros.image(frame(3))
+    stale.header.stamp.sec -= 3
+    after = now_ns(ros)
+    ros.send(images, stale, class_maps, "the class map of the stale frame")
+    status = diag.wait("sac_perception", lambda s: level(s["latency"]) > OK,
+                       "an ERROR for the late frame", after_ns=after)
+    assert float(values(status["latency"])["p99_ms"]) >= 2900.0

@@ -217,6 +217,10 @@ def test_readers_count_perception_on_the_input_only_when_it_compares(tmp_path):
     specs = pipeline_nodes(shipped)
     apply_params(specs, ["sac_perception.raw_topic=other/image"])
     assert shipped.readers(specs)["input"] == 2
+    apply_params(specs, ["sac_perception.raw_topic="])  # off: rcl needs it spelled ''
+    assert shipped.readers(specs)["input"] == 2
+    perception = next(s for s in specs if s.executable == "sac_perception")
+    assert "raw_topic:=''" in node_command(perception, "x.yaml")
     # A config whose sensors read another topic: that is the input the run publishes on.
     moved = _layout_with(tmp_path, sensor_params={"input_topic": "cam/image"},
                          perception_params={"raw_topic": "cam/image"})

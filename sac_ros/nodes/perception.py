@@ -198,12 +198,15 @@ class PerceptionNode(Node):
             self._roi_confusion += metrics.confusion(reference.roi.astype(np.uint8),
                                                      roi.astype(np.uint8), 2)
             self.compared += 1
-        self.stats.done(0, None)
+        # Camera stamp -> class map out (the stamp is the camera's, carried through).
+        self.stats.done(0, (self.get_clock().now().nanoseconds - stamp_ns(msg.header)) / 1e6)
 
     def _publish_stats(self) -> None:
         msg = PerceptionStats(header=Header(stamp=self.get_clock().now().to_msg()),
                               node=self.get_fully_qualified_name(),
                               frames_segmented=saturate_u64(self.stats.processed),
+                              frames_propagated=saturate_u64(
+                                  self.propagator.counts[PROPAGATED]),
                               frames_compared=saturate_u64(self.compared))
         if self.compared:
             msg.miou = metrics.miou(self._confusion)
@@ -214,7 +217,7 @@ class PerceptionNode(Node):
         self.stats_pub.publish(msg)
         counts = self.propagator.counts
         if counts[PROPAGATED] and time.monotonic() - self._last_counts_log >= 10.0:
-            # PerceptionStats has no field for it: frames_segmented counts every class map.
+            # The reasons for full passes, which PerceptionStats does not carry.
             self._last_counts_log = time.monotonic()
             full = ", ".join(f"{r} {n}" for r, n in counts.items() if n and r != PROPAGATED)
             self.get_logger().info(f"class maps: {counts[PROPAGATED]} propagated, "
