@@ -199,3 +199,33 @@ def test_perception_survives_motion_it_cannot_use(ros):
                         "the propagation log line")
     assert "2 propagated, 4 segmented" in line, line
     assert perception.running
+
+
+def test_perception_follows_a_best_effort_ecu(ros):
+    """qos_reliability best_effort: perception hears a best-effort image writer (a
+    reliable reader would not match it) and publishes its class maps best effort."""
+    from rclpy.qos import qos_profile_sensor_data
+
+    class_maps = rh.Collector()
+    ros.node.create_subscription(Image, ros.topic("sac/perception/class_map"), class_maps,
+                                 qos_profile_sensor_data)
+    perception_stats = ros.subscribe(PerceptionStats, "sac/perception_stats")
+    ros.start("sac_perception", {"qos_reliability": "best_effort"})
+    images = ros.node.create_publisher(Image, ros.topic("sac/image"), qos_profile_sensor_data)
+    ros.wait_discovery(publishers=[(images, 1)], heard_from=[perception_stats])
+    ros.wait_for(lambda: ros.node.count_publishers(ros.topic("sac/perception/class_map")) >= 1,
+                 "perception's class map writer")
+    frames = footage(3)
+    for i, rgb in enumerate(frames):  # best effort: a frame may be lost, so each is resent
+        image = ros.image(rgb)
+        stamp = rh.stamp_ns(image.header)
+        for _ in range(5):
+            images.publish(image)
+            if ros.wait_for(lambda s=stamp: class_maps.receipt_of(s) is not None,
+                            f"the class map of frame {i}", timeout=4.0, required=False):
+                break
+        else:
+            raise AssertionError(f"no class map of frame {i} in 5 tries")
+    stats = ros.wait_stats(perception_stats, lambda m: m.frames_segmented >= len(frames),
+                           "the class maps in the stats")
+    assert stats.frames_segmented >= len(frames)

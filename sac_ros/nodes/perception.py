@@ -32,6 +32,7 @@ from sac_ros.core.wire import (
 )
 from sac_ros.msg import PerceptionStats, SacMotion
 from sac_ros.nodes.common import (
+    QOS_CHOICES,
     LatestWorker,
     NodeStats,
     check_parameter_names,
@@ -60,6 +61,9 @@ class PerceptionNode(Node):
         raw_topic = d("raw_topic", "", "Original camera topic to compare with; empty = off.",
                       read_only=True)
         model = d("model", "default", "Segmentation model: 'default' or a path.", read_only=True)
+        reliability = d("qos_reliability", "reliable", "QoS of all topics; match the ECU's "
+                        "(a reliable reader does not hear a best-effort writer).",
+                        choices=QOS_CHOICES, read_only=True)
         backend = d("backend", "auto", "Segmentation backend.", read_only=True,
                     choices=("auto", "onnxruntime", "tensorrt", "torch"))
         self.publish_overlay = d("publish_overlay", False, "Publish a colour overlay image.")
@@ -100,18 +104,18 @@ class PerceptionNode(Node):
         self._originals: BoundedStampMap[Image] = BoundedStampMap(KEEP_ORIGINALS)
         self._lock = threading.Lock()
         self._motion_arrived = threading.Condition(self._lock)
-        self.class_pub = self.create_publisher(Image, CLASS_MAP_TOPIC, qos("reliable", 5))
-        self.overlay_pub = self.create_publisher(Image, OVERLAY_TOPIC, qos("reliable", 2))
+        self.class_pub = self.create_publisher(Image, CLASS_MAP_TOPIC, qos(reliability, 5))
+        self.overlay_pub = self.create_publisher(Image, OVERLAY_TOPIC, qos(reliability, 2))
         self.stats_pub = self.create_publisher(PerceptionStats, PERCEPTION_STATS_TOPIC, 10)
         self._worker = LatestWorker("sac_perception", self._process,
                                     lambda: self.stats.drop("superseded"), self._on_error)
-        self.create_subscription(Image, input_topic, self._on_image, qos("reliable", 2))
+        self.create_subscription(Image, input_topic, self._on_image, qos(reliability, 2))
         if raw_topic:
-            self.create_subscription(Image, raw_topic, self._on_raw, qos("reliable", 10))
+            self.create_subscription(Image, raw_topic, self._on_raw, qos(reliability, 10))
         self.motion_sub = None
         if segment_every > 1:  # subscribed only when used: the ECU exports vectors only then
             self.motion_sub = self.create_subscription(SacMotion, MOTION_TOPIC, self._on_motion,
-                                                       qos("reliable", 10))
+                                                       qos(reliability, 10))
         self.create_timer(1.0, self._publish_stats)
         self.diagnostics = Diagnostics(self, thresholds, self.stats.sample)
         self.get_logger().info(f"segmenting {input_topic} with {self.segmenter.name}"
