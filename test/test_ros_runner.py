@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -86,7 +87,8 @@ def test_two_cameras_through_the_runner(tmp_path):
     assert listener.stdout.readline().strip() == "ready", listener.stderr.read()
     runner = subprocess.Popen(
         [*sac_command(), "pipeline", "--config", str(config_path), "--source", str(source),
-         "--frames", str(FRAMES), "--json", str(out), "--no-perception"],
+         "--frames", str(FRAMES), "--json", str(out), "--no-perception",
+         "--view", "-p", "sac_view.port=0"],  # the Foxglove view too, on a free port
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True)  # its own process group: the runner and its nodes
     try:
@@ -125,6 +127,10 @@ def test_two_cameras_through_the_runner(tmp_path):
         assert f"camera {camera}: {head}\n  accounting: {FRAMES} sent," in stdout, stdout
         assert row["frames_sent"] == FRAMES and row["unaccounted"] == 0, row
     assert "perception" not in stdout  # --no-perception: no empty perception line
+    # --view: one sac_view for both cameras served while the run lasted, and stopped with
+    # the other nodes (no process of this run is left, checked above).
+    assert re.search(r"\[sac_view\]: .*ws://[\d.]+:\d+", stderr), stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
     # Issue 17 item 8: the cameras' total against the config's link.
     total = sum(row["mbit_per_s"] for row in rows.values())
     shown = f"{total:.1f}" if total >= 10 else f"{total:.2f}" if total >= 1 else f"{total:.3f}"
