@@ -154,9 +154,12 @@ def _mbps(value: float) -> str:
     return f"{value:.1f}" if value >= 10 else f"{value:.2f}" if value >= 1 else f"{value:.3f}"
 
 
-def link_budget(rates_mbps: list[float], budget_mbps: float) -> dict:
+def link_budget(rates_mbps: list[float], budget_mbps: float,
+                peaks_mbps: list[float] | None = None) -> dict:
     """The cameras' total bit rate against the link they share: the numbers, and the
-    line every summary prints (``line``)."""
+    line every summary prints (``line``). ``peaks_mbps``: each camera's busiest 1-s
+    window; their sum bounds the link's busiest second from above (the cameras' peaks
+    need not coincide)."""
     known = [r for r in rates_mbps if r is not None and math.isfinite(r)]
     total, cameras = float(sum(known)), len(rates_mbps)
     names = [n for n, v in LINKS_MBPS.items() if v == budget_mbps]
@@ -175,9 +178,17 @@ def link_budget(rates_mbps: list[float], budget_mbps: float) -> dict:
                 f"{-headroom:.0f}% over")
     if known and len(known) < cameras:
         line += f" ({cameras - len(known)} without a measured rate)"
+    peaks = [p for p in (peaks_mbps or []) if p is not None and math.isfinite(p)]
+    # Only a sum over every camera bounds the link (a run under 1 s has no peak).
+    peak_total = float(sum(peaks)) if known and len(peaks) == cameras else None
+    if peak_total is not None:
+        line += (f"; busiest seconds add up to {_mbps(peak_total)} Mbit/s"
+                 + ("" if peak_total <= budget_mbps else ", which does NOT fit"))
     return {"total_mbps": total if known else None, "cameras": cameras,
             "budget_mbps": budget_mbps, "fits": fits if known else None,
-            "headroom_pct": headroom if known else None, "line": line}
+            "headroom_pct": headroom if known else None, "peak_total_mbps": peak_total,
+            "peak_fits": None if peak_total is None else peak_total <= budget_mbps,
+            "line": line}
 
 
 def delivery_headline(delivered: int, sent: int, drops: dict[str, int],

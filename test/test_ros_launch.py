@@ -244,6 +244,19 @@ def test_link_budget_line():
         "total 0.500 Mbit/s for 2 cameras: fits 1000BASE-T1 (1000 Mbit/s) with 99.9% headroom "
         "(1 without a measured rate)")
     assert "a 42 Mbit/s link" in link_budget([1.0], 42.0)["line"]
+    # The cameras' busiest seconds: their sum bounds the link's busiest second.
+    peaks = link_budget([40.0, 50.0], 100.0, [48.0, 61.0])
+    assert peaks["line"] == ("total 90.0 Mbit/s for 2 cameras: fits 100BASE-T1 (100 Mbit/s) "
+                             "with 10% headroom; busiest seconds add up to 109.0 Mbit/s, which "
+                             "does NOT fit")
+    assert peaks["fits"] is True and peaks["peak_fits"] is False
+    assert peaks["peak_total_mbps"] == pytest.approx(109.0)
+    calm = link_budget([1.0, 1.0], 100.0, [1.5, 0.9])
+    assert calm["line"].endswith("; busiest seconds add up to 2.40 Mbit/s")
+    assert calm["peak_fits"] is True
+    # A camera without a peak (a run under a second): no bound is claimed.
+    partial = link_budget([1.0, 1.0], 100.0, [1.5, float("nan")])
+    assert partial["peak_total_mbps"] is None and "busiest" not in partial["line"]
 
 
 def test_delivery_headline():

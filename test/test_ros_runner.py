@@ -122,6 +122,8 @@ def test_two_cameras_through_the_runner(tmp_path):
         assert row["roi_psnr"] > 30.0, (camera, row)
         assert row["quality_frames"] + row["quality_skipped"] == row["frames_out"], row
         assert 5.0 < row["input_fps"] < 15.0, (camera, row)  # the config's 10 fps
+        # The busiest second (a key frame every 2nd frame here: hardly above the mean).
+        assert 0.8 * row["mbit_per_s"] <= row["peak_mbit_per_s"] < 3 * row["mbit_per_s"], row
         # Issue 17 item 2: the frames delivered lead; the accounting is a line of its own.
         head = delivery_line(row["frames_out"], FRAMES, row["drops"])
         assert f"camera {camera}: {head}\n  accounting: {FRAMES} sent," in stdout, stdout
@@ -135,6 +137,7 @@ def test_two_cameras_through_the_runner(tmp_path):
     total = sum(row["mbit_per_s"] for row in rows.values())
     shown = f"{total:.1f}" if total >= 10 else f"{total:.2f}" if total >= 1 else f"{total:.3f}"
     assert f"total {shown} Mbit/s for 2 cameras: fits 1000BASE-T1 (1000 Mbit/s) with " in stdout
+    assert "; busiest seconds add up to " in stdout
     # The pipeline benchmark leads its cases with the same headline, from the same rows.
     bench = load_bench()
     for camera, row in rows.items():

@@ -133,8 +133,10 @@ def _print_summary(rows: list[dict], perception: bool, budget_mbps: float) -> No
         print(f"  accounting: {row['frames_sent']} sent, sensor received {row['frames_in']}, "
               f"packets {row['packets']}, frames out {row['frames_out']}, counted drops "
               f"{sum(row['drops'].values())}, unaccounted {row['unaccounted']}")
+        peak = row.get("peak_mbit_per_s", float("nan"))
         print(f"  rate   {_fmt(row['kb_per_frame'], '.2f')} kB/frame, "
-              f"{_fmt(row['mbit_per_s'], '.2f')} Mbit/s at {_fmt(row['input_fps'], '.1f')} fps")
+              f"{_fmt(row['mbit_per_s'], '.2f')} Mbit/s at {_fmt(row['input_fps'], '.1f')} fps"
+              + (f", busiest second {peak:.2f} Mbit/s" if math.isfinite(peak) else ""))
         skipped = (f", {row['quality_skipped']} skipped while the CPU was busy"
                    if row.get("quality_skipped") else "")
         print(f"  PSNR   ROI {_fmt(row['roi_psnr'], '.2f')} dB, "
@@ -149,4 +151,5 @@ def _print_summary(rows: list[dict], perception: bool, budget_mbps: float) -> No
         elif perception:
             print(f"  perception (reconstructed vs original): iIoU {_fmt(row['iiou'], '.4f')}, "
                   f"mIoU {_fmt(row['miou'], '.4f')} over {row['perception_frames']} frames")
-    print(link_budget([row["mbit_per_s"] for row in rows], budget_mbps)["line"])
+    print(link_budget([row["mbit_per_s"] for row in rows], budget_mbps,
+                      [row.get("peak_mbit_per_s") for row in rows])["line"])

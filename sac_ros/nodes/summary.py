@@ -64,6 +64,9 @@ class CameraSummary:
                     if self.first_stamp_ns is not None and self.frames_in > 1 else 0.0)
         fps = (self.frames_in - 1) / duration if duration > 0 else 0.0
         kb = float(np.mean(self.packet_bytes)) / 1000 if self.packet_bytes else float("nan")
+        # The busiest second (key frames bunch up), in packet order at the camera's rate.
+        windows = metrics.window_bitrates(self.packet_bytes, fps) if fps else np.empty(0)
+        peak = float(windows.max()) / 1e6 if windows.size else float("nan")
         pct = (lambda q: float(np.percentile(self.latency_ms, q))  # noqa: E731
                if self.latency_ms else float("nan"))
         drops = {}
@@ -79,6 +82,7 @@ class CameraSummary:
             "packets": self.packets, "frames_out": self.frames_out, "drops": drops,
             "unaccounted": sent - self.frames_out - sum(drops.values()), "input_fps": fps,
             "kb_per_frame": kb, "mbit_per_s": kb * 8 * fps / 1000 if fps else float("nan"),
+            "peak_mbit_per_s": peak,
             "roi_psnr": float(np.mean(self.roi_psnr)) if self.roi_psnr else float("nan"),
             "non_roi_psnr": (float(np.mean(self.non_roi_psnr)) if self.non_roi_psnr
                              else float("nan")),
