@@ -229,3 +229,30 @@ def test_perception_follows_a_best_effort_ecu(ros):
     stats = ros.wait_stats(perception_stats, lambda m: m.frames_segmented >= len(frames),
                            "the class maps in the stats")
     assert stats.frames_segmented >= len(frames)
+
+
+def thread_niceness(pid: int) -> dict[int, int]:
+    """Each thread's niceness, from /proc (field 19 of its stat line)."""
+    from pathlib import Path
+
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(task.name)] = int(fields[16])
+    return out
+
+
+def test_perception_cpu_nice_lowers_every_thread(ros):
+    """cpu_nice: every thread of the node (DDS's, the executor's, the model's and the
+    worker's) runs at that niceness, so a shared CPU serves the coding chain first."""
+    class_maps = ros.subscribe(Image, "sac/perception/class_map")
+    perception_stats = ros.subscribe(PerceptionStats, "sac/perception_stats")
+    perception = ros.start("sac_perception", {"cpu_nice": 7})
+    images = ros.publisher(Image, "sac/image")
+    ros.wait_discovery(publishers=[(images, 1)], heard_from=[perception_stats])
+    ros.send(images, ros.image(footage(1)[0]), class_maps, "a class map")
+    niceness = thread_niceness(perception.proc.pid)
+    assert len(niceness) > 3 and set(niceness.values()) == {7}, niceness

@@ -151,6 +151,30 @@ def matched_writers(subscription) -> int:
     return int(count()) if count else -1
 
 
+def lower_cpu_priority(nice: int) -> int:
+    """Raise the niceness of every thread of this process to ``nice`` (never lower it);
+    threads started later inherit it. Returns the threads changed.
+
+    Linux keeps a niceness per thread, so ``os.nice`` would change the calling thread
+    only; DDS and executor threads exist before a node is built.
+    """
+    import os
+
+    changed = 0
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:  # not Linux: the process-wide call is all there is
+        tids = [0]
+    for tid in tids:
+        try:
+            if os.getpriority(os.PRIO_PROCESS, tid) < nice:
+                os.setpriority(os.PRIO_PROCESS, tid, nice)
+                changed += 1
+        except OSError:
+            continue  # a thread that has ended meanwhile
+    return changed
+
+
 def make_executor():
     """The executor the nodes spin in: one thread, the cheapest per message in rclpy.
 

@@ -38,6 +38,7 @@ from sac_ros.nodes.common import (
     check_parameter_names,
     declare,
     declare_int_list,
+    lower_cpu_priority,
     matched_writers,
     open_segmenter,
     qos,
@@ -85,8 +86,13 @@ class PerceptionNode(Node):
                                low=1, high=1000, read_only=True)
         non_roi = declare_int_list(self, "non_roi_classes", "Non-ROI class ids of the model's "
                                    "class map; unset = the papers' defaults for that map.")
+        cpu_nice = d("cpu_nice", 0, "Scheduling niceness of this node's threads (0-19): "
+                     "above 0, the sensor and ECU pre-empt perception on a shared CPU.",
+                     low=0, high=19, read_only=True)
         thresholds = declare_diagnostics(self)
         check_parameter_names(self)  # before the model loads
+        if cpu_nice:  # before the model's and the worker's threads start: they inherit it
+            lower_cpu_priority(cpu_nice)
         self.segmenter = open_segmenter(model, backend, non_roi)
         self.num_classes = max(2, self.segmenter.class_adapter.num_classes)
         self.stats = NodeStats()
