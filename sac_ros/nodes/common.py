@@ -151,16 +151,25 @@ def matched_writers(subscription) -> int:
     return int(count()) if count else -1
 
 
-def lower_cpu_priority(nice: int) -> int:
+def publish_camera_info(publisher, info, header, drops: Counter) -> None:
+    """Publish a relayed CameraInfo under ``header``; a failure is counted in the relay's
+    ``drops`` as ``publish_error``, never raised: the frame it goes with is already out."""
+    try:
+        info.header = header
+        publisher.publish(info)
+    except Exception:  # noqa: BLE001 - an info must never stop the node
+        drops["publish_error"] += 1
+
+
+def lower_cpu_priority(nice: int) -> None:
     """Raise the niceness of every thread of this process to ``nice`` (never lower it);
-    threads started later inherit it. Returns the threads changed.
+    threads started later inherit it.
 
     Linux keeps a niceness per thread, so ``os.nice`` would change the calling thread
     only; DDS and executor threads exist before a node is built.
     """
     import os
 
-    changed = 0
     try:
         tids = [int(t) for t in os.listdir("/proc/self/task")]
     except OSError:  # not Linux: the process-wide call is all there is
@@ -169,10 +178,8 @@ def lower_cpu_priority(nice: int) -> int:
         try:
             if os.getpriority(os.PRIO_PROCESS, tid) < nice:
                 os.setpriority(os.PRIO_PROCESS, tid, nice)
-                changed += 1
         except OSError:
             continue  # a thread that has ended meanwhile
-    return changed
 
 
 def make_executor():

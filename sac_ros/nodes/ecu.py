@@ -34,6 +34,7 @@ from sac_ros.nodes.common import (
     check_parameter_names,
     declare,
     matched_writers,
+    publish_camera_info,
     qos,
     run_node,
 )
@@ -104,12 +105,7 @@ class EcuNode(Node):
 
     def _send_info(self, pair) -> None:
         if pair is not None:
-            info, header = pair
-            try:
-                info.header = header
-                self.info_pub.publish(info)
-            except Exception:  # noqa: BLE001 - an info must never stop the node
-                self.camera_info.drops["publish_error"] += 1
+            publish_camera_info(self.info_pub, *pair, self.camera_info.drops)
 
     def _log_drop(self, reason: str, detail: str) -> None:
         """One warning per reason at most every few seconds, not one per packet."""

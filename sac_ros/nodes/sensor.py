@@ -41,6 +41,7 @@ from sac_ros.nodes.common import (
     declare,
     declare_int_list,
     open_segmenter,
+    publish_camera_info,
     qos,
     run_node,
 )
@@ -211,11 +212,7 @@ class SensorNode(Node):
     def _forward_camera_info(self, header, width: int, height: int) -> None:
         info = self.camera_info.match(stamp_ns(header), width, height)
         if info is not None:
-            try:
-                info.header = header
-                self.info_pub.publish(info)
-            except Exception:  # noqa: BLE001 - the frame's packet is out: only the info fails
-                self.camera_info.drops["publish_error"] += 1
+            publish_camera_info(self.info_pub, info, header, self.camera_info.drops)
 
     # ------------------------------------------------------------- parameters
     def _on_parameters(self, params) -> SetParametersResult:
